@@ -1,0 +1,28 @@
+"""Server settings, from environment variables prefixed ``RANLENS_`` (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RANLENS_", env_file=".env", extra="ignore")
+
+    arch: str = "attention56_cifar"
+    weights: str = Field("DEFAULT", description="weights name, DEFAULT, or a path to a manifest .json")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    root_path: str = Field("", description="path prefix when served behind a proxy, e.g. /ranlens")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0, description="decoded-size limit against decompression bombs")
+    torch_threads: int = Field(2, gt=0)
+    max_concurrent_inferences: int = Field(2, gt=0)
+    display_size: int = Field(256, ge=32, le=1024, description="side of the crop the page draws masks on")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,137 @@
+"""Runs the model on one picture and packages predictions and soft masks; shared by API, page and CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model import ResidualAttentionNet, Weights, describe, get_model, get_weights
+from model.weights import Preprocess
+
+from . import render
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class ModuleAttention:
+    module: str
+    stage: int
+    mask: np.ndarray  # (C, h, w) float32 in (0, 1)
+    trunk: np.ndarray  # (C, h, w) float32, T(x) before (1 + M) is applied
+
+    @property
+    def channels(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.mask.shape[1]), int(self.mask.shape[2]))
+
+    def reduced(self, reduction: str = "mean", channel: int = 0) -> np.ndarray:
+        return render.reduce_mask(self.mask, reduction, channel)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    model: str
+    weights: str
+    image: Image.Image  # as uploaded, orientation fixed, RGB
+    model_input: Image.Image  # the crop the model saw, at its input size
+    predictions: list[Prediction]
+    probabilities: np.ndarray
+    attention: list[ModuleAttention]
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    def top(self, k: int) -> list[Prediction]:
+        return self.predictions[:k]
+
+    def save(self, directory: Path, stem: str, cmap: str = "viridis", alpha: float = 0.6,
+             display_size: int = 256) -> dict:
+        """Writes per-module overlay PNGs and raw masks (.npy); returns a manifest entry."""
+        directory.mkdir(parents=True, exist_ok=True)
+        display = Preprocess(display_size, (0, 0, 0), (1, 1, 1)).crop(self.image)
+        display.save(directory / f"{stem}.input.png")
+        modules = []
+        for a in self.attention:
+            values = a.reduced("mean")
+            safe = a.module.replace(".", "_")
+            render.overlay(display, values, cmap, alpha).save(directory / f"{stem}.{safe}.png")
+            np.save(directory / f"{stem}.{safe}.npy", a.mask)
+            modules.append({
+                "module": a.module, "stage": a.stage, "shape": list(a.shape), "channels": a.channels,
+                "min": float(values.min()), "max": float(values.max()), "mean": float(values.mean()),
+                "overlay": f"{stem}.{safe}.png", "mask": f"{stem}.{safe}.npy",
+            })
+        return {
+            "input": f"{stem}.input.png",
+            "predictions": [p.__dict__ for p in self.predictions[:5]],
+            "attention": modules,
+        }
+
+
+class Explainer:
+    """Holds one loaded model; ``explain`` is thread-safe (no state changes after load)."""
+
+    def __init__(self, model: ResidualAttentionNet, weights: Weights) -> None:
+        self.model = model.eval()
+        self.weights = weights
+        self.preprocess = weights.transforms()
+        self.modules = describe(model, (weights.input_size, weights.input_size))
+
+    @classmethod
+    def load(cls, arch: str = "attention56_cifar", weights: str = "DEFAULT") -> Explainer:
+        if weights.endswith(".json"):
+            resolved = Weights.from_manifest(Path(weights))
+        else:
+            resolved = get_weights(arch, weights)
+        return cls(get_model(resolved.arch, weights=resolved), resolved)
+
+    @property
+    def name(self) -> str:
+        return self.weights.arch
+
+    def explain(self, image: Image.Image, masks_off: Collection[str] | bool = ()) -> Explanation:
+        t0 = time.perf_counter()
+        crop = self.preprocess.crop(image)
+        x = self.preprocess.to_tensor(crop).unsqueeze(0).contiguous(memory_format=torch.channels_last)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.forward_intermediates(x, masks_off=masks_off)
+            probs = torch.softmax(out.logits[0], dim=0).numpy()
+        t2 = time.perf_counter()
+        order = np.argsort(-probs, kind="stable")
+        predictions = [Prediction(int(i), self.weights.classes[i], float(probs[i])) for i in order]
+        attention = [
+            ModuleAttention(a.name, a.stage, a.mask[0].float().numpy(), a.trunk[0].float().numpy())
+            for a in out.attention
+        ]
+        return Explanation(
+            model=self.name, weights=self.weights.name, image=image, model_input=crop,
+            predictions=predictions, probabilities=probs, attention=attention,
+            timing_ms={"preprocess": 1000 * (t1 - t0), "inference": 1000 * (t2 - t1)},
+        )
+
+    def metadata(self) -> dict:
+        w = self.weights
+        return {
+            "name": w.arch, "weights": w.name, "sha256": w.sha256, "classes": list(w.classes),
+            "input_size": [w.input_size, w.input_size], "mean": list(w.mean), "std": list(w.std),
+            "modules": self.modules, "metrics": w.metrics, "recipe": w.recipe,
+        }
+
+
+def write_manifest(entries: dict, path: Path) -> None:
+    path.write_text(json.dumps(entries, indent=2))

@@ -1,0 +1,92 @@
+"""Reads one multipart file field into memory, enforcing the byte limit while the body streams in.
+
+Starlette's form parser spools files over 1 MiB to disk and learns the size only at the end;
+uploads here must never touch the disk and an oversized body must be cut off early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from .problems import Problem
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+async def read_upload(request: Request, max_bytes: int, field: str = "file") -> Upload:
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in params:
+        raise Problem(415, "Unsupported media type",
+                      f"Send the image as multipart/form-data with a field named {field!r}.")
+    declared = request.headers.get("content-length")
+    # the body also carries the multipart framing, so allow a little over the file limit
+    body_limit = max_bytes + 64 * 1024
+    if declared and declared.isdigit() and int(declared) > body_limit:
+        raise Problem(413, "Upload too large", f"The upload is over the limit of {max_bytes:,} bytes.")
+
+    parts: list[dict] = []
+    current: dict = {}
+    header_field = bytearray()
+    header_value = bytearray()
+
+    def on_part_begin() -> None:
+        current.clear()
+        current.update(headers={}, data=bytearray())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        current["headers"][bytes(header_field).lower()] = bytes(header_value)
+        header_field.clear()
+        header_value.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if len(current["data"]) + (end - start) > max_bytes:
+            raise Problem(413, "Upload too large", f"The upload is over the limit of {max_bytes:,} bytes.")
+        current["data"].extend(data[start:end])
+
+    def on_part_end() -> None:
+        parts.append(dict(current))
+
+    parser = MultipartParser(params[b"boundary"], {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_part_data": on_part_data, "on_part_end": on_part_end,
+    })
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:
+                raise Problem(413, "Upload too large", f"The upload is over the limit of {max_bytes:,} bytes.")
+            parser.write(chunk)
+        parser.finalize()
+    except ClientDisconnect as exc:
+        raise Problem(400, "Incomplete upload", "The client closed the connection mid-upload.") from exc
+    except Problem:
+        raise
+    except Exception as exc:  # python-multipart raises several error types on malformed bodies
+        raise Problem(400, "Malformed multipart body", str(exc) or type(exc).__name__) from exc
+
+    for part in parts:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if disposition.get(b"name", b"").decode("utf-8", "replace") == field:
+            part_type, _ = parse_options_header(part["headers"].get(b"content-type", b""))
+            return Upload(
+                filename=disposition.get(b"filename", b"").decode("utf-8", "replace"),
+                content_type=part_type.decode("latin-1"),
+                data=bytes(part["data"]),
+            )
+    raise Problem(422, "Missing file", f"The multipart body has no field named {field!r}.")

@@ -1,0 +1,58 @@
+"""The ranlens FastAPI application: ``uvicorn app.main:app`` or ``ranlens serve``."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import torch
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.api.routes import health, models, pages, predict
+from app.core.config import Settings, get_settings
+from app.core.explainer import Explainer
+from app.core.problems import install_problem_handlers
+
+log = logging.getLogger("ranlens")
+STATIC = Path(__file__).resolve().parents[1] / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        torch.set_num_threads(settings.torch_threads)
+        app.state.limiter = anyio.CapacityLimiter(settings.max_concurrent_inferences)
+        try:
+            app.state.explainer = await anyio.to_thread.run_sync(Explainer.load, settings.arch, settings.weights)
+            log.info("loaded %s", app.state.explainer.weights.name)
+        except Exception as exc:  # keep serving: /readyz and the page say what went wrong
+            app.state.explainer = None
+            app.state.load_error = str(exc)
+            log.error("could not load the model: %s", exc)
+        yield
+
+    app = FastAPI(
+        title="ranlens",
+        summary="Where a Residual Attention Network looks: predictions and every attention module's soft mask.",
+        version="0.1.0",
+        root_path=settings.root_path,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.explainer = None
+    app.state.load_error = None
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(predict.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+app = create_app()

@@ -1,0 +1,123 @@
+"""The ``ranlens`` command: train, evaluate, export, explain, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .weights import WEIGHTS_DIR, Weights, sha256_of
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    train(cfg)
+
+
+def _load(args: argparse.Namespace):
+    """A model and its weights description from ``--weights`` (name or .json manifest)."""
+    from .registry import get_model
+    from .weights import get_weights
+
+    if args.weights.endswith(".json"):
+        weights = Weights.from_manifest(Path(args.weights))
+    else:
+        weights = get_weights(args.arch, args.weights)
+    return get_model(weights.arch, weights=weights), weights
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, weights = _load(args)
+    result = evaluate(model, args.data, args.split, weights.mean, weights.std, args.source, weights.classes)
+    print(f"{weights.name} on {args.dataset}")
+    print(result.report())
+    if args.confusion:
+        result.save_confusion(Path(args.confusion))
+        print(f"confusion matrix written to {args.confusion}")
+    if args.write_metrics:
+        updated = Weights(**{**weights.__dict__, "metrics": result.metrics(args.dataset)})
+        print(f"metrics written to {updated.write_manifest()}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    """Copies a run's checkpoint into model/weights/ with a manifest carrying the recipe."""
+    from .train import CIFAR_MEAN, CIFAR_STD
+    from .weights import CIFAR10_CLASSES, read_checkpoint
+
+    run = Path(args.run)
+    config = json.loads((run / "config.json").read_text())
+    history = json.loads((run / "metrics.json").read_text())
+    source = run / f"epoch{args.epoch or len(history):03d}.safetensors"
+    read_checkpoint(source, expected_arch=config["arch"])
+    target_dir = Path(args.weights_dir)
+    target = target_dir / f"{args.name}.safetensors"
+    shutil.copyfile(source, target)
+    epochs_done = args.epoch or len(history)
+    done = history[:epochs_done]
+    recipe = {
+        **{k: config[k] for k in ("epochs", "batch_size", "lr", "warmup", "momentum", "weight_decay",
+                                  "label_smoothing", "seed")},
+        "epochs_completed": epochs_done,
+        "optimizer": "SGD, Nesterov momentum; no weight decay on BN and biases",
+        "schedule": "linear warm-up then cosine decay to zero, per batch",
+        "augmentation": "random crop 32 with 4-pixel zero padding, horizontal flip",
+        "train_data": "CIFAR-10 train split (JPEG q75 copy), 50,000 images",
+        "hardware": "2 CPU cores, float32, channels_last",
+        "train_wall_hours": round(sum(h["epoch_seconds"] for h in done) / 3600, 2),
+        "train_img_per_s": round(sum(h["train_img_per_s"] for h in done) / len(done), 1),
+        "command": f"ranlens train --arch {config['arch']} --epochs {config['epochs']} --lr {config['lr']}",
+    }
+    weights = Weights(
+        name=args.name, arch=config["arch"], file=target.name, sha256=sha256_of(target),
+        classes=CIFAR10_CLASSES, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, recipe=recipe,
+        metrics={"note": "not yet measured: run ranlens evaluate --write-metrics"}, directory=target_dir,
+    )
+    print(f"wrote {target} and {weights.write_manifest()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ranlens", description="Residual Attention Network: train, evaluate, explain, serve")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from .train import TrainConfig
+
+    t = sub.add_parser("train", help="train a CIFAR-layout model (resumes from OUT/last.pt)")
+    for f in fields(TrainConfig):
+        t.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="top-1/top-5/per-class accuracy of a weights file on a split")
+    e.add_argument("--arch", default="attention56_cifar")
+    e.add_argument("--weights", default="DEFAULT", help="weights name, DEFAULT, or a manifest .json")
+    e.add_argument("--data", required=True)
+    e.add_argument("--source", default="folder", choices=["folder", "torchvision"])
+    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument("--dataset", default="CIFAR-10 test (JPEG q75 copy)", help="name recorded with the metrics")
+    e.add_argument("--confusion", help="write the confusion matrix PNG here")
+    e.add_argument("--write-metrics", action="store_true", help="record the result in the weights manifest")
+    e.add_argument("--threads", type=int, default=2)
+    e.set_defaults(func=_evaluate)
+
+    x = sub.add_parser("export", help="ship a run's checkpoint as model/weights/NAME.safetensors + manifest")
+    x.add_argument("run")
+    x.add_argument("--name", required=True)
+    x.add_argument("--epoch", type=int, default=0, help="default: the last finished epoch")
+    x.add_argument("--weights-dir", default=str(WEIGHTS_DIR))
+    x.set_defaults(func=_export)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,105 @@
+"""CIFAR-style data as in-memory uint8 tensors: an ImageFolder directory or torchvision's CIFAR-10.
+
+Training on 2 CPU cores cannot afford per-image Python work, so every split is decoded once,
+cached as a ``.npz`` beside nothing of the repo (``~/.cache/ranlens``), and augmented per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm import tqdm
+
+from .weights import Preprocess
+
+__all__ = ["Split", "augment", "load_split"]
+
+CACHE_DIR = Path.home() / ".cache" / "ranlens"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Split:
+    images: Tensor  # (N, 3, H, W) uint8
+    labels: Tensor  # (N,) int64
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _folder_split(directory: Path, size: int) -> Split:
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{directory} has no class folders (expected ImageFolder layout)")
+    files = [
+        (path, label)
+        for label, name in enumerate(classes)
+        for path in sorted((directory / name).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    crop = Preprocess(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).crop
+    images = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {directory.name}", unit="img", leave=False)):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            images[i] = np.asarray(im if im.size == (size, size) else crop(im))
+    labels = np.array([label for _, label in files], dtype=np.int64)
+    return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), tuple(classes))
+
+
+def _torchvision_split(root: Path, train: bool) -> Split:
+    from torchvision.datasets import CIFAR10
+
+    ds = CIFAR10(str(root), train=train, download=True)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return Split(images, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes))
+
+
+def load_split(data: str | Path, split: str, size: int = 32, source: str = "folder") -> Split:
+    """``source="folder"``: ``data/<split>/<class>/*`` (or ``data`` itself when it holds class
+    folders); ``source="torchvision"``: CIFAR-10 downloaded into ``data``."""
+    if split not in {"train", "test"}:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    data = Path(data)
+    if source == "torchvision":
+        return _torchvision_split(data, train=split == "train")
+    if source != "folder":
+        raise ValueError(f"source must be 'folder' or 'torchvision', got {source!r}")
+    directory = data / split if (data / split).is_dir() else data
+    key = hashlib.sha256(f"{directory.resolve()}|{size}".encode()).hexdigest()[:16]
+    cache = CACHE_DIR / f"{directory.name}-{size}-{key}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            return Split(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), tuple(z["classes"].tolist()))
+    result = _folder_split(directory, size)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, images=result.images.numpy(), labels=result.labels.numpy(), classes=np.array(result.classes))
+    return result
+
+
+def augment(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Random crop with zero padding and random horizontal flip, for a uint8 batch."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.empty_like(images)
+    for i in range(n):
+        crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+        out[i] = crop.flip(-1) if flip[i] else crop
+    return out
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 (N, 3, H, W) to normalised float32 in channels_last memory format."""
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255
+    return ((images.float() - m) / s).contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,81 @@
+"""Top-1, top-5, per-class accuracy and a confusion matrix for a checkpoint on a data split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data import load_split
+from .network import ResidualAttentionNet
+from .train import evaluate_split
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    split: str
+    images: int
+    top1: float
+    top5: float
+    per_class: dict[str, float]
+    confusion: list[list[int]]
+
+    def metrics(self, dataset: str) -> dict:
+        return {
+            "dataset": dataset,
+            "split": self.split,
+            "images": self.images,
+            "top1": round(self.top1, 4),
+            "top5": round(self.top5, 4),
+            "per_class_top1": {k: round(v, 4) for k, v in self.per_class.items()},
+        }
+
+    def report(self) -> str:
+        lines = [f"{self.split}: {self.images} images  top-1 {100 * self.top1:.2f}%  top-5 {100 * self.top5:.2f}%"]
+        lines += [f"  {name:<12} {100 * acc:6.2f}%" for name, acc in self.per_class.items()]
+        return "\n".join(lines)
+
+    def save_confusion(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = list(self.per_class)
+        fig, ax = plt.subplots(figsize=(7, 6))
+        im = ax.imshow(self.confusion, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted"), ax.set_ylabel("true")
+        for i, row in enumerate(self.confusion):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if count < max(map(max, self.confusion)) / 2 else "black")
+        fig.colorbar(im, ax=ax)
+        ax.set_title(f"confusion matrix, {self.split} (top-1 {100 * self.top1:.2f}%)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def evaluate(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",
+             classes: tuple[str, ...] | None = None) -> Evaluation:
+    loaded = load_split(data, split, model.config.reference_size, source)
+    if classes is not None and tuple(loaded.classes) != tuple(classes):
+        raise ValueError(f"data classes {loaded.classes} differ from the model's {classes}")
+    logits, labels = evaluate_split(model, loaded, mean, std, desc=f"evaluating {split}")
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    num = logits.shape[1]
+    confusion = torch.zeros(num, num, dtype=torch.int64)
+    confusion.index_put_((labels, top[:, 0]), torch.ones_like(labels), accumulate=True)
+    per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1)).tolist()
+    return Evaluation(
+        split=split,
+        images=len(labels),
+        top1=float((top[:, 0] == labels).float().mean()),
+        top5=float((top == labels[:, None]).any(1).float().mean()),
+        per_class=dict(zip(loaded.classes, per_class)),
+        confusion=confusion.tolist(),
+    )

@@ -1,0 +1,190 @@
+"""Trains a CIFAR-layout Residual Attention Network on 2 CPU cores, resumably.
+
+One-cycle-style schedule (linear warm-up, cosine decay to zero) stepped per batch and computed
+from the global step, so a resumed run lands on exactly the learning rate it stopped at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import Split, augment, load_split, normalize
+from .network import ResidualAttentionNet
+from .registry import ARCHITECTURES
+from .weights import load_state_checked, read_checkpoint, save_checkpoint
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "attention56_cifar"
+    data: str = "/tmp/data/cifar10-jpeg"
+    source: str = "folder"
+    out: str = "runs/attention56_cifar"
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 0.2
+    warmup: float = 0.15  # fraction of all steps
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+    threads: int = 2
+    limit_train: int = 0  # use only the first N training images (smoke tests); 0 = all
+    limit_test: int = 0
+    init: str = ""  # start from these weights (a .safetensors file), e.g. to continue a shipped model
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    warm = max(1, int(cfg.warmup * total))
+    if step < warm:
+        return cfg.lr * (0.1 + 0.9 * step / warm)
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def subset(split: Split, limit: int, seed: int) -> Split:
+    if not limit or limit >= len(split):
+        return split
+    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:limit]
+    return Split(split.images[index], split.labels[index], split.classes)
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: ResidualAttentionNet, split: Split, mean, std, batch_size: int = 500, desc: str = "eval"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (logits (N, K), labels (N,)) in eval mode."""
+    model.eval()
+    outs = []
+    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
+        outs.append(model(normalize(split.images[start : start + batch_size], mean, std)))
+    return torch.cat(outs), split.labels
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy"), ax1.legend()
+    ax2.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [100 * h["test_acc"] for h in history], "o-", label="test")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("top-1 accuracy (%)"), ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig) -> list[dict]:
+    if cfg.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {cfg.arch!r}")
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _set_seed(cfg.seed)
+
+    arch = ARCHITECTURES[cfg.arch]
+    train_split = subset(load_split(cfg.data, "train", arch.reference_size, cfg.source), cfg.limit_train, cfg.seed)
+    test_split = subset(load_split(cfg.data, "test", arch.reference_size, cfg.source), cfg.limit_test, cfg.seed)
+    model = ResidualAttentionNet(arch, num_classes=len(train_split.classes)).to(memory_format=torch.channels_last)
+    if cfg.init:
+        load_state_checked(model, read_checkpoint(Path(cfg.init), expected_arch=cfg.arch), source=cfg.init)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+    )
+    steps_per_epoch = len(train_split) // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+
+    state_path = out / "last.pt"
+    history: list[dict] = []
+    start_epoch = 0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=True)
+        saved = state["config"]
+        for key in ("arch", "epochs", "batch_size", "lr", "seed", "limit_train"):
+            if saved[key] != getattr(cfg, key):
+                raise ValueError(f"{state_path} was made with {key}={saved[key]!r}, not {getattr(cfg, key)!r}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = state["epoch"]
+        history = json.loads((out / "metrics.json").read_text())[:start_epoch]
+        print(f"resuming {cfg.arch} at epoch {start_epoch}/{cfg.epochs}")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(start_epoch, cfg.epochs):
+        # each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
+        generator.manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(train_split), generator=generator)
+        model.train()
+        seen, correct, loss_sum, t0 = 0, 0, 0.0, time.time()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            lr = lr_at(step, total_steps, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x = normalize(augment(train_split.images[index], generator), CIFAR_MEAN, CIFAR_STD)
+            y = train_split.labels[index]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss) * len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3f}",
+                            ips=f"{seen / (time.time() - t0):.0f}")
+        train_time = time.time() - t0
+        logits, labels = evaluate_split(model, test_split, CIFAR_MEAN, CIFAR_STD)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "test_loss": float(F.cross_entropy(logits, labels)),
+            "test_acc": float((logits.argmax(1) == labels).float().mean()),
+            "lr_end": lr,
+            "train_img_per_s": seen / train_time,
+            "epoch_seconds": time.time() - t0,
+        }
+        history.append(record)
+        print(json.dumps(record), flush=True)
+        save_checkpoint(model, out / f"epoch{epoch + 1:03d}.safetensors", cfg.arch,
+                        {"epoch": str(epoch + 1), "test_acc": f"{record['test_acc']:.4f}"})
+        tmp = out / "last.pt.tmp"
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                    "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, tmp)
+        tmp.replace(state_path)  # atomic: a run killed mid-save keeps the previous checkpoint
+        (out / "metrics.json").write_text(json.dumps(history, indent=2))
+        plot_curves(history, out / "curves.png")
+    return history
