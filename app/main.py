@@ -11,7 +11,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app.api.routes import health, models, pages, predict
+from app.api.routes import health, models, pages, predict, teach
 from app.core.config import Settings, get_settings
 from app.core.explainer import Explainer
 from app.core.problems import install_problem_handlers
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predict.router)
+    app.include_router(teach.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

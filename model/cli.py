@@ -85,6 +85,49 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {target} and {weights.write_manifest()}")
 
 
+def _explain(args: argparse.Namespace) -> None:
+    """Overlays, raw masks and a JSON manifest for a batch of images."""
+    from tqdm import tqdm
+
+    from app.core.explainer import Explainer, write_manifest
+    from app.core.imaging import decode_image
+    from app.core.problems import Problem
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    explainer = Explainer.load(args.arch, args.weights)
+    out = Path(args.out)
+    manifest = {"model": explainer.name, "weights": explainer.weights.name, "images": {}}
+    failed = 0
+    for path in tqdm(args.images, desc="explaining", unit="img"):
+        path = Path(path)
+        try:
+            image = decode_image(path.read_bytes(), args.max_pixels)
+        except (OSError, Problem) as exc:
+            failed += 1
+            detail = exc.detail if isinstance(exc, Problem) else str(exc)
+            manifest["images"][str(path)] = {"error": detail}
+            tqdm.write(f"skipped {path}: {detail}")
+            continue
+        result = explainer.explain(image)
+        manifest["images"][str(path)] = result.save(out, path.stem, args.colormap, args.alpha)
+    write_manifest(manifest, out / "manifest.json")
+    print(f"wrote {len(args.images) - failed} explanations and {out / 'manifest.json'}")
+    if failed:
+        sys.exit(1)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.core.config import get_settings
+
+    settings = get_settings()
+    uvicorn.run("app.main:app", host=args.host or settings.host, port=args.port or settings.port,
+                proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ranlens", description="Residual Attention Network: train, evaluate, explain, serve")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +157,24 @@ def main(argv: list[str] | None = None) -> None:
     x.add_argument("--epoch", type=int, default=0, help="default: the last finished epoch")
     x.add_argument("--weights-dir", default=str(WEIGHTS_DIR))
     x.set_defaults(func=_export)
+
+    from app.core.render import COLORMAPS
+
+    p = sub.add_parser("explain", help="write overlays, raw masks and a manifest for images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--arch", default="attention56_cifar")
+    p.add_argument("--weights", default="DEFAULT")
+    p.add_argument("--colormap", default="viridis", choices=COLORMAPS)
+    p.add_argument("--alpha", type=float, default=0.6)
+    p.add_argument("--max-pixels", type=int, default=40_000_000)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_explain)
+
+    s = sub.add_parser("serve", help="run the web app (settings from RANLENS_* variables)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=_serve)
 
     args = parser.parse_args(argv)
     args.func(args)

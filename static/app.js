@@ -91,10 +91,86 @@ function panel(entry, index) {
     <div class="downloads">
       <button type="button" class="dl-png">Overlay PNG</button>
       <button type="button" class="dl-npy">Raw mask (.npy)</button>
-    </div>`;
+    </div>
+    <details class="inside"><summary>Look inside this module</summary>
+      <p class="hint">The 8 channels whose masks vary most across the image (each on its own scale):</p>
+      <div class="multiples"></div>
+      <p class="hint">All ${entry.channels * entry.shape[0] * entry.shape[1]} mask values:</p>
+      <canvas class="histogram" width="320" height="90" role="img"></canvas>
+      <p class="hist-stats"></p>
+      <p class="hint">Trunk output magnitude (mean |T| over channels) before and after (1 + M), on one scale:</p>
+      <div class="trunkmaps">
+        <figure><canvas class="t-before" role="img"></canvas><figcaption class="t-before-cap"></figcaption></figure>
+        <figure><canvas class="t-after" role="img"></canvas><figcaption class="t-after-cap"></figcaption></figure>
+      </div>
+    </details>`;
   el.querySelector(".dl-png").addEventListener("click", () => downloadPng(index));
   el.querySelector(".dl-npy").addEventListener("click", () => downloadNpy(index));
   return el;
+}
+
+function channelVariances(mask, entry) {
+  const n = entry.shape[0] * entry.shape[1];
+  const out = [];
+  for (let k = 0; k < entry.channels; k++) {
+    let sum = 0, sq = 0;
+    for (let i = k * n; i < (k + 1) * n; i++) { sum += mask[i]; sq += mask[i] * mask[i]; }
+    const mean = sum / n;
+    out.push([sq / n - mean * mean, k]);
+  }
+  return out.sort((a, b) => b[0] - a[0]);
+}
+
+function drawInside(el, entry, mask, lut) {
+  const [h, w] = entry.shape, n = h * w;
+  const multiples = el.querySelector(".multiples");
+  multiples.replaceChildren(...channelVariances(mask, entry).slice(0, 8).map(([variance, k]) => {
+    const values = mask.subarray(k * n, (k + 1) * n);
+    const [lo, hi] = range(values);
+    const fig = document.createElement("figure");
+    const c = colourCanvas(values, h, w, lut, lo, hi);
+    c.setAttribute("role", "img");
+    c.setAttribute("aria-label", `channel ${k}, values ${fmt(lo)} to ${fmt(hi)}`);
+    const cap = document.createElement("figcaption");
+    cap.textContent = `ch ${k} (${fmt(lo)}–${fmt(hi)})`;
+    fig.append(c, cap);
+    return fig;
+  }));
+  // histogram of every mask value, 50 bins over (0, 1)
+  const bins = new Array(50).fill(0);
+  let sum = 0, sq = 0;
+  for (const v of mask) { bins[Math.min(49, Math.floor(v * 50))]++; sum += v; sq += v * v; }
+  const mean = sum / mask.length, sd = Math.sqrt(Math.max(0, sq / mask.length - mean * mean));
+  const hist = el.querySelector(".histogram"), ctx = hist.getContext("2d");
+  ctx.clearRect(0, 0, hist.width, hist.height);
+  const top = Math.max(...bins);
+  bins.forEach((count, b) => {
+    ctx.fillStyle = "#2a7f62";
+    const bh = (count / top) * (hist.height - 14);
+    ctx.fillRect(b * hist.width / 50, hist.height - 14 - bh, hist.width / 50 - 1, bh);
+  });
+  ctx.fillStyle = "#b7791f";
+  ctx.fillRect(mean * hist.width - 1, 0, 2, hist.height - 14);
+  ctx.fillStyle = "#111"; ctx.font = "11px system-ui";
+  ctx.fillText("0", 0, hist.height - 2); ctx.fillText("0.5", hist.width / 2 - 8, hist.height - 2);
+  ctx.fillText("1", hist.width - 8, hist.height - 2);
+  const stats = `mean ${fmt(mean)}, standard deviation ${fmt(sd)}`;
+  el.querySelector(".hist-stats").textContent = stats;
+  hist.setAttribute("aria-label", `histogram of mask values between 0 and 1; ${stats}`);
+  // trunk magnitude before / after (1 + M), shared scale so the gain is visible
+  const before = Float32Array.from(entry.trunk_before.flat()), after = Float32Array.from(entry.trunk_after.flat());
+  const lo = Math.min(range(before)[0], range(after)[0]), hi = Math.max(range(before)[1], range(after)[1]);
+  const avg = (a) => a.reduce((x, y) => x + y, 0) / a.length;
+  for (const [cls, values, label] of [["t-before", before, "before"], ["t-after", after, "after"]]) {
+    const target = el.querySelector(`canvas.${cls}`);
+    target.width = 128; target.height = 128;
+    const tctx = target.getContext("2d");
+    tctx.imageSmoothingEnabled = true;
+    tctx.drawImage(colourCanvas(values, h, w, lut, lo, hi), 0, 0, 128, 128);
+    const text = `${label} (1 + M): mean |T| ${avg(values).toFixed(3)}`;
+    el.querySelector(`.${cls}-cap`).textContent = text;
+    target.setAttribute("aria-label", text);
+  }
 }
 
 function settings() {
@@ -137,6 +213,7 @@ function draw() {
     lut.forEach(([r, g, b], k) => { bctx.fillStyle = `rgb(${r},${g},${b})`; bctx.fillRect(k, 0, 1, 1); });
     el.querySelector(".lo").textContent = fmt(lo);
     el.querySelector(".hi").textContent = fmt(hi);
+    drawInside(el, entry, state.masks[i], lut);
   });
 }
 
@@ -175,11 +252,151 @@ async function explain(blob, name) {
     $("modules").replaceChildren(...p.attention.map(panel));
     $("results").hidden = false;
     draw();
+    setPresenterModule(0);
+    const top3 = p.predictions.slice(0, 3).map((q) => `${q.label} ${(100 * q.probability).toFixed(1)}%`).join(" · ");
+    $("topbar-text").textContent = `${name}: ${top3}`;
+    $("topbar").hidden = false;
+    ablate(blob, name);
     setStatus(`${name}: ${p.predictions[0].label} (${(100 * p.predictions[0].probability).toFixed(1)}%).`);
   } catch (err) {
     setStatus(`Request failed: ${err.message}`, true);
   }
 }
+
+async function ablate(blob, name) {
+  const box = $("ablation");
+  box.innerHTML = '<p class="hint">Running with attention off…</p>';
+  const form = new FormData();
+  form.append("file", blob, name);
+  const response = await fetch("api/v1/ablate?top_k=5", { method: "POST", body: form });
+  if (!response.ok) { box.textContent = await problemText(response); return; }
+  const a = await response.json();
+  const columns = [["attention on", a.normal], ["all masks off", a.all_off],
+                   ...a.per_module.map((m) => [`${m.module} off`, m])];
+  const rows = a.normal.top.map((t) => t.index);
+  const table = document.createElement("table");
+  table.className = "ablation-table";
+  table.innerHTML = `<caption class="hint">Probability of the top 5 classes (with attention on) in each run;
+    the bold cell is that run's top class.</caption>
+    <thead><tr><th scope="col">class</th>${columns.map(([title]) => `<th scope="col">${title}</th>`).join("")}</tr></thead>`;
+  const body = document.createElement("tbody");
+  for (const index of rows) {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<th scope="row">${a.normal.top.find((t) => t.index === index).label}</th>` +
+      columns.map(([, run]) => {
+        const winner = run.top[0].index === index;
+        return `<td class="${winner ? "top" : ""}">${(100 * run.probabilities[index]).toFixed(1)}%</td>`;
+      }).join("");
+    body.append(tr);
+  }
+  const changed = columns.slice(1).filter(([, run]) => run.top[0].index !== a.normal.top[0].index).map(([t]) => t);
+  const tr = document.createElement("tr");
+  tr.innerHTML = `<th scope="row">top class</th>` + columns.map(([, run]) => `<td>${run.top[0].label}</td>`).join("");
+  body.append(tr);
+  table.append(body);
+  const note = document.createElement("p");
+  note.textContent = changed.length ? `The top class changes with: ${changed.join(", ")}.`
+                                    : "The top class stays the same in every run; compare the probabilities.";
+  box.replaceChildren(table, note);
+}
+
+// ---- presenter mode: one module at a time, big type, keyboard navigation
+let presenterIndex = 0;
+function setPresenterModule(i) {
+  const panels = [...$("modules").children];
+  if (!panels.length) return;
+  presenterIndex = (i + panels.length) % panels.length;
+  panels.forEach((el, k) => el.classList.toggle("current", k === presenterIndex));
+  $("presenter-pos").textContent = `module ${presenterIndex + 1} of ${panels.length}`;
+  if (document.body.classList.contains("presenter")) panels[presenterIndex].querySelector("details.inside").open = true;
+}
+function togglePresenter(on = !document.body.classList.contains("presenter")) {
+  document.body.classList.toggle("presenter", on);
+  $("presenter-toggle").setAttribute("aria-pressed", String(on));
+  setPresenterModule(presenterIndex);
+}
+$("presenter-toggle").addEventListener("click", () => togglePresenter());
+$("next-module").addEventListener("click", () => setPresenterModule(presenterIndex + 1));
+$("prev-module").addEventListener("click", () => setPresenterModule(presenterIndex - 1));
+document.addEventListener("keydown", (e) => {
+  if (e.target.closest("input, select, textarea")) return;
+  const presenting = document.body.classList.contains("presenter");
+  if ((e.key === "p" || e.key === "P") && state.payload) togglePresenter();
+  else if (presenting && (e.key === "ArrowRight" || e.key === "PageDown")) setPresenterModule(presenterIndex + 1);
+  else if (presenting && (e.key === "ArrowLeft" || e.key === "PageUp")) setPresenterModule(presenterIndex - 1);
+  else if (presenting && e.key === "Escape") togglePresenter(false);
+  else return;
+  e.preventDefault();
+});
+
+// ---- architecture view, drawn from the served model's own description
+function svgEl(tag, attrs, text) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function drawArchitecture(arch) {
+  const W = 640, rowH = 34, gap = 10;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} 100`, role: "group", "aria-label": `${arch.name} architecture` });
+  svg.append(svgEl("title", {}, `${arch.name}: stem, ${arch.stages.length} stages, head`));
+  let y = 4;
+  const block = (label, detail) => {
+    const g = svgEl("g", { class: "block" });
+    g.append(svgEl("rect", { x: 10, y, width: W - 20, height: rowH, rx: 6 }));
+    g.append(svgEl("text", { x: 22, y: y + 21 }, label));
+    g.append(svgEl("text", { x: W - 22, y: y + 21, "text-anchor": "end" }, detail));
+    svg.append(g);
+    y += rowH + gap;
+  };
+  const dims = (s) => s.length === 3 ? `${s[0]} ch, ${s[1]}×${s[2]}` : `${s[0]}×${s[1]}`;
+  block(`Input image`, `${arch.input[1]}×${arch.input[2]} RGB`);
+  block(`Stem (${arch.stem.kind === "cifar" ? "3×3 conv" : "7×7/2 conv + max-pool"})`, dims(arch.stem.output));
+  for (const stage of arch.stages) {
+    block(`Stage ${stage.stage}: residual unit${stage.transition_stride > 1 ? " (stride 2)" : ""}`,
+          `${stage.channels} ch, ${dims(stage.resolution)}`);
+    for (const m of stage.modules) {
+      const h = 3 * rowH + 8;
+      const g = svgEl("g", { class: "att", tabindex: "0", role: "button", "data-module": m.name,
+                             "aria-label": `${m.name}: attention module at ${dims(m.resolution)}; show its mask` });
+      g.append(svgEl("rect", { class: "frame", x: 10, y, width: W - 20, height: h, rx: 8 }));
+      g.append(svgEl("text", { x: 22, y: y + 18, "font-weight": "700" }, `Attention module ${m.name}`));
+      g.append(svgEl("text", { x: W - 22, y: y + 18, "text-anchor": "end" }, `H = (1 + M) × T, mask ${dims(m.resolution)}`));
+      g.append(svgEl("text", { x: 36, y: y + 42 }, `Trunk T: ${m.trunk_units} residual units at ${dims(m.resolution)}`));
+      const levels = m.mask_levels.map((l) => l[0]);
+      const path = [...levels, ...levels.slice(0, -1).reverse()].join(" → ");
+      g.append(svgEl("text", { x: 36, y: y + 64 }, `Soft mask M: ${path}, then 1×1, 1×1, sigmoid`));
+      g.append(svgEl("text", { x: 36, y: y + 86, class: "hint" },
+        `${m.mask_depth} max-pool${m.mask_depth > 1 ? "s" : ""} down, bilinear up-sampling back, skip connections`));
+      const go = () => {
+        const panel = document.getElementById(`module-${m.name.replace(".", "-")}`);
+        if (!panel) { setStatus("Analyse an image first to see this module's mask."); return; }
+        const index = [...$("modules").children].indexOf(panel);
+        setPresenterModule(index);
+        panel.querySelector("details.inside").open = true;
+        panel.scrollIntoView({ behavior: "smooth", block: "center" });
+        panel.querySelector("canvas.overlay").focus({ preventScroll: true });
+      };
+      g.addEventListener("click", go);
+      g.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); go(); } });
+      svg.append(g);
+      y += h + gap;
+    }
+  }
+  block(`Head: ${arch.head.units} residual units`, dims(arch.head.output));
+  block(`Global average pool + linear`, `${arch.classifier.in_features} → ${arch.classifier.classes} classes`);
+  svg.setAttribute("viewBox", `0 0 ${W} ${y}`);
+  $("arch-svg").replaceChildren(svg);
+}
+
+async function loadArchitecture() {
+  const name = document.body.dataset.model;
+  if (!name) return;
+  const response = await fetch(`api/v1/models/${name}/architecture`);
+  if (response.ok) drawArchitecture(await response.json());
+}
+loadArchitecture();
 
 function save(blob, filename) {
   const a = document.createElement("a");

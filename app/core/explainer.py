@@ -124,6 +124,31 @@ class Explainer:
             timing_ms={"preprocess": 1000 * (t1 - t0), "inference": 1000 * (t2 - t1)},
         )
 
+    def ablate(self, image: Image.Image, top_k: int = 5) -> dict:
+        """Predictions with attention on, with every mask set to zero, and with one module's mask
+        at a time set to zero (M = 0 turns a module into its trunk path)."""
+        x = self.preprocess(image).unsqueeze(0).contiguous(memory_format=torch.channels_last)
+        names = self.model.module_names
+        variants = {"normal": (), "all_off": names, **{f"off:{n}": (n,) for n in names}}
+        results = {}
+        with torch.inference_mode():
+            for key, off in variants.items():
+                probs = torch.softmax(self.model(x, masks_off=off)[0], dim=0)
+                top = probs.topk(min(top_k, probs.numel()))
+                results[key] = {
+                    "masks_off": list(off),
+                    "probabilities": probs.tolist(),
+                    "top": [{"index": int(i), "label": self.weights.classes[int(i)], "probability": float(p)}
+                            for p, i in zip(top.values, top.indices)],
+                }
+        normal = results["normal"]["probabilities"]
+        winner = max(range(len(normal)), key=normal.__getitem__)
+        return {
+            "model": self.name, "weights": self.weights.name, "predicted": self.weights.classes[winner],
+            "normal": results["normal"], "all_off": results["all_off"],
+            "per_module": [{"module": n, **results[f"off:{n}"]} for n in names],
+        }
+
     def metadata(self) -> dict:
         w = self.weights
         return {

@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from PIL import Image
 
@@ -119,10 +120,14 @@ def _explain_page(explainer: Explainer, settings: Settings, data: bytes, content
     for a in result.attention:
         encoded, lo, hi = render.quantize(a.mask)
         mean = a.reduced("mean")
+        before = np.abs(a.trunk).mean(axis=0)
+        after = np.abs((1 + a.mask) * a.trunk).mean(axis=0)
         attention.append({
             "module": a.module, "stage": a.stage, "shape": list(a.shape), "channels": a.channels,
             "data": encoded, "lo": lo, "hi": hi,
             "min": float(mean.min()), "max": float(mean.max()), "mean": float(mean.mean()),
+            # mean |T| over channels per position, before and after (1 + M): what the mask amplifies
+            "trunk_before": before.round(5).tolist(), "trunk_after": after.round(5).tolist(),
         })
     return {
         "model": result.model, "weights": result.weights,

@@ -1,0 +1,114 @@
+"""Checkpoints: safetensors round trip, hash and architecture checks, the shipped weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from model import Weights, WeightsError, get_model, list_weights
+from model.weights import CIFAR10_CLASSES, save_checkpoint, sha256_of
+
+
+def _weights_for(model, tmp_path, name="tiny.v0") -> Weights:
+    path = tmp_path / f"{name}.safetensors"
+    digest = save_checkpoint(model, path, model.config.name)
+    return Weights(name=name, arch=model.config.name, file=path.name, sha256=digest, classes=CIFAR10_CLASSES,
+                   input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), directory=tmp_path)
+
+
+def test_round_trip_through_manifest(tmp_path):
+    torch.manual_seed(1)
+    model = get_model("attention56_cifar", num_classes=10).eval()
+    weights = _weights_for(model, tmp_path)
+    manifest = weights.write_manifest()
+    reloaded = Weights.from_manifest(manifest)
+    assert reloaded == weights
+    loaded = get_model("attention56_cifar", weights=reloaded)
+    assert not loaded.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert [w.name for w in list_weights(directory=tmp_path)] == ["tiny.v0"]
+
+
+def test_corrupt_file_fails_the_hash_check(tmp_path):
+    weights = _weights_for(get_model("attention56_cifar", num_classes=10), tmp_path)
+    data = bytearray(weights.path.read_bytes())
+    data[-1] ^= 0xFF
+    weights.path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="corrupt"):
+        get_model("attention56_cifar", weights=weights)
+
+
+def test_missing_file_without_url_is_a_clear_error(tmp_path):
+    weights = _weights_for(get_model("attention56_cifar", num_classes=10), tmp_path)
+    weights.path.unlink()
+    with pytest.raises(WeightsError, match="missing"):
+        get_model("attention56_cifar", weights=weights)
+
+
+def test_wrong_architecture_is_refused(tmp_path):
+    weights = _weights_for(get_model("attention56_cifar", num_classes=10), tmp_path)
+    with pytest.raises(WeightsError, match="are for attention56_cifar"):
+        get_model("attention92_cifar", weights=weights)
+    # a manifest that lies about the architecture is caught by the checkpoint's own metadata
+    lying = dataclasses.replace(weights, arch="attention92_cifar")
+    with pytest.raises(WeightsError, match="holds architecture 'attention56_cifar'"):
+        get_model("attention92_cifar", weights=lying)
+
+
+def test_mismatched_tensors_are_named(tmp_path):
+    model92 = get_model("attention92_cifar", num_classes=10)
+    path = tmp_path / "x.safetensors"
+    digest = save_checkpoint(model92, path, "attention56_cifar")  # wrong label on purpose
+    weights = Weights(name="x", arch="attention56_cifar", file=path.name, sha256=digest, classes=CIFAR10_CLASSES,
+                      input_size=32, mean=(0, 0, 0), std=(1, 1, 1), directory=tmp_path)
+    with pytest.raises(WeightsError, match="unexpected"):
+        get_model("attention56_cifar", weights=weights)
+
+
+def test_not_a_safetensors_file(tmp_path):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"not a checkpoint at all")
+    weights = Weights(name="junk", arch="attention56_cifar", file=path.name, sha256=sha256_of(path),
+                      classes=CIFAR10_CLASSES, input_size=32, mean=(0, 0, 0), std=(1, 1, 1), directory=tmp_path)
+    with pytest.raises(WeightsError, match="cannot read"):
+        get_model("attention56_cifar", weights=weights)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    available = list_weights("attention56_cifar")
+    assert available, "no weights are shipped in model/weights/"
+    weights = available[-1]
+    return weights, get_model("attention56_cifar", weights=weights)
+
+
+def test_shipped_manifest_is_complete(shipped):
+    weights, _ = shipped
+    assert weights.classes == CIFAR10_CLASSES
+    assert weights.path.stat().st_size < 10 * 1024 * 1024
+    assert sha256_of(weights.path) == weights.sha256
+    for key in ("epochs", "lr", "train_wall_hours", "train_img_per_s", "command"):
+        assert key in weights.recipe
+    assert 0.5 < weights.metrics["top1"] <= 1 and weights.metrics["images"] == 10000
+    assert json.loads(json.dumps(weights.manifest()))  # serialisable as is
+
+
+def test_shipped_weights_classify_cifar_test_images(shipped, cifar_test_images):
+    weights, model = shipped
+    preprocess = weights.transforms()
+    paths, labels = [], []
+    for label, files in sorted(cifar_test_images.items()):
+        paths += files
+        labels += [weights.classes.index(label)] * len(files)
+    batch = torch.stack([preprocess(Image.open(p)) for p in paths])
+    with torch.no_grad():
+        predicted = model(batch).argmax(1).tolist()
+    correct = sum(p == t for p, t in zip(predicted, labels))
+    # 50 images, five per class: the shipped model must get most of them right
+    assert correct / len(labels) >= 0.7, f"{correct}/{len(labels)} correct"
