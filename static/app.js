@@ -128,6 +128,7 @@ function drawInside(el, entry, mask, lut) {
     const values = mask.subarray(k * n, (k + 1) * n);
     const [lo, hi] = range(values);
     const fig = document.createElement("figure");
+    fig.title = `channel ${k}: ${fmt(lo)} to ${fmt(hi)}`;
     const c = colourCanvas(values, h, w, lut, lo, hi);
     c.setAttribute("role", "img");
     c.setAttribute("aria-label", `channel ${k}, values ${fmt(lo)} to ${fmt(hi)}`);
@@ -308,7 +309,10 @@ function setPresenterModule(i) {
   presenterIndex = (i + panels.length) % panels.length;
   panels.forEach((el, k) => el.classList.toggle("current", k === presenterIndex));
   $("presenter-pos").textContent = `module ${presenterIndex + 1} of ${panels.length}`;
-  if (document.body.classList.contains("presenter")) panels[presenterIndex].querySelector("details.inside").open = true;
+  if (document.body.classList.contains("presenter")) {
+    panels[presenterIndex].querySelector("details.inside").open = true;
+    panels[presenterIndex].scrollIntoView({ block: "start" });
+  }
 }
 function togglePresenter(on = !document.body.classList.contains("presenter")) {
   document.body.classList.toggle("presenter", on);
