@@ -118,6 +118,17 @@ def _explain(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def _figure(args: argparse.Namespace) -> None:
+    from .figures import mask_figure
+
+    model, weights = _load(args)
+    stats = mask_figure(model, weights, [Path(p) for p in args.images], Path(args.out))
+    for row in stats:
+        print(f"{row['image']:<24} {row['module']:<16} channel-mean {row['mean_min']:.3f}..{row['mean_max']:.3f}"
+              f"  all channels {row['all_min']:.3f}..{row['all_max']:.3f} (std {row['all_std']:.3f})")
+    print(f"figure written to {args.out}")
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -170,6 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-pixels", type=int, default=40_000_000)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_explain)
+
+    f = sub.add_parser("figure", help="a PNG of every module's channel-mean mask over some images")
+    f.add_argument("images", nargs="+")
+    f.add_argument("--out", required=True)
+    f.add_argument("--arch", default="attention56_cifar")
+    f.add_argument("--weights", default="DEFAULT")
+    f.set_defaults(func=_figure)
 
     s = sub.add_parser("serve", help="run the web app (settings from RANLENS_* variables)")
     s.add_argument("--host")

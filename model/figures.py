@@ -1,0 +1,55 @@
+"""A figure of every attention module's channel-mean soft mask over a set of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .network import ResidualAttentionNet
+from .weights import Weights
+
+
+def mask_figure(model: ResidualAttentionNet, weights: Weights, images: list[Path], out: Path,
+                cmap: str = "viridis") -> list[dict]:
+    """Rows: images; columns: the crop the model sees, then each module's channel-mean mask
+    (own colour scale, range in the title), then the top prediction. Returns per-mask statistics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preprocess = weights.transforms()
+    names = model.module_names
+    fig, axes = plt.subplots(len(images), len(names) + 1, figsize=(2.6 * (len(names) + 1), 2.7 * len(images)),
+                             squeeze=False)
+    stats = []
+    for row, path in enumerate(images):
+        crop = preprocess.crop(Image.open(path))
+        with torch.no_grad():
+            result = model.eval().forward_intermediates(preprocess.to_tensor(crop).unsqueeze(0))
+        probs = torch.softmax(result.logits[0], 0)
+        top = int(probs.argmax())
+        axes[row, 0].imshow(crop)
+        axes[row, 0].set_title(f"{path.name}\n→ {weights.classes[top]} {100 * float(probs[top]):.0f}%", fontsize=8)
+        for col, a in enumerate(result.attention, start=1):
+            mean = a.mask[0].mean(0).numpy()
+            ax = axes[row, col]
+            ax.imshow(crop, extent=(0, 1, 1, 0))
+            im = ax.imshow(mean, cmap=cmap, alpha=0.6, interpolation="bilinear", extent=(0, 1, 1, 0))
+            ax.set_title(f"{a.name} {a.resolution[0]}x{a.resolution[1]}\n{mean.min():.3f}–{mean.max():.3f}",
+                         fontsize=8)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+            full = a.mask[0].numpy()
+            stats.append({"image": path.name, "module": a.name, "mean_min": float(mean.min()),
+                          "mean_max": float(mean.max()), "all_min": float(full.min()), "all_max": float(full.max()),
+                          "all_std": float(full.std()), "spatial_std_of_mean": float(np.std(mean))})
+        for ax in axes[row]:
+            ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return stats
