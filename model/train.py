@@ -44,6 +44,7 @@ class TrainConfig:
     threads: int = 2
     limit_train: int = 0  # use only the first N training images (smoke tests); 0 = all
     limit_test: int = 0
+    stop_after: int = 0  # finish this invocation after N more epochs (resume later); 0 = run to the end
     init: str = ""  # start from these weights (a .safetensors file), e.g. to continue a shipped model
 
 
@@ -140,7 +141,8 @@ def train(cfg: TrainConfig) -> list[dict]:
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(start_epoch, cfg.epochs):
+    end_epoch = cfg.epochs if not cfg.stop_after else min(cfg.epochs, start_epoch + cfg.stop_after)
+    for epoch in range(start_epoch, end_epoch):
         # each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
         generator.manual_seed(cfg.seed * 1000 + epoch)
         order = torch.randperm(len(train_split), generator=generator)
