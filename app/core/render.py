@@ -69,15 +69,10 @@ def overlay(
     return Image.fromarray((base * (1 - alpha) + colours * alpha).round().astype(np.uint8), "RGB")
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def data_uri(image: Image.Image, fmt: str = "PNG") -> str:
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    # zlib level 1: a quarter of the default's time for ~15% more bytes, on the request's hot path
+    image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
     mime = "image/png" if fmt == "PNG" else "image/jpeg"
     return f"data:{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
