@@ -65,16 +65,22 @@ def browser():
         b.close()
 
 
+def open_page(browser, url: str, height: int):
+    """A fresh page at a projector-like width that records uncaught script errors."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    return page, errors
+
+
 def _overlay_pixels(page, index: int = 0) -> str:
     return page.eval_on_selector_all("canvas.overlay", f"(cs) => cs[{index}].toDataURL()")
 
 
 def test_upload_photo_see_modules_and_move_opacity(server, browser):
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server)
+    page, errors = open_page(browser, server, 900)
     page.set_input_files("#file", str(PHOTOS / "chelsea.png"))
     page.wait_for_selector("#modules article", timeout=60_000)
     panels = page.locator("#modules article")
@@ -108,8 +114,7 @@ def test_upload_photo_see_modules_and_move_opacity(server, browser):
 
 
 def test_example_gallery_and_bad_upload_message(server, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1280, "height": 720})
-    page.goto(server)
+    page, errors = open_page(browser, server, 720)
     page.click("button.example[data-name='cifar10-ship.jpg']")
     page.wait_for_selector("#modules article", timeout=60_000)
     assert "cifar10-ship.jpg" in page.inner_text("#status")
@@ -118,15 +123,12 @@ def test_example_gallery_and_bad_upload_message(server, browser, tmp_path):
     page.set_input_files("#file", str(bad))
     page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=30_000)
     assert "not" in page.inner_text("#status").lower()
+    assert not errors, errors
     page.close()
 
 
 def test_teaching_view_and_presenter_mode_by_keyboard(server, browser):
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1280, "height": 720})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server)
+    page, errors = open_page(browser, server, 720)
     # the architecture view is drawn from the served model: exactly its three modules
     page.wait_for_selector("#arch-svg svg g.att")
     assert page.eval_on_selector_all("#arch-svg g.att", "(gs) => gs.map((g) => g.dataset.module)") == [
