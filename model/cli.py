@@ -22,12 +22,9 @@ def _train(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace):
     """A model and its weights description from ``--weights`` (name or .json manifest)."""
     from .registry import get_model
-    from .weights import get_weights
+    from .weights import resolve_weights
 
-    if args.weights.endswith(".json"):
-        weights = Weights.from_manifest(Path(args.weights))
-    else:
-        weights = get_weights(args.arch, args.weights)
+    weights = resolve_weights(args.arch, args.weights)
     return get_model(weights.arch, weights=weights), weights
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from .weights import Preprocess
+from .weights import center_crop
 
 __all__ = ["Split", "augment", "load_split"]
 
@@ -44,12 +44,11 @@ def _folder_split(directory: Path, size: int) -> Split:
         for path in sorted((directory / name).iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES
     ]
-    crop = Preprocess(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)).crop
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {directory.name}", unit="img", leave=False)):
         with Image.open(path) as im:
             im = im.convert("RGB")
-            images[i] = np.asarray(im if im.size == (size, size) else crop(im))
+            images[i] = np.asarray(im if im.size == (size, size) else center_crop(im, size))
     labels = np.array([label for _, label in files], dtype=np.int64)
     return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), tuple(classes))
 

@@ -25,7 +25,9 @@ __all__ = [
     "Preprocess",
     "Weights",
     "WeightsError",
+    "center_crop",
     "get_weights",
+    "resolve_weights",
     "list_weights",
     "save_checkpoint",
     "sha256_of",
@@ -50,6 +52,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """RGB, shorter side resized to ``size`` (antialiased), centre square of ``size``."""
+    image = TF.resize(image.convert("RGB"), size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return TF.center_crop(image, [size, size])
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Shorter side resized to ``size``, centre crop, scaled to [0, 1], normalised.
@@ -62,9 +70,7 @@ class Preprocess:
     std: tuple[float, float, float]
 
     def crop(self, image: Image.Image) -> Image.Image:
-        image = image.convert("RGB")
-        image = TF.resize(image, self.size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        return TF.center_crop(image, [self.size, self.size])
+        return center_crop(image, self.size)
 
     def to_tensor(self, cropped: Image.Image) -> Tensor:
         return TF.normalize(TF.to_tensor(cropped), list(self.mean), list(self.std))
@@ -186,6 +192,16 @@ def save_checkpoint(model: nn.Module, path: Path, arch: str, extra: dict[str, st
 def list_weights(arch: str | None = None, directory: Path = WEIGHTS_DIR) -> list[Weights]:
     found = [Weights.from_manifest(p) for p in sorted(directory.glob("*.json"))]
     return [w for w in found if arch is None or w.arch == arch]
+
+
+def resolve_weights(arch: str, spec: str) -> Weights:
+    """A manifest path (``*.json``, whatever its architecture) or a name/``DEFAULT`` for ``arch``."""
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise WeightsError(f"weights manifest {path} not found")
+        return Weights.from_manifest(path)
+    return get_weights(arch, spec)
 
 
 def get_weights(arch: str, weights: Weights | str) -> Weights:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model import ResidualAttentionNet, Weights, describe, get_model, get_weights
-from model.weights import Preprocess
+from model import ResidualAttentionNet, Weights, describe, get_model
+from model.weights import center_crop, resolve_weights
 
 from . import render
 
@@ -62,7 +62,7 @@ class Explanation:
              display_size: int = 256) -> dict:
         """Writes per-module overlay PNGs and raw masks (.npy); returns a manifest entry."""
         directory.mkdir(parents=True, exist_ok=True)
-        display = Preprocess(display_size, (0, 0, 0), (1, 1, 1)).crop(self.image)
+        display = center_crop(self.image, display_size)
         display.save(directory / f"{stem}.input.png")
         modules = []
         for a in self.attention:
@@ -93,10 +93,7 @@ class Explainer:
 
     @classmethod
     def load(cls, arch: str = "attention56_cifar", weights: str = "DEFAULT") -> Explainer:
-        if weights.endswith(".json"):
-            resolved = Weights.from_manifest(Path(weights))
-        else:
-            resolved = get_weights(arch, weights)
+        resolved = resolve_weights(arch, weights)
         return cls(get_model(resolved.arch, weights=resolved), resolved)
 
     @property

@@ -15,7 +15,7 @@ from app.core.explainer import Explainer
 from app.core.imaging import decode_image
 from app.core.problems import Problem
 from app.core.upload import read_upload
-from model.weights import Preprocess
+from model.weights import center_crop
 
 router = APIRouter(prefix="/api/v1", tags=["predict"])
 
@@ -60,7 +60,7 @@ def _predict(explainer: Explainer, settings: Settings, data: bytes, content_type
     t1 = time.perf_counter()
     result = explainer.explain(image)
     t2 = time.perf_counter()
-    display = Preprocess(settings.display_size, (0, 0, 0), (1, 1, 1)).crop(image) if overlays else None
+    display = center_crop(image, settings.display_size) if overlays else None
     attention = []
     for a in result.attention:
         values = a.reduced(reduction, channel)
@@ -113,7 +113,7 @@ def _explain_page(explainer: Explainer, settings: Settings, data: bytes, content
     image = _decode(settings, data, content_type)
     t1 = time.perf_counter()
     result = explainer.explain(image)
-    display = Preprocess(settings.display_size, (0, 0, 0), (1, 1, 1)).crop(image)
+    display = center_crop(image, settings.display_size)
     thumbnail = image.copy()
     thumbnail.thumbnail((640, 640))
     attention = []
