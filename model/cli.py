@@ -136,6 +136,11 @@ def _serve(args: argparse.Namespace) -> None:
                 proxy_headers=True, forwarded_allow_ips="127.0.0.1")
 
 
+def _add_weights_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="attention56_cifar")
+    parser.add_argument("--weights", default="DEFAULT", help="weights name, DEFAULT, or a manifest .json")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ranlens", description="Residual Attention Network: train, evaluate, explain, serve")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,8 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="top-1/top-5/per-class accuracy of a weights file on a split")
-    e.add_argument("--arch", default="attention56_cifar")
-    e.add_argument("--weights", default="DEFAULT", help="weights name, DEFAULT, or a manifest .json")
+    _add_weights_args(e)
     e.add_argument("--data", required=True)
     e.add_argument("--source", default="folder", choices=["folder", "torchvision"])
     e.add_argument("--split", default="test", choices=["train", "test"])
@@ -171,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("explain", help="write overlays, raw masks and a manifest for images")
     p.add_argument("images", nargs="+")
     p.add_argument("--out", required=True)
-    p.add_argument("--arch", default="attention56_cifar")
-    p.add_argument("--weights", default="DEFAULT")
+    _add_weights_args(p)
     p.add_argument("--colormap", default="viridis", choices=COLORMAPS)
     p.add_argument("--alpha", type=float, default=0.6)
     p.add_argument("--max-pixels", type=int, default=40_000_000)
@@ -182,8 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     f = sub.add_parser("figure", help="a PNG of every module's channel-mean mask over some images")
     f.add_argument("images", nargs="+")
     f.add_argument("--out", required=True)
-    f.add_argument("--arch", default="attention56_cifar")
-    f.add_argument("--weights", default="DEFAULT")
+    _add_weights_args(f)
     f.set_defaults(func=_figure)
 
     s = sub.add_parser("serve", help="run the web app (settings from RANLENS_* variables)")

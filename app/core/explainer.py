@@ -138,10 +138,8 @@ class Explainer:
                     "top": [{"index": int(i), "label": self.weights.classes[int(i)], "probability": float(p)}
                             for p, i in zip(top.values, top.indices)],
                 }
-        normal = results["normal"]["probabilities"]
-        winner = max(range(len(normal)), key=normal.__getitem__)
         return {
-            "model": self.name, "weights": self.weights.name, "predicted": self.weights.classes[winner],
+            "model": self.name, "weights": self.weights.name, "predicted": results["normal"]["top"][0]["label"],
             "normal": results["normal"], "all_off": results["all_off"],
             "per_module": [{"module": n, **results[f"off:{n}"]} for n in names],
         }
