@@ -46,6 +46,26 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"metrics written to {updated.write_manifest()}")
 
 
+def _train_command(config: dict) -> str:
+    """The ``ranlens train`` line that reproduces a run: every setting that differs from the default."""
+    from .train import TrainConfig
+
+    defaults = TrainConfig()
+    flags = [f"--{key.replace('_', '-')} {value}" for key, value in config.items()
+             if key not in ("out", "data", "threads", "stop_after", "classes") and getattr(defaults, key, None) != value]
+    return " ".join(["ranlens train", *flags])
+
+
+def _lineage(init: Path) -> dict:
+    """What a warm-started run started from: the parent's name, hash and recipe, so the whole
+    training behind a checkpoint stays on record."""
+    manifest = init.with_suffix(".json")
+    parent = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    return {"from": parent.get("name", init.name),
+            "sha256": parent.get("sha256") or (sha256_of(init) if init.is_file() else None),
+            "recipe": parent.get("recipe")}
+
+
 def _export(args: argparse.Namespace) -> None:
     """Copies a run's checkpoint into model/weights/ with a manifest carrying the recipe."""
     from .train import CIFAR_MEAN, CIFAR_STD
@@ -72,11 +92,19 @@ def _export(args: argparse.Namespace) -> None:
         "hardware": "2 CPU cores, float32, channels_last",
         "train_wall_hours": round(sum(h["epoch_seconds"] for h in done) / 3600, 2),
         "train_img_per_s": round(sum(h["train_img_per_s"] for h in done) / len(done), 1),
-        "command": f"ranlens train --arch {config['arch']} --epochs {config['epochs']} --lr {config['lr']}",
+        "command": _train_command(config),
     }
+    recipe["total_epochs"] = epochs_done
+    recipe["total_train_wall_hours"] = recipe["train_wall_hours"]
+    if config.get("init"):
+        recipe["warm_start"] = parent = _lineage(Path(config["init"]))
+        earlier = parent["recipe"] or {}
+        recipe["total_epochs"] += earlier.get("total_epochs", earlier.get("epochs_completed", 0))
+        recipe["total_train_wall_hours"] = round(
+            recipe["train_wall_hours"] + earlier.get("total_train_wall_hours", earlier.get("train_wall_hours", 0)), 2)
     weights = Weights(
         name=args.name, arch=config["arch"], file=target.name, sha256=sha256_of(target),
-        classes=CIFAR10_CLASSES, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, recipe=recipe,
+        classes=tuple(config.get("classes", CIFAR10_CLASSES)), input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, recipe=recipe,
         metrics={"note": "not yet measured: run ranlens evaluate --write-metrics"}, directory=target_dir,
     )
     print(f"wrote {target} and {weights.write_manifest()}")

@@ -138,7 +138,8 @@ def train(cfg: TrainConfig) -> list[dict]:
         start_epoch = state["epoch"]
         history = json.loads((out / "metrics.json").read_text())[:start_epoch]
         print(f"resuming {cfg.arch} at epoch {start_epoch}/{cfg.epochs}")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    # the class names travel with the run so `ranlens export` can write them into the manifest
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), "classes": list(train_split.classes)}, indent=2))
 
     generator = torch.Generator().manual_seed(cfg.seed)
     end_epoch = cfg.epochs if not cfg.stop_after else min(cfg.epochs, start_epoch + cfg.stop_after)
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             optimizer.step()
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss) * len(y)
+            loss_sum += float(loss.detach()) * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3f}",
                             ips=f"{seen / (time.time() - t0):.0f}")
         train_time = time.time() - t0

@@ -74,3 +74,26 @@ def test_stopped_run_resumes_to_the_same_weights(tiny_folder, tmp_path):
     # the schedule depends on the total number of epochs, so changing it on resume is refused
     with pytest.raises(ValueError, match="epochs"):
         train(TrainConfig(out=str(run), **{**common, "epochs": 3}))
+
+
+def test_export_of_a_warm_started_run_records_its_lineage(tiny_folder, tmp_path):
+    from model.cli import main
+    from model.weights import Weights
+
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    common = dict(data=str(tiny_folder), epochs=1, batch_size=12, threads=1)
+    train(TrainConfig(out=str(tmp_path / "first"), **common))
+    main(["export", str(tmp_path / "first"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
+    train(TrainConfig(out=str(tmp_path / "second"), init=str(shipped / "tiny.v1.safetensors"), lr=0.05, **common))
+    main(["export", str(tmp_path / "second"), "--name", "tiny.v2", "--weights-dir", str(shipped)])
+
+    first = Weights.from_manifest(shipped / "tiny.v1.json")
+    second = Weights.from_manifest(shipped / "tiny.v2.json")
+    assert second.classes == ("cat", "dog")  # from the run, not assumed to be CIFAR-10
+    assert first.recipe["total_epochs"] == 1 and "warm_start" not in first.recipe
+    assert second.recipe["warm_start"]["from"] == "tiny.v1"
+    assert second.recipe["warm_start"]["sha256"] == first.sha256
+    assert second.recipe["total_epochs"] == 2
+    assert "--init" in second.recipe["command"] and "--lr 0.05" in second.recipe["command"]
+    assert "--epochs 1" in second.recipe["command"] and "--out" not in second.recipe["command"]
