@@ -169,6 +169,29 @@ def _add_weights_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="DEFAULT", help="weights name, DEFAULT, or a manifest .json")
 
 
+def _curves(args: argparse.Namespace) -> None:
+    """One training-curve figure for a chain of runs (a run and the warm-started runs after it)."""
+    from .train import plot_curves
+
+    runs: list[dict] = []
+    for spec in map(Path, args.runs):
+        path = spec / "metrics.json" if spec.is_dir() else spec
+        data = json.loads(path.read_text())
+        # a file this command wrote holds several runs; a run's own metrics.json holds one
+        runs.extend(data["runs"] if isinstance(data, dict) else [{"name": spec.name, "history": data}])
+    combined, restarts, offset = [], [], 0
+    for run in runs:
+        if combined:
+            restarts.append(offset + 0.5)
+        combined += [{**record, "epoch": offset + record["epoch"]} for record in run["history"]]
+        offset += len(run["history"])
+    plot_curves(combined, Path(args.out), tuple(restarts))
+    print(f"wrote {args.out}: {len(runs)} run(s), {offset} epochs")
+    if args.write_metrics:
+        Path(args.write_metrics).write_text(json.dumps({"runs": runs}, indent=2))
+        print(f"wrote {args.write_metrics}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ranlens", description="Residual Attention Network: train, evaluate, explain, serve")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--out", required=True)
     _add_weights_args(f)
     f.set_defaults(func=_figure)
+
+    c = sub.add_parser("curves", help="training curves of one run or a chain of warm-started runs, as a PNG")
+    c.add_argument("runs", nargs="+", help="run folders or metrics JSON files, oldest first")
+    c.add_argument("--out", required=True)
+    c.add_argument("--write-metrics", help="also write the runs' per-epoch metrics to this JSON file")
+    c.set_defaults(func=_curves)
 
     s = sub.add_parser("serve", help="run the web app (settings from RANLENS_* variables)")
     s.add_argument("--host")

@@ -81,7 +81,8 @@ def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, restarts: tuple[float, ...] = ()) -> None:
+    """Loss and accuracy per epoch; ``restarts`` marks where a warm-started schedule began."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,6 +96,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax2.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
     ax2.plot(epochs, [100 * h["test_acc"] for h in history], "o-", label="test")
     ax2.set_xlabel("epoch"), ax2.set_ylabel("top-1 accuracy (%)"), ax2.legend()
+    for ax in (ax1, ax2):
+        for x in restarts:
+            ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+    if restarts:
+        ax2.text(restarts[0], ax2.get_ylim()[0], " warm restart", color="grey", va="bottom")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -46,5 +46,5 @@ def test_figure_command(tmp_path):
 
 def test_help_lists_every_command():
     out = ranlens("--help").stdout
-    for command in ("train", "evaluate", "export", "explain", "figure", "serve"):
+    for command in ("train", "evaluate", "export", "explain", "figure", "curves", "serve"):
         assert command in out

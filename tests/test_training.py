@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
@@ -97,3 +98,23 @@ def test_export_of_a_warm_started_run_records_its_lineage(tiny_folder, tmp_path)
     assert second.recipe["total_epochs"] == 2
     assert "--init" in second.recipe["command"] and "--lr 0.05" in second.recipe["command"]
     assert "--epochs 1" in second.recipe["command"] and "--out" not in second.recipe["command"]
+
+
+def test_curves_chain_runs_and_round_trip(tmp_path):
+    from model.cli import main
+
+    def history(accs):
+        return [{"epoch": i + 1, "train_loss": 1 - a, "train_acc": a, "test_loss": 1 - a, "test_acc": a}
+                for i, a in enumerate(accs)]
+
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "metrics.json").write_text(json.dumps(history([0.4, 0.6])))
+    (tmp_path / "second.json").write_text(json.dumps(history([0.55, 0.7, 0.8])))
+    main(["curves", str(tmp_path / "first"), str(tmp_path / "second.json"),
+          "--out", str(tmp_path / "curves.png"), "--write-metrics", str(tmp_path / "all.json")])
+    assert Image.open(tmp_path / "curves.png").size[0] > 500
+    runs = json.loads((tmp_path / "all.json").read_text())["runs"]
+    assert [r["name"] for r in runs] == ["first", "second.json"] and len(runs[1]["history"]) == 3
+    # the combined file is itself an input: redrawing from it needs no run folders
+    main(["curves", str(tmp_path / "all.json"), "--out", str(tmp_path / "again.png")])
+    assert (tmp_path / "again.png").stat().st_size > 0
