@@ -50,9 +50,8 @@ def _train_command(config: dict) -> str:
     """The ``ranlens train`` line that reproduces a run: every setting that differs from the default."""
     from .train import TrainConfig
 
-    defaults = TrainConfig()
-    flags = [f"--{key.replace('_', '-')} {value}" for key, value in config.items()
-             if key not in ("out", "data", "threads", "stop_after", "classes") and getattr(defaults, key, None) != value]
+    flags = [f"--{f.name.replace('_', '-')} {config[f.name]}" for f in fields(TrainConfig)
+             if f.name not in ("out", "data", "threads", "stop_after") and config.get(f.name, f.default) != f.default]
     return " ".join(["ranlens train", *flags])
 
 
@@ -60,10 +59,10 @@ def _lineage(init: Path) -> dict:
     """What a warm-started run started from: the parent's name, hash and recipe, so the whole
     training behind a checkpoint stays on record."""
     manifest = init.with_suffix(".json")
-    parent = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    return {"from": parent.get("name", init.name),
-            "sha256": parent.get("sha256") or (sha256_of(init) if init.is_file() else None),
-            "recipe": parent.get("recipe")}
+    if manifest.is_file():
+        parent = Weights.from_manifest(manifest)
+        return {"from": parent.name, "sha256": parent.sha256, "recipe": parent.recipe}
+    return {"from": init.name, "sha256": sha256_of(init) if init.is_file() else None, "recipe": None}
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -94,14 +93,14 @@ def _export(args: argparse.Namespace) -> None:
         "train_img_per_s": round(sum(h["train_img_per_s"] for h in done) / len(done), 1),
         "command": _train_command(config),
     }
-    recipe["total_epochs"] = epochs_done
-    recipe["total_train_wall_hours"] = recipe["train_wall_hours"]
+    # a warm-started run adds to its parent's training; v1's manifest predates the total_* keys
+    earlier = {}
     if config.get("init"):
-        recipe["warm_start"] = parent = _lineage(Path(config["init"]))
-        earlier = parent["recipe"] or {}
-        recipe["total_epochs"] += earlier.get("total_epochs", earlier.get("epochs_completed", 0))
-        recipe["total_train_wall_hours"] = round(
-            recipe["train_wall_hours"] + earlier.get("total_train_wall_hours", earlier.get("train_wall_hours", 0)), 2)
+        recipe["warm_start"] = _lineage(Path(config["init"]))
+        earlier = recipe["warm_start"]["recipe"] or {}
+    recipe["total_epochs"] = epochs_done + earlier.get("total_epochs", earlier.get("epochs_completed", 0))
+    recipe["total_train_wall_hours"] = round(
+        recipe["train_wall_hours"] + earlier.get("total_train_wall_hours", earlier.get("train_wall_hours", 0)), 2)
     weights = Weights(
         name=args.name, arch=config["arch"], file=target.name, sha256=sha256_of(target),
         classes=tuple(config.get("classes", CIFAR10_CLASSES)), input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, recipe=recipe,
