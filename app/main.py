@@ -40,7 +40,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="ranlens",
         summary="Where a Residual Attention Network looks: predictions and every attention module's soft mask.",
         version="0.1.0",
-        root_path=settings.root_path,
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -159,8 +159,9 @@ def _serve(args: argparse.Namespace) -> None:
     from app.core.config import get_settings
 
     settings = get_settings()
+    # the path prefix belongs to the server (FastAPI deprecated its own root_path)
     uvicorn.run("app.main:app", host=args.host or settings.host, port=args.port or settings.port,
-                proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+                root_path=settings.root_path, proxy_headers=True, forwarded_allow_ips="127.0.0.1")
 
 
 def _add_weights_args(parser: argparse.ArgumentParser) -> None:

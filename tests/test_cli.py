@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 
 import numpy as np
 from PIL import Image
 
-from .conftest import PHOTOS, ROOT
+from .conftest import PHOTOS, ROOT, free_port, running_server
 
 
 def ranlens(*args: str) -> subprocess.CompletedProcess:
@@ -48,3 +49,19 @@ def test_help_lists_every_command():
     out = ranlens("--help").stdout
     for command in ("train", "evaluate", "export", "explain", "figure", "curves", "serve"):
         assert command in out
+
+
+def test_serve_behind_a_path_prefix():
+    port = free_port()
+    command = [sys.executable, "-m", "model.cli", "serve", "--port", str(port)]
+    with running_server(command, port, RANLENS_ROOT_PATH="/ranlens") as url:
+        def get(path: str) -> tuple[int, bytes]:
+            with urllib.request.urlopen(url + path, timeout=30) as r:
+                return r.status, r.read()
+
+        # as from a proxy that strips the prefix: routes answer, and links the browser follows carry it
+        assert get("readyz")[0] == 200
+        assert get("static/app.js")[0] == 200
+        assert json.loads(get("openapi.json")[1])["servers"] == [{"url": "/ranlens"}]
+        assert b"/ranlens/openapi.json" in get("docs")[1]
+        assert b'src="static/app.js"' in get("")[1]

@@ -15,7 +15,8 @@ class Settings(BaseSettings):
     weights: str = Field("DEFAULT", description="weights name, DEFAULT, or a path to a manifest .json")
     host: str = "127.0.0.1"
     port: int = 8000
-    root_path: str = Field("", description="path prefix when served behind a proxy, e.g. /ranlens")
+    # `ranlens serve` hands this to uvicorn: FastAPI deprecated taking it on the app
+    root_path: str = Field("", description="path prefix a proxy serves the app under and strips, e.g. /ranlens")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded-size limit against decompression bombs")
     torch_threads: int = Field(2, gt=0)
