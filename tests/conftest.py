@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,37 +21,38 @@ CIFAR_TARBALL = SHARED / "cifar10" / "cifar10-jpeg.tar.gz"
 torch.set_num_threads(int(os.environ.get("RANLENS_TEST_THREADS", "2")))
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 @contextmanager
-def running_server(command: list[str], port: int, ready_path: str = "readyz", **env: str) -> Iterator[str]:
-    """Start a real server process, wait until ``ready_path`` answers 200, yield its base URL."""
-    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(url + ready_path, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            proc.kill()
-        if proc.poll() is not None:
-            pytest.fail("server did not become ready: " + proc.stdout.read().decode(errors="replace")[-2000:])
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def running_server(command: list[str], **env: str) -> Iterator[str]:
+    """Run ``command --port N`` on a free port until ``/readyz`` answers 200; yield its base URL."""
+    port = _free_port()
+    # a file, not a pipe: nobody reads the server's log while it runs, and a full pipe would block it
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            ready, deadline = False, time.time() + 120
+            while not ready and proc.poll() is None and time.time() < deadline:
+                try:
+                    with urllib.request.urlopen(url + "readyz", timeout=2) as r:
+                        ready = r.status == 200
+                except OSError:
+                    time.sleep(0.5)
+            if not ready:
+                proc.kill()
+                proc.wait(timeout=10)
+                log.seek(0)
+                pytest.fail("server did not become ready: " + log.read().decode(errors="replace")[-2000:])
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

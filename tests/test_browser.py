@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PHOTOS, ROOT, free_port, running_server
+from .conftest import PHOTOS, ROOT, running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "screenshots"
@@ -17,9 +17,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    with running_server(command, port) as url:
+    with running_server([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]) as url:
         yield url
 
 

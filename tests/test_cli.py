@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
-from .conftest import PHOTOS, ROOT, free_port, running_server
+from .conftest import PHOTOS, ROOT, running_server
 
 
 def ranlens(*args: str) -> subprocess.CompletedProcess:
@@ -52,9 +52,7 @@ def test_help_lists_every_command():
 
 
 def test_serve_behind_a_path_prefix():
-    port = free_port()
-    command = [sys.executable, "-m", "model.cli", "serve", "--port", str(port)]
-    with running_server(command, port, RANLENS_ROOT_PATH="/ranlens") as url:
+    with running_server([sys.executable, "-m", "model.cli", "serve"], RANLENS_ROOT_PATH="/ranlens") as url:
         def get(path: str) -> tuple[int, bytes]:
             with urllib.request.urlopen(url + path, timeout=30) as r:
                 return r.status, r.read()
