@@ -82,11 +82,12 @@ def _export(args: argparse.Namespace) -> None:
     done = history[:epochs_done]
     recipe = {
         **{k: config[k] for k in ("epochs", "batch_size", "lr", "warmup", "momentum", "weight_decay",
-                                  "label_smoothing", "seed")},
+                                  "label_smoothing", "cutout", "seed")},
         "epochs_completed": epochs_done,
         "optimizer": "SGD, Nesterov momentum; no weight decay on BN and biases",
         "schedule": "linear warm-up then cosine decay to zero, per batch",
-        "augmentation": "random crop 32 with 4-pixel zero padding, horizontal flip",
+        "augmentation": "random crop 32 with 4-pixel zero padding, horizontal flip"
+        + (f", cutout {config['cutout']}x{config['cutout']}" if config.get("cutout") else ""),
         "train_data": "CIFAR-10 train split (JPEG q75 copy), 50,000 images",
         "hardware": "2 CPU cores, float32, channels_last",
         "train_wall_hours": round(sum(h["epoch_seconds"] for h in done) / 3600, 2),

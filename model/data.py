@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .weights import center_crop
 
-__all__ = ["Split", "augment", "load_split"]
+__all__ = ["Split", "augment", "cutout", "load_split"]
 
 CACHE_DIR = Path.home() / ".cache" / "ranlens"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
@@ -95,6 +95,25 @@ def augment(images: Tensor, generator: torch.Generator, padding: int = 4) -> Ten
         crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
         out[i] = crop.flip(-1) if flip[i] else crop
     return out
+
+
+def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """Zero one ``size`` x ``size`` square per image (DeVries & Taylor 2017), clipped at the border.
+
+    Applied after normalisation, so zero is the data-set mean colour rather than black.
+    """
+    if size < 0:
+        raise ValueError(f"cutout size must be >= 0, got {size}")
+    if size == 0:
+        return images
+    n, _, h, w = images.shape
+    cy = torch.randint(0, h, (n, 1, 1), generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1), generator=generator)
+    ys = torch.arange(h).view(1, h, 1)
+    xs = torch.arange(w).view(1, 1, w)
+    low, high = size // 2, size - size // 2
+    hole = (ys >= cy - low) & (ys < cy + high) & (xs >= cx - low) & (xs < cx + high)
+    return images.clone().masked_fill_(hole.unsqueeze(1), 0.0)  # clone keeps channels_last
 
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import Split, augment, load_split, normalize
+from .data import Split, augment, cutout, load_split, normalize
 from .network import ResidualAttentionNet
 from .registry import ARCHITECTURES
 from .weights import load_state_checked, read_checkpoint, save_checkpoint
@@ -40,6 +40,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    cutout: int = 0  # side of the square zeroed per training image; 0 = off
     seed: int = 0
     threads: int = 2
     limit_train: int = 0  # use only the first N training images (smoke tests); 0 = all
@@ -163,6 +164,7 @@ def train(cfg: TrainConfig) -> list[dict]:
                 group["lr"] = lr
             index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = normalize(augment(train_split.images[index], generator), CIFAR_MEAN, CIFAR_STD)
+            x = cutout(x, cfg.cutout, generator)
             y = train_split.labels[index]
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)

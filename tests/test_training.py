@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data import augment, load_split
+from model.data import augment, cutout, load_split
 from model.train import TrainConfig, lr_at, train
 
 
@@ -48,6 +48,22 @@ def test_augment_keeps_shape_and_content():
     assert torch.equal(out, again)  # seeded, so a resumed run sees the same batches
 
 
+def test_cutout_zeroes_one_clipped_square_per_image():
+    images = torch.ones(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    out = cutout(images, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(images, torch.ones_like(images))  # the input is left alone
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    holes = out[:, 0] == 0
+    assert torch.equal(holes, (out == 0).all(1))  # the same pixels in every channel
+    area = holes.sum((1, 2))
+    assert area.max() == 64 and area.min() > 0 and (area < 64).any()  # whole squares and border-clipped ones
+    rows, cols = holes.any(2).sum(1), holes.any(1).sum(1)
+    assert torch.equal(rows * cols, area)  # each hole is one rectangle
+    assert cutout(images, 0, torch.Generator()) is images
+    with pytest.raises(ValueError, match="cutout size"):
+        cutout(images, -1, torch.Generator())
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     cfg = TrainConfig(lr=0.2, warmup=0.1)
     values = [lr_at(s, 1000, cfg) for s in range(1000)]
@@ -58,7 +74,7 @@ def test_schedule_warms_up_then_decays_to_zero():
 def test_stopped_run_resumes_to_the_same_weights(tiny_folder, tmp_path):
     from safetensors.torch import load_file
 
-    common = dict(data=str(tiny_folder), epochs=2, batch_size=12, threads=1)
+    common = dict(data=str(tiny_folder), epochs=2, batch_size=12, cutout=8, threads=1)
     straight = train(TrainConfig(out=str(tmp_path / "straight"), **common))
     assert len(straight) == 2 and 0 <= straight[-1]["test_acc"] <= 1
     run = tmp_path / "stopped"
@@ -86,7 +102,8 @@ def test_export_of_a_warm_started_run_records_its_lineage(tiny_folder, tmp_path)
     common = dict(data=str(tiny_folder), epochs=1, batch_size=12, threads=1)
     train(TrainConfig(out=str(tmp_path / "first"), **common))
     main(["export", str(tmp_path / "first"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
-    train(TrainConfig(out=str(tmp_path / "second"), init=str(shipped / "tiny.v1.safetensors"), lr=0.05, **common))
+    train(TrainConfig(out=str(tmp_path / "second"), init=str(shipped / "tiny.v1.safetensors"), lr=0.05, cutout=4,
+                **common))
     main(["export", str(tmp_path / "second"), "--name", "tiny.v2", "--weights-dir", str(shipped)])
 
     first = Weights.from_manifest(shipped / "tiny.v1.json")
@@ -98,6 +115,9 @@ def test_export_of_a_warm_started_run_records_its_lineage(tiny_folder, tmp_path)
     assert second.recipe["total_epochs"] == 2
     assert "--init" in second.recipe["command"] and "--lr 0.05" in second.recipe["command"]
     assert "--epochs 1" in second.recipe["command"] and "--out" not in second.recipe["command"]
+    assert "--cutout 4" in second.recipe["command"] and "--cutout" not in first.recipe["command"]
+    assert second.recipe["cutout"] == 4 and second.recipe["augmentation"].endswith("cutout 4x4")
+    assert "cutout" not in first.recipe["augmentation"]
 
 
 def test_curves_chain_runs_and_round_trip(tmp_path):
