@@ -6,7 +6,7 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from .weights import WEIGHTS_DIR, Weights, sha256_of
@@ -51,7 +51,7 @@ def _train_command(config: dict) -> str:
     from .train import TrainConfig
 
     flags = [f"--{f.name.replace('_', '-')} {config[f.name]}" for f in fields(TrainConfig)
-             if f.name not in ("out", "data", "threads", "stop_after") and config.get(f.name, f.default) != f.default]
+             if f.name not in ("out", "data", "threads", "stop_after") and config[f.name] != f.default]
     return " ".join(["ranlens train", *flags])
 
 
@@ -67,11 +67,12 @@ def _lineage(init: Path) -> dict:
 
 def _export(args: argparse.Namespace) -> None:
     """Copies a run's checkpoint into model/weights/ with a manifest carrying the recipe."""
-    from .train import CIFAR_MEAN, CIFAR_STD
+    from .train import CIFAR_MEAN, CIFAR_STD, TrainConfig
     from .weights import CIFAR10_CLASSES, read_checkpoint
 
     run = Path(args.run)
-    config = json.loads((run / "config.json").read_text())
+    # a run made before a setting existed trained with that setting's default (e.g. no cutout)
+    config = {**asdict(TrainConfig()), **json.loads((run / "config.json").read_text())}
     history = json.loads((run / "metrics.json").read_text())
     source = run / f"epoch{args.epoch or len(history):03d}.safetensors"
     read_checkpoint(source, expected_arch=config["arch"])
@@ -87,7 +88,7 @@ def _export(args: argparse.Namespace) -> None:
         "optimizer": "SGD, Nesterov momentum; no weight decay on BN and biases",
         "schedule": "linear warm-up then cosine decay to zero, per batch",
         "augmentation": "random crop 32 with 4-pixel zero padding, horizontal flip"
-        + (f", cutout {config['cutout']}x{config['cutout']}" if config.get("cutout") else ""),
+        + (f", cutout {config['cutout']}x{config['cutout']}" if config["cutout"] else ""),
         "train_data": "CIFAR-10 train split (JPEG q75 copy), 50,000 images",
         "hardware": "2 CPU cores, float32, channels_last",
         "train_wall_hours": round(sum(h["epoch_seconds"] for h in done) / 3600, 2),

@@ -101,6 +101,9 @@ def test_export_of_a_warm_started_run_records_its_lineage(tiny_folder, tmp_path)
     shipped.mkdir()
     common = dict(data=str(tiny_folder), epochs=1, batch_size=12, threads=1)
     train(TrainConfig(out=str(tmp_path / "first"), **common))
+    # as written before --cutout existed: export must still work and read it as off
+    config_path = tmp_path / "first" / "config.json"
+    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items() if k != "cutout"}))
     main(["export", str(tmp_path / "first"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
     train(TrainConfig(out=str(tmp_path / "second"), init=str(shipped / "tiny.v1.safetensors"), lr=0.05, cutout=4,
                 **common))
