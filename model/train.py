@@ -10,7 +10,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,17 @@ class TrainConfig:
     limit_test: int = 0
     stop_after: int = 0  # finish this invocation after N more epochs (resume later); 0 = run to the end
     init: str = ""  # start from these weights (a .safetensors file), e.g. to continue a shipped model
+    amp: str = "auto"  # "bf16": autocast forward and loss to bfloat16; "off": float32; "auto": bf16 where the CPU has it
+
+
+def resolve_amp(amp: str) -> str:
+    """``auto`` becomes ``bf16`` on CPUs with native bfloat16 (AVX-512 BF16 or AMX), else ``off``."""
+    if amp not in {"auto", "bf16", "off"}:
+        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
+    if amp != "auto":
+        return amp
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if native else "off"
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -111,6 +122,7 @@ def train(cfg: TrainConfig) -> list[dict]:
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {cfg.arch!r}")
     torch.set_num_threads(cfg.threads)
+    cfg = replace(cfg, amp=resolve_amp(cfg.amp))  # the run records what it did, not "auto"
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _set_seed(cfg.seed)
@@ -166,8 +178,9 @@ def train(cfg: TrainConfig) -> list[dict]:
             x = normalize(augment(train_split.images[index], generator), CIFAR_MEAN, CIFAR_STD)
             x = cutout(x, cfg.cutout, generator)
             y = train_split.labels[index]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
