@@ -1,23 +1,24 @@
-"""The ranlens FastAPI application: ``uvicorn app.main:app`` or ``ranlens serve``."""
+"""The ranlens FastAPI application: ``uvicorn ranlens.app.main:app`` or ``ranlens serve``."""
 
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from pathlib import Path
+from importlib.resources import files
 
 import anyio
 import torch
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app.api.routes import health, models, pages, predict, teach
-from app.core.config import Settings, get_settings
-from app.core.explainer import Explainer
-from app.core.problems import install_problem_handlers
+from ranlens import __version__
+from ranlens.app.api.routes import health, models, pages, predict, teach
+from ranlens.app.core.config import Settings, get_settings
+from ranlens.model.explainer import Explainer
+from ranlens.app.core.problems import install_problem_handlers
 
 log = logging.getLogger("ranlens")
-STATIC = Path(__file__).resolve().parents[1] / "static"
+STATIC = files("ranlens.static")  # package data: found the same way in a wheel and in a source tree
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="ranlens",
         summary="Where a Residual Attention Network looks: predictions and every attention module's soft mask.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(teach.router)
     app.include_router(pages.router)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
 
 

@@ -2,7 +2,8 @@
 
 from .network import AttentionOutput, Intermediates, ResidualAttentionNet, count_parameters, describe
 from .registry import ARCHITECTURES, get_model, list_models
-from .weights import Preprocess, Weights, WeightsError, get_weights, list_weights
+from .preprocess import Preprocess
+from .weights import Weights, WeightsError, get_weights, list_weights
 
 __all__ = [
     "ARCHITECTURES",

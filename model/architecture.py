@@ -18,40 +18,49 @@ def _mask_levels(module: AttentionModule, size: tuple[int, int]) -> list[list[in
 
 
 def architecture(model: ResidualAttentionNet, size: int | None = None) -> dict:
-    """Stem, stages with their attention modules (trunk, mask branch, resolutions), head, classifier."""
+    """Stem, stages with their attention modules (trunk, mask branch, resolutions), head, classifier.
+
+    Shapes come from one forward pass of the network itself (``forward_intermediates``), so this
+    description cannot drift from the forward pass.
+    """
     c = model.config
     size = size or c.reference_size
     was_training = model.training
     model.eval()
     shapes: dict[str, list[int]] = {}
-    # walk the network's own parts in order, recording each output shape
-    with torch.no_grad():
-        x = model.stem(torch.zeros(1, 3, size, size))
-        shapes["stem"] = list(x.shape[1:])
-        for s, stage in enumerate(model.stages):
-            x = stage.transition(x)
-            shapes[f"stage{s + 1}"] = list(x.shape[1:])
-            for module in stage.attention:
-                x = module(x)
-        shapes["head"] = list(model.head(x).shape[1:])
-    model.train(was_training)
 
+    def remember(name: str):
+        return lambda _module, _args, output: shapes.__setitem__(name, list(output.shape[1:]))
+
+    handles = [model.stem.register_forward_hook(remember("stem")), model.head.register_forward_hook(remember("head"))]
+    handles += [stage.transition.register_forward_hook(remember(f"stage{s + 1}"))
+                for s, stage in enumerate(model.stages)]
+    try:
+        with torch.no_grad():
+            out = model.forward_intermediates(torch.zeros(1, 3, size, size))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+    modules = model.attention_modules()
     stages = []
     for s, stage in enumerate(model.stages):
         channels, h, w = shapes[f"stage{s + 1}"]
-        modules = []
-        for m, module in enumerate(stage.attention):
-            modules.append({
-                "name": f"stage{s + 1}.module{m + 1}",
-                "channels": channels,
-                "resolution": [h, w],
-                "trunk_units": len(module.trunk),
-                "mask_depth": module.mask.depth,
-                "mask_levels": _mask_levels(module, (h, w)),
-            })
         stages.append({
             "stage": s + 1, "channels": channels, "resolution": [h, w],
-            "transition_stride": stage.transition.conv2.stride[0], "modules": modules,
+            "transition_stride": stage.transition.conv2.stride[0],
+            "modules": [
+                {
+                    "name": a.name,
+                    "channels": int(a.mask.shape[1]),
+                    "resolution": list(a.resolution),
+                    "trunk_units": len(modules[a.name].trunk),
+                    "mask_depth": modules[a.name].mask.depth,
+                    "mask_levels": _mask_levels(modules[a.name], a.resolution),
+                }
+                for a in out.attention if a.stage == s + 1
+            ],
         })
     return {
         "name": c.name,

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from .weights import center_crop
+from .preprocess import center_crop
 
 __all__ = ["Split", "augment", "cutout", "load_split"]
 

@@ -129,24 +129,34 @@ class Intermediates:
 
 
 class AttentionModule(nn.Module):
-    """p=1 pre unit, trunk of t=2 units, soft mask branch, (1 + M) * T, one post unit."""
+    """p=1 pre unit, trunk of t=2 units, soft mask branch, (1 + M) * T, one post unit.
 
-    def __init__(self, channels: int, mask_depth: int) -> None:
+    ``name`` (e.g. ``stage2.module1``) is given by the network that builds the module: the one
+    place where attention modules are named.
+    """
+
+    def __init__(self, channels: int, mask_depth: int, name: str = "", stage: int = 0) -> None:
         super().__init__()
+        self.name = name
+        self.stage = stage
         self.pre = ResidualUnit(channels, channels)
         self.trunk = nn.Sequential(ResidualUnit(channels, channels), ResidualUnit(channels, channels))
         self.mask = SoftMaskBranch(channels, mask_depth)
         self.post = ResidualUnit(channels, channels)
 
-    def forward_parts(self, x: Tensor, mask_off: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns (output, mask, trunk). With ``mask_off`` M is zero, so H = T."""
+    def forward(self, x: Tensor, mask_off: bool = False, record: list[AttentionOutput] | None = None) -> Tensor:
+        """H = post((1 + M) * T). With ``mask_off`` M is zero, so H = post(T).
+
+        ``record``, a list the caller owns, receives this call's mask and trunk output: the
+        intermediates come back without hooks or module state, while the call still goes through
+        ``nn.Module.__call__`` so other people's forward hooks (Grad-CAM, Captum) fire.
+        """
         x = self.pre(x)
         trunk = self.trunk(x)
         mask = torch.zeros_like(trunk) if mask_off else self.mask(x)
-        return self.post((1 + mask) * trunk), mask, trunk
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_parts(x)[0]
+        if record is not None:
+            record.append(AttentionOutput(name=self.name, stage=self.stage, mask=mask, trunk=trunk))
+        return self.post((1 + mask) * trunk)
 
 
 @dataclass(frozen=True)
@@ -189,7 +199,10 @@ class ResidualAttentionNet(nn.Module):
         ):
             stage = nn.Module()
             stage.transition = ResidualUnit(in_channels, channels, stride=1 if index == 0 else 2)
-            stage.attention = nn.ModuleList(AttentionModule(channels, depth) for _ in range(count))
+            stage.attention = nn.ModuleList(
+                AttentionModule(channels, depth, name=f"stage{index + 1}.module{m + 1}", stage=index + 1)
+                for m in range(count)
+            )
             self.stages.append(stage)
             in_channels = channels
 
@@ -215,35 +228,26 @@ class ResidualAttentionNet(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
 
+    def attention_modules(self) -> dict[str, AttentionModule]:
+        """Every attention module by its name, in network order."""
+        return {module.name: module for stage in self.stages for module in stage.attention}
+
     @property
     def module_names(self) -> list[str]:
         """Stable names of the attention modules in network order, e.g. ``stage2.module1``."""
-        return [
-            f"stage{s + 1}.module{m + 1}"
-            for s, stage in enumerate(self.stages)
-            for m in range(len(stage.attention))
-        ]
-
-    def attention_modules(self) -> dict[str, AttentionModule]:
-        return {
-            f"stage{s + 1}.module{m + 1}": module
-            for s, stage in enumerate(self.stages)
-            for m, module in enumerate(stage.attention)
-        }
+        return list(self.attention_modules())
 
     def _run(self, x: Tensor, masks_off: Collection[str], keep: bool) -> Intermediates:
         unknown = set(masks_off) - set(self.module_names)
         if unknown:
             raise ValueError(f"unknown attention modules {sorted(unknown)}; have {self.module_names}")
         outputs: list[AttentionOutput] = []
+        record = outputs if keep else None
         x = self.stem(x)
-        for s, stage in enumerate(self.stages):
+        for stage in self.stages:
             x = stage.transition(x)
-            for m, module in enumerate(stage.attention):
-                name = f"stage{s + 1}.module{m + 1}"
-                x, mask, trunk = module.forward_parts(x, mask_off=name in masks_off)
-                if keep:
-                    outputs.append(AttentionOutput(name=name, stage=s + 1, mask=mask, trunk=trunk))
+            for module in stage.attention:
+                x = module(x, mask_off=module.name in masks_off, record=record)
         x = self.head(x)
         x = F.relu(self.final_norm(x))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torchvision.transforms import functional as TF
+
+from .preprocess import Preprocess
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
     "WEIGHTS_DIR",
     "Preprocess",
     "Weights",
     "WeightsError",
-    "center_crop",
     "get_weights",
     "resolve_weights",
     "list_weights",
@@ -34,6 +36,12 @@ __all__ = [
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# What ``weights="DEFAULT"`` means for each architecture, as torchvision's ``Weights.DEFAULT``: a
+# deliberate choice, changed in the commit that ships a better checkpoint, never implied by file names.
+DEFAULT_WEIGHTS: dict[str, str] = {
+    "attention56_cifar": "attention56_cifar.v5",
+}
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -50,33 +58,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """RGB, shorter side resized to ``size`` (antialiased), centre square of ``size``."""
-    image = TF.resize(image.convert("RGB"), size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    return TF.center_crop(image, [size, size])
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Shorter side resized to ``size``, centre crop, scaled to [0, 1], normalised.
-
-    ``crop`` gives the picture the model sees, so the app can draw masks on exactly that.
-    """
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def crop(self, image: Image.Image) -> Image.Image:
-        return center_crop(image, self.size)
-
-    def to_tensor(self, cropped: Image.Image) -> Tensor:
-        return TF.normalize(TF.to_tensor(cropped), list(self.mean), list(self.std))
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        return self.to_tensor(self.crop(image))
 
 
 @dataclass(frozen=True)
@@ -189,8 +170,23 @@ def save_checkpoint(model: nn.Module, path: Path, arch: str, extra: dict[str, st
     return sha256_of(path)
 
 
+def version_key(name: str) -> tuple:
+    """Sorts names as people read versions: ``x.v9`` before ``x.v10``."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name))
+
+
 def list_weights(arch: str | None = None, directory: Path = WEIGHTS_DIR) -> list[Weights]:
-    found = [Weights.from_manifest(p) for p in sorted(directory.glob("*.json"))]
+    """Every readable manifest in ``directory`` (for ``arch``), oldest version first.
+
+    An unreadable manifest is skipped with a warning: it must not hide the others.
+    """
+    found = []
+    for path in directory.glob("*.json"):
+        try:
+            found.append(Weights.from_manifest(path))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            warnings.warn(f"skipping unreadable weights manifest {path}: {exc}", stacklevel=2)
+    found.sort(key=lambda w: version_key(w.name))
     return [w for w in found if arch is None or w.arch == arch]
 
 
@@ -205,16 +201,16 @@ def resolve_weights(arch: str, spec: str) -> Weights:
 
 
 def get_weights(arch: str, weights: Weights | str) -> Weights:
-    """Resolves a weights object, a weights name, or ``"DEFAULT"`` (newest for ``arch``)."""
+    """Resolves a weights object, a weights name, or ``"DEFAULT"`` (``DEFAULT_WEIGHTS[arch]``)."""
     if isinstance(weights, Weights):
         if weights.arch != arch:
             raise WeightsError(f"weights {weights.name} are for {weights.arch}, not {arch}")
         return weights
     available = list_weights(arch)
     if weights == "DEFAULT":
-        if not available:
+        if arch not in DEFAULT_WEIGHTS:
             raise WeightsError(f"no weights are shipped for {arch}")
-        return available[-1]
+        weights = DEFAULT_WEIGHTS[arch]
     for w in available:
         if w.name == weights:
             return w

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-PHOTOS = SHARED / "photos"
-CIFAR_TARBALL = SHARED / "cifar10" / "cifar10-jpeg.tar.gz"
+# everything the tests read is in the repository: a clone with nothing beside it passes
+PHOTOS = ROOT / "static" / "examples"
+CIFAR_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cifar10-test"
 
 torch.set_num_threads(int(os.environ.get("RANLENS_TEST_THREADS", "2")))
 
@@ -56,19 +56,8 @@ def running_server(command: list[str], **env: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def cifar_test_images(tmp_path_factory) -> dict[str, list[Path]]:
-    """A few CIFAR-10 test images per class, extracted from the shared tarball."""
-    import tarfile
-
-    if not CIFAR_TARBALL.is_file():
-        pytest.skip(f"{CIFAR_TARBALL} not found")
-    out = tmp_path_factory.mktemp("cifar")
-    wanted = {f"{k:04d}.jpg" for k in range(5)}
-    found: dict[str, list[Path]] = {}
-    with tarfile.open(CIFAR_TARBALL) as tar:
-        for member in tar:
-            parts = Path(member.name).parts
-            if len(parts) == 4 and parts[1] == "test" and parts[3] in wanted:
-                tar.extract(member, out, filter="data")
-                found.setdefault(parts[2], []).append(out / member.name)
-    return {k: sorted(v) for k, v in found.items()}
+def cifar_test_images() -> dict[str, list[Path]]:
+    """Three committed CIFAR-10 test images per class (tests/fixtures/README.md)."""
+    found = {d.name: sorted(d.glob("*.jpg")) for d in sorted(CIFAR_FIXTURES.iterdir()) if d.is_dir()}
+    assert len(found) == 10 and all(len(v) == 3 for v in found.values()), "tests/fixtures/cifar10-test is incomplete"
+    return found

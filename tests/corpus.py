@@ -16,7 +16,7 @@ def encode(image: Image.Image, fmt: str, **kw) -> bytes:
     return buffer.getvalue()
 
 
-def photo(name: str = "chelsea.png") -> Image.Image:
+def photo(name: str = "chelsea.jpg") -> Image.Image:
     return Image.open(PHOTOS / name).convert("RGB")
 
 

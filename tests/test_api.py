@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.core.config import Settings
-from app.main import create_app
+from ranlens.app.core.config import Settings
+from ranlens.app.main import create_app
 
 from . import corpus
 
@@ -56,7 +56,7 @@ def test_models_metadata(client):
 
 
 def test_predict_a_cat(client):
-    response = post(client, corpus.png(corpus.photo("chelsea.png")))
+    response = post(client, corpus.png(corpus.photo("chelsea.jpg")))
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "attention56_cifar"
@@ -73,7 +73,7 @@ def test_predict_a_cat(client):
 
 
 def test_predict_with_overlays_and_masks(client):
-    body = post(client, corpus.png(corpus.photo("coffee.png")), top_k=10, overlays="true", masks="true",
+    body = post(client, corpus.png(corpus.photo("coffee.jpg")), top_k=10, overlays="true", masks="true",
                 reduction="max", colormap="inferno", alpha=0.5).json()
     assert len(body["predictions"]) == 10
     for a in body["attention"]:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]) as url:
+    with running_server([sys.executable, "-m", "uvicorn", "ranlens.app.main:app", "--host", "127.0.0.1"]) as url:
         yield url
 
 
@@ -51,7 +51,7 @@ def _overlay_pixels(page, index: int = 0) -> str:
 
 def test_upload_photo_see_modules_and_move_opacity(server, browser):
     page, errors = open_page(browser, server, 900)
-    page.set_input_files("#file", str(PHOTOS / "chelsea.png"))
+    page.set_input_files("#file", str(PHOTOS / "chelsea.jpg"))
     page.wait_for_selector("#modules article", timeout=60_000)
     panels = page.locator("#modules article")
     assert panels.count() == 3
@@ -78,7 +78,7 @@ def test_upload_photo_see_modules_and_move_opacity(server, browser):
     page.select_option("#scale", "shared")
     page.select_option("#reduction", "channel")
     assert page.is_enabled("#channel")
-    page.screenshot(path=str(SCREENSHOTS / "upload-chelsea.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / "upload-chelsea.jpg"), full_page=True)
     assert not errors, errors
     page.close()
 

@@ -14,21 +14,21 @@ from .conftest import PHOTOS, ROOT, running_server
 
 
 def ranlens(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "model.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ranlens", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
 
 def test_explain_writes_overlays_masks_and_manifest(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
-    result = ranlens("explain", str(PHOTOS / "chelsea.png"), str(PHOTOS / "rocket.jpg"), str(bad),
+    result = ranlens("explain", str(PHOTOS / "chelsea.jpg"), str(PHOTOS / "rocket.jpg"), str(bad),
                      "--out", str(tmp_path / "out"), "--colormap", "inferno")
     assert result.returncode == 1, result.stderr  # one image failed, and says so
     assert "skipped" in result.stdout + result.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["model"] == "attention56_cifar"
     assert "error" in manifest["images"][str(bad)]
-    entry = manifest["images"][str(PHOTOS / "chelsea.png")]
+    entry = manifest["images"][str(PHOTOS / "chelsea.jpg")]
     assert [m["module"] for m in entry["attention"]] == ["stage1.module1", "stage2.module1", "stage3.module1"]
     for m in entry["attention"]:
         mask = np.load(tmp_path / "out" / m["mask"])
@@ -39,7 +39,7 @@ def test_explain_writes_overlays_masks_and_manifest(tmp_path):
 
 
 def test_figure_command(tmp_path):
-    result = ranlens("figure", str(PHOTOS / "coffee.png"), "--out", str(tmp_path / "fig.png"))
+    result = ranlens("figure", str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "fig.png"))
     assert result.returncode == 0, result.stderr
     assert "stage3.module1" in result.stdout
     assert Image.open(tmp_path / "fig.png").size[0] > 500
@@ -52,7 +52,7 @@ def test_help_lists_every_command():
 
 
 def test_serve_behind_a_path_prefix():
-    with running_server([sys.executable, "-m", "model.cli", "serve"], RANLENS_ROOT_PATH="/ranlens") as url:
+    with running_server([sys.executable, "-m", "ranlens", "serve"], RANLENS_ROOT_PATH="/ranlens") as url:
         def get(path: str) -> tuple[int, bytes]:
             with urllib.request.urlopen(url + path, timeout=30) as r:
                 return r.status, r.read()

@@ -6,10 +6,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.core.config import Settings
-from app.main import create_app
-from model import get_model
-from model.architecture import architecture
+from ranlens.app.core.config import Settings
+from ranlens.app.main import create_app
+from ranlens.model import get_model
+from ranlens.model.architecture import architecture
 
 from . import corpus
 
@@ -47,10 +47,10 @@ def test_architecture_routes(client):
 
 
 def test_ablation_matches_the_model_with_masks_zeroed(client):
-    data = corpus.png(corpus.photo("chelsea.png"))
+    data = corpus.png(corpus.photo("chelsea.jpg"))
     body = client.post("/api/v1/ablate", files={"file": ("c.png", data, "image/png")}).json()
     explainer = client.app.state.explainer
-    x = explainer.preprocess(corpus.photo("chelsea.png")).unsqueeze(0)
+    x = explainer.preprocess(corpus.photo("chelsea.jpg")).unsqueeze(0)
     model = explainer.model
     with torch.no_grad():
         expected = {

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data import augment, cutout, load_split
-from model.train import TrainConfig, lr_at, train
+from ranlens.model.data import augment, cutout, load_split
+from ranlens.model.train import TrainConfig, lr_at, train
 
 
 @pytest.fixture
@@ -94,8 +94,8 @@ def test_stopped_run_resumes_to_the_same_weights(tiny_folder, tmp_path):
 
 
 def test_export_of_a_warm_started_run_records_its_lineage(tiny_folder, tmp_path):
-    from model.cli import main
-    from model.weights import Weights
+    from ranlens.cli import main
+    from ranlens.model.weights import Weights
 
     shipped = tmp_path / "weights"
     shipped.mkdir()
@@ -124,7 +124,7 @@ def test_export_of_a_warm_started_run_records_its_lineage(tiny_folder, tmp_path)
 
 
 def test_curves_chain_runs_and_round_trip(tmp_path):
-    from model.cli import main
+    from ranlens.cli import main
 
     def history(accs):
         return [{"epoch": i + 1, "train_loss": 1 - a, "train_acc": a, "test_loss": 1 - a, "test_acc": a}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model import Weights, WeightsError, get_model, list_weights
-from model.weights import CIFAR10_CLASSES, save_checkpoint, sha256_of
+from ranlens.model import Weights, WeightsError, get_model, list_weights
+from ranlens.model.weights import CIFAR10_CLASSES, DEFAULT_WEIGHTS, get_weights, save_checkpoint, sha256_of
 
 
 def _weights_for(model, tmp_path, name="tiny.v0") -> Weights:
@@ -82,9 +82,8 @@ def test_not_a_safetensors_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def shipped():
-    available = list_weights("attention56_cifar")
-    assert available, "no weights are shipped in model/weights/"
-    weights = available[-1]
+    weights = get_weights("attention56_cifar", "DEFAULT")
+    assert weights.name == DEFAULT_WEIGHTS["attention56_cifar"] == "attention56_cifar.v5"
     return weights, get_model("attention56_cifar", weights=weights)
 
 
@@ -110,5 +109,5 @@ def test_shipped_weights_classify_cifar_test_images(shipped, cifar_test_images):
     with torch.no_grad():
         predicted = model(batch).argmax(1).tolist()
     correct = sum(p == t for p, t in zip(predicted, labels))
-    # 50 images, five per class: the shipped model must get most of them right
+    # 30 images, three per class: the shipped model must get most of them right
     assert correct / len(labels) >= 0.7, f"{correct}/{len(labels)} correct"

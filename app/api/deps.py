@@ -7,9 +7,9 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
-from app.core.config import Settings
-from app.core.explainer import Explainer
-from app.core.problems import Problem
+from ranlens.app.core.config import Settings
+from ranlens.model.explainer import Explainer
+from ranlens.app.core.problems import Problem
 
 
 def get_settings(request: Request) -> Settings:

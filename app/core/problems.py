@@ -9,6 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ranlens.model.imaging import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -24,7 +32,20 @@ def problem_response(request: Request, status: int, title: str, detail: str, **e
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
+# each kind of unusable image is the client's fault, with its own status
+IMAGE_STATUS: dict[type[ImageError], int] = {
+    EmptyImageError: 400,
+    CorruptImageError: 400,
+    UnsupportedImageError: 415,
+    ImageTooLargeError: 413,
+}
+
+
 def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ImageError)
+    async def _image(request: Request, exc: ImageError) -> JSONResponse:
+        return problem_response(request, IMAGE_STATUS.get(type(exc), 400), exc.title, exc.detail)
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         return problem_response(request, exc.status, exc.title, exc.detail, **exc.extra)

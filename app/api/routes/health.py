@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import ExplainerDep
+from ranlens.app.api.deps import ExplainerDep
 
 router = APIRouter(tags=["health"])
 

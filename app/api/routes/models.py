@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ExplainerDep
-from app.api.schemas import ModelInfo, ModelList
-from app.core.problems import Problem
+from ranlens.app.api.deps import ExplainerDep
+from ranlens.app.api.schemas import ModelInfo, ModelList
+from ranlens.app.core.problems import Problem
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 

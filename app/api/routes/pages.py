@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from importlib.resources import files
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-ROOT = Path(__file__).resolve().parents[3]
-templates = Jinja2Templates(directory=str(ROOT / "templates"))
-EXAMPLES = json.loads((ROOT / "static" / "examples" / "examples.json").read_text())
+templates = Jinja2Templates(directory=str(files("ranlens.templates")))
+EXAMPLES = json.loads(files("ranlens.static").joinpath("examples", "examples.json").read_text())
 
 router = APIRouter(include_in_schema=False)
 

@@ -7,15 +7,15 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from PIL import Image
 
-from app.api.deps import ExplainerDep, SettingsDep, run_inference
-from app.api.schemas import PredictResponse
-from app.core import render
-from app.core.config import Settings
-from app.core.explainer import Explainer
-from app.core.imaging import decode_image
-from app.core.problems import Problem
-from app.core.upload import read_upload
-from model.weights import center_crop
+from ranlens.app.api.deps import ExplainerDep, SettingsDep, run_inference
+from ranlens.app.api.schemas import PredictResponse
+from ranlens.model import render
+from ranlens.app.core.config import Settings
+from ranlens.model.explainer import Explainer
+from ranlens.model.imaging import decode_image
+from ranlens.app.core.problems import Problem
+from ranlens.app.core.upload import read_upload
+from ranlens.model.preprocess import center_crop
 
 router = APIRouter(prefix="/api/v1", tags=["predict"])
 

@@ -7,14 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from app.api.deps import ExplainerDep, SettingsDep, run_inference
-from app.api.routes.predict import PROBLEMS, UPLOAD_BODY
-from app.core.explainer import Explainer
-from app.core.imaging import decode_image
-from app.core.problems import Problem
-from app.core.upload import read_upload
-from model import ARCHITECTURES, get_model, list_models
-from model.architecture import architecture
+from ranlens.app.api.deps import ExplainerDep, SettingsDep, run_inference
+from ranlens.app.api.routes.predict import PROBLEMS, UPLOAD_BODY
+from ranlens.model.explainer import Explainer
+from ranlens.model.imaging import decode_image
+from ranlens.app.core.problems import Problem
+from ranlens.app.core.upload import read_upload
+from ranlens.model import ARCHITECTURES, get_model, list_models
+from ranlens.model.architecture import architecture
 
 router = APIRouter(prefix="/api/v1", tags=["teaching"])
 

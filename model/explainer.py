@@ -1,4 +1,7 @@
-"""Runs the model on one picture and packages predictions and soft masks; shared by API, page and CLI."""
+"""The inference service: runs the model on one picture and packages predictions and soft masks.
+
+Not web code: the app and the CLI both use it.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model import ResidualAttentionNet, Weights, describe, get_model
-from model.weights import center_crop, resolve_weights
-
 from . import render
+from .network import ResidualAttentionNet, describe
+from .preprocess import center_crop
+from .registry import get_model
+from .weights import Weights, resolve_weights
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""The ``ranlens`` command: train, evaluate, export, explain, serve."""
+"""The ``ranlens`` command: train, evaluate, export, explain, figure, curves, serve.
+
+It sits above both sides: it uses ``ranlens.model`` and starts ``ranlens.app``; neither imports it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from .weights import WEIGHTS_DIR, Weights, sha256_of
+from ranlens.model.weights import WEIGHTS_DIR, Weights, sha256_of
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .train import TrainConfig, train
+    from ranlens.model.train import TrainConfig, train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     train(cfg)
@@ -21,15 +24,15 @@ def _train(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace):
     """A model and its weights description from ``--weights`` (name or .json manifest)."""
-    from .registry import get_model
-    from .weights import resolve_weights
+    from ranlens.model.registry import get_model
+    from ranlens.model.weights import resolve_weights
 
     weights = resolve_weights(args.arch, args.weights)
     return get_model(weights.arch, weights=weights), weights
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate
+    from ranlens.model.evaluate import evaluate
 
     import torch
 
@@ -48,7 +51,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _train_command(config: dict) -> str:
     """The ``ranlens train`` line that reproduces a run: every setting that differs from the default."""
-    from .train import TrainConfig
+    from ranlens.model.train import TrainConfig
 
     flags = [f"--{f.name.replace('_', '-')} {config[f.name]}" for f in fields(TrainConfig)
              if f.name not in ("out", "data", "threads", "stop_after") and config[f.name] != f.default]
@@ -67,8 +70,8 @@ def _lineage(init: Path) -> dict:
 
 def _export(args: argparse.Namespace) -> None:
     """Copies a run's checkpoint into model/weights/ with a manifest carrying the recipe."""
-    from .train import CIFAR_MEAN, CIFAR_STD, TrainConfig
-    from .weights import CIFAR10_CLASSES, read_checkpoint
+    from ranlens.model.train import CIFAR_MEAN, CIFAR_STD, TrainConfig
+    from ranlens.model.weights import CIFAR10_CLASSES, read_checkpoint
 
     run = Path(args.run)
     # a run made before a setting existed trained with that setting's default (e.g. no cutout)
@@ -115,9 +118,8 @@ def _explain(args: argparse.Namespace) -> None:
     """Overlays, raw masks and a JSON manifest for a batch of images."""
     from tqdm import tqdm
 
-    from app.core.explainer import Explainer, write_manifest
-    from app.core.imaging import decode_image
-    from app.core.problems import Problem
+    from ranlens.model.explainer import Explainer, write_manifest
+    from ranlens.model.imaging import ImageError, decode_image
 
     import torch
 
@@ -130,9 +132,9 @@ def _explain(args: argparse.Namespace) -> None:
         path = Path(path)
         try:
             image = decode_image(path.read_bytes(), args.max_pixels)
-        except (OSError, Problem) as exc:
+        except (OSError, ImageError) as exc:
             failed += 1
-            detail = exc.detail if isinstance(exc, Problem) else str(exc)
+            detail = str(exc)
             manifest["images"][str(path)] = {"error": detail}
             tqdm.write(f"skipped {path}: {detail}")
             continue
@@ -145,7 +147,7 @@ def _explain(args: argparse.Namespace) -> None:
 
 
 def _figure(args: argparse.Namespace) -> None:
-    from .figures import mask_figure
+    from ranlens.model.figures import mask_figure
 
     model, weights = _load(args)
     stats = mask_figure(model, weights, [Path(p) for p in args.images], Path(args.out))
@@ -158,11 +160,11 @@ def _figure(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from app.core.config import get_settings
+    from ranlens.app.core.config import get_settings
 
     settings = get_settings()
     # the path prefix belongs to the server (FastAPI deprecated its own root_path)
-    uvicorn.run("app.main:app", host=args.host or settings.host, port=args.port or settings.port,
+    uvicorn.run("ranlens.app.main:app", host=args.host or settings.host, port=args.port or settings.port,
                 root_path=settings.root_path, proxy_headers=True, forwarded_allow_ips="127.0.0.1")
 
 
@@ -173,7 +175,7 @@ def _add_weights_args(parser: argparse.ArgumentParser) -> None:
 
 def _curves(args: argparse.Namespace) -> None:
     """One training-curve figure for a chain of runs (a run and the warm-started runs after it)."""
-    from .train import plot_curves
+    from ranlens.model.train import plot_curves
 
     runs: list[dict] = []
     for spec in map(Path, args.runs):
@@ -195,10 +197,13 @@ def _curves(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ranlens import __version__
+
     parser = argparse.ArgumentParser(prog="ranlens", description="Residual Attention Network: train, evaluate, explain, serve")
+    parser.add_argument("--version", action="version", version=f"ranlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .train import TrainConfig
+    from ranlens.model.train import TrainConfig
 
     t = sub.add_parser("train", help="train a CIFAR-layout model (resumes from OUT/last.pt)")
     for f in fields(TrainConfig):
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     x.add_argument("--weights-dir", default=str(WEIGHTS_DIR))
     x.set_defaults(func=_export)
 
-    from app.core.render import COLORMAPS
+    from ranlens.model.render import COLORMAPS
 
     p = sub.add_parser("explain", help="write overlays, raw masks and a manifest for images")
     p.add_argument("images", nargs="+")

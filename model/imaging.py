@@ -1,0 +1,121 @@
+"""Turns untrusted image bytes into one RGB picture, or a clear error.
+
+Not web code: the app, the CLI and the figures decode the same way. Errors are this module's own
+exceptions; the web layer maps each kind to its HTTP status.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "SUPPORTED_TYPES",
+    "CorruptImageError",
+    "EmptyImageError",
+    "ImageError",
+    "ImageTooLargeError",
+    "UnsupportedImageError",
+    "decode_image",
+    "to_rgb",
+]
+
+SUPPORTED_TYPES = {
+    "image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff", "image/x-ms-bmp",
+}
+SUPPORTED_FORMATS = {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"}
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
+
+
+class ImageError(ValueError):
+    """The bytes are not an image this project can use; ``title`` is a short name for the problem."""
+
+    title = "Unusable image"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class EmptyImageError(ImageError):
+    title = "Empty upload"
+
+
+class UnsupportedImageError(ImageError):
+    """Not an image at all, or a format or media type outside the supported set."""
+
+    title = "Unsupported image"
+
+
+class ImageTooLargeError(ImageError):
+    """More pixels than allowed: refused before decoding (decompression bombs)."""
+
+    title = "Image too large"
+
+
+class CorruptImageError(ImageError):
+    """An image whose data is corrupt or truncated."""
+
+    title = "Undecodable image"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB; transparency is composited on white, 16-bit scaled to 8-bit."""
+    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        array = np.asarray(image, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        if image.mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        scaled = np.zeros_like(array) if hi <= lo else (array - lo) / (hi - lo) * 255.0
+        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) -> Image.Image:
+    """The first frame of ``data`` as RGB, upright (EXIF orientation applied).
+
+    Refuses more than ``max_pixels`` from the header alone, before any pixel is decoded.
+    """
+    if not data:
+        raise EmptyImageError("The file has no bytes.")
+    if content_type and content_type.split(";")[0].strip().lower() not in SUPPORTED_TYPES | {
+        "application/octet-stream", ""
+    }:
+        raise UnsupportedImageError(
+            f"{content_type!r} is not an image type this server reads; send JPEG, PNG, GIF, WebP, BMP or TIFF."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in SUPPORTED_FORMATS:
+                raise UnsupportedImageError(f"{image.format} images are not supported.")
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"The image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}."
+                )
+            image.seek(0)  # animated images: the first frame
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        if data.startswith(_MAGIC):
+            raise CorruptImageError("The image data is corrupt or truncated.") from exc
+        raise UnsupportedImageError("The file is not an image this server can read.") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise CorruptImageError(f"The image data is corrupt or truncated ({exc}).") from exc

@@ -1,0 +1,1 @@
+"""The page's static assets (scripts, styles, example images), installed as package data of ranlens."""
