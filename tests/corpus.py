@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -29,11 +30,13 @@ def truncated_jpeg() -> bytes:
     return data[: len(data) // 3]
 
 
+@lru_cache  # seconds to encode; bytes are immutable, so tests may share one copy
 def decompression_bomb() -> bytes:
     """A tiny file that decodes to 100 megapixels: over Pillow's own guard (Image.MAX_IMAGE_PIXELS)."""
     return encode(Image.new("1", (10_000, 10_000)), "PNG", optimize=True)
 
 
+@lru_cache
 def over_pixel_limit(limit: int) -> bytes:
     """A tiny file with more pixels than ``limit`` but fewer than Pillow's own guard, so only the
     app's check can refuse it."""
