@@ -332,6 +332,35 @@ def test_png_and_npy_downloads_match_the_api(server, browser, tmp_path):
     page.close()
 
 
+def _send_file(page, event: str, selector: str, path: Path, mime: str = "image/jpeg") -> None:
+    """A drop (DragEvent) or paste (ClipboardEvent) of a real file, as the browser would deliver it."""
+    page.eval_on_selector(selector, """(target, [event, name, mime, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], name, { type: mime }));
+        const init = { bubbles: true, cancelable: true };
+        target.dispatchEvent(event === "drop" ? new DragEvent("drop", { ...init, dataTransfer: data })
+                                              : new ClipboardEvent("paste", { ...init, clipboardData: data }));
+    }""", [event, path.name, mime, base64.b64encode(path.read_bytes()).decode()])
+
+
+def test_choose_drop_and_paste_an_image(server, browser):
+    page, watch = open_page(browser, server)
+    # the visible button opens the file picker, from the keyboard too
+    page.focus("#choose-file")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(PHOTOS / "coffee.jpg"))
+    wait_status(page, "coffee.jpg:")
+    _send_file(page, "drop", "#dropzone", PHOTOS / "chelsea.jpg")
+    wait_status(page, "chelsea.jpg: cat ")
+    _send_file(page, "paste", "body", PHOTOS / "cifar10-ship.jpg")
+    wait_status(page, "cifar10-ship.jpg:")
+    assert page.inner_text("#topbar-text").startswith("cifar10-ship.jpg: ")
+    watch.check(failed_ok="api/v1/ablate.*ERR_ABORTED")  # each new image cancels the last one's ablation
+    page.close()
+
+
 def test_example_gallery_and_bad_upload_message(server, browser, tmp_path):
     page, watch = open_page(browser, server, 720)
     page.click("button.example[data-name='cifar10-ship.jpg']")
@@ -370,8 +399,11 @@ def test_a_newer_upload_cancels_the_older_one(server, browser):
     page.route("**/api/v1/explain", hold_first)
     page.set_input_files("#file", str(PHOTOS / "chelsea.jpg"))
     wait_status(page, "Analysing chelsea.jpg")
-    while not held:
+    for _ in range(200):
+        if held:
+            break
         page.wait_for_timeout(50)
+    assert held, "the first upload never asked for /api/v1/explain"
     upload(page, PHOTOS / "cifar10-ship.jpg")
     wait_for_ablation(page)
     # the real answer for the first image, arriving late: the page aborted that request, so it must change nothing
