@@ -191,7 +191,7 @@ def test_not_ready_is_503(tmp_path):
 
 def test_page_renders_with_relative_urls(client):
     html = client.get("/").text
-    assert 'href="static/style.css"' in html and 'src="static/app.js"' in html
+    assert 'href="static/style.css"' in html and 'src="static/js/main.js"' in html
     assert 'src="/' not in html and 'href="/' not in html
     for example in ("chelsea.jpg", "cifar10-cat.jpg"):
         assert client.get(f"/static/examples/{example}").status_code == 200
