@@ -236,7 +236,7 @@ def test_page_renders_with_relative_urls(client):
     assert page.headers["content-type"].startswith("text/html")
     html = page.text
     assert 'id="model-line"' in html and "attention56_cifar" in html
-    assert 'href="static/style.css"' in html and 'src="static/app.js"' in html
+    assert 'href="static/style.css"' in html and 'src="static/js/main.js"' in html
     assert 'src="/' not in html and 'href="/' not in html
     for example in ("chelsea.jpg", "cifar10-cat.jpg"):
         assert f"static/examples/{example}" in html
