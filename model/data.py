@@ -1,12 +1,14 @@
 """CIFAR-style data as in-memory uint8 tensors: an ImageFolder directory or torchvision's CIFAR-10.
 
 Training on 2 CPU cores cannot afford per-image Python work, so every split is decoded once,
-cached as a ``.npz`` beside nothing of the repo (``~/.cache/ranlens``), and augmented per batch.
+cached as a ``.npz`` outside the repository (``$XDG_CACHE_HOME/ranlens``, else ``~/.cache/ranlens``),
+and augmented per batch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from .preprocess import center_crop
 
 __all__ = ["Split", "augment", "cutout", "load_split"]
 
-CACHE_DIR = Path.home() / ".cache" / "ranlens"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ranlens"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
 
 
@@ -72,7 +74,10 @@ def load_split(data: str | Path, split: str, size: int = 32, source: str = "fold
     if source != "folder":
         raise ValueError(f"source must be 'folder' or 'torchvision', got {source!r}")
     directory = data / split if (data / split).is_dir() else data
-    key = hashlib.sha256(f"{directory.resolve()}|{size}".encode()).hexdigest()[:16]
+    # folder modification times change when files are added, removed or renamed: a changed data set
+    # gets a new cache entry instead of the old arrays
+    stamps = [(p.name, p.stat().st_mtime_ns) for p in [directory, *sorted(directory.iterdir())] if p.is_dir()]
+    key = hashlib.sha256(f"{directory.resolve()}|{size}|{stamps}".encode()).hexdigest()[:16]
     cache = CACHE_DIR / f"{directory.name}-{size}-{key}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
