@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from .imaging import decode_image
 from .preprocess import center_crop
 
 __all__ = ["Split", "augment", "cutout", "load_split"]
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ranlens"
+MAX_PIXELS = 40_000_000  # as the app's default: a data set is no place for decompression bombs either
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
 
 
@@ -48,9 +49,9 @@ def _folder_split(directory: Path, size: int) -> Split:
     ]
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {directory.name}", unit="img", leave=False)):
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            images[i] = np.asarray(im if im.size == (size, size) else center_crop(im, size))
+        # decoded as the app decodes uploads (orientation, transparency on white, first frame)
+        im = decode_image(path.read_bytes(), MAX_PIXELS)
+        images[i] = np.asarray(im if im.size == (size, size) else center_crop(im, size))
     labels = np.array([label for _, label in files], dtype=np.int64)
     return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), tuple(classes))
 

@@ -47,7 +47,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     model, weights = _load(args)
-    result = evaluate(model, args.data, args.split, weights.mean, weights.std, args.source, weights.classes)
+    result = evaluate(model, args.data, args.split, weights.mean, weights.std, args.source, weights.classes,
+                      size=weights.input_size)
     dataset = args.dataset or f"{args.data} ({args.split} split)"
     print(f"{weights.name} on {dataset}")
     print(result.report())

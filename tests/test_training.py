@@ -42,6 +42,23 @@ def test_folder_split_and_cache(tiny_folder):
         load_split(tiny_folder, "validation")
 
 
+def test_folder_images_are_decoded_as_uploads(tmp_path, monkeypatch):
+    """Transparency on white and EXIF orientation applied, as the app decodes what it is shown."""
+    monkeypatch.setattr("ranlens.model.data.CACHE_DIR", tmp_path / "cache")
+    folder = tmp_path / "data" / "test" / "things"
+    folder.mkdir(parents=True)
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(folder / "clear.png")
+    sideways = Image.new("RGB", (32, 16), (0, 0, 255))
+    sideways.paste((255, 0, 0), (0, 0, 16, 16))  # red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view: red ends up on top
+    sideways.save(folder / "rotated.png", exif=exif)
+    split = load_split(tmp_path / "data", "test")
+    clear, rotated = split.images
+    assert int(clear.min()) == 255
+    assert rotated[:, 1, 16].tolist() == [255, 0, 0] and rotated[:, 30, 16].tolist() == [0, 0, 255]
+
+
 def test_augment_keeps_shape_and_content():
     images = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 3, 32, 32)
     out = augment(images, torch.Generator().manual_seed(0))
