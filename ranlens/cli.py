@@ -247,6 +247,7 @@ def _serve(args: argparse.Namespace) -> None:
     else:
         sock = _listen(args.host or settings.host, settings.port if args.port is None else args.port)
     host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     # the path prefix belongs to the server (FastAPI deprecated its own root_path)
     config = uvicorn.Config("ranlens.app.main:app", root_path=settings.root_path, proxy_headers=True,
                             forwarded_allow_ips="127.0.0.1")

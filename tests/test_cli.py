@@ -11,13 +11,16 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from dataclasses import asdict
 from importlib.metadata import version
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ranlens.cli import build_parser
+from ranlens.model.train import TrainConfig
 from ranlens.model.weights import WEIGHTS_DIR
 
 from .conftest import CIFAR_FIXTURES, PHOTOS, RANLENS, running_server
@@ -216,11 +219,6 @@ def test_figure_refuses_a_corrupt_image_in_one_line(tmp_path):
 
 def test_resume_with_a_changed_setting_is_one_line(tmp_path):
     """The refusal names the setting, the old and the new value; nothing is trained."""
-    import torch
-
-    from ranlens.model.train import TrainConfig
-    from dataclasses import asdict
-
     run = tmp_path / "run"
     run.mkdir()
     torch.save({"config": asdict(TrainConfig(out=str(run), amp="off"))}, run / "last.pt")
