@@ -1,26 +1,29 @@
 """CIFAR-style data as in-memory uint8 tensors: an ImageFolder directory or torchvision's CIFAR-10.
 
 Training on 2 CPU cores cannot afford per-image Python work, so every split is decoded once,
-cached as a ``.npz`` beside nothing of the repo (``~/.cache/ranlens``), and augmented per batch.
+cached as a ``.npz`` outside the repository (``$XDG_CACHE_HOME/ranlens``, else ``~/.cache/ranlens``),
+and augmented per batch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from .imaging import decode_image
 from .preprocess import center_crop
 
 __all__ = ["Split", "augment", "cutout", "load_split"]
 
-CACHE_DIR = Path.home() / ".cache" / "ranlens"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ranlens"
+MAX_PIXELS = 40_000_000  # as the app's default: a data set is no place for decompression bombs either
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
 
 
@@ -46,9 +49,9 @@ def _folder_split(directory: Path, size: int) -> Split:
     ]
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {directory.name}", unit="img", leave=False)):
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            images[i] = np.asarray(im if im.size == (size, size) else center_crop(im, size))
+        # decoded as the app decodes uploads (orientation, transparency on white, first frame)
+        im = decode_image(path.read_bytes(), MAX_PIXELS)
+        images[i] = np.asarray(im if im.size == (size, size) else center_crop(im, size))
     labels = np.array([label for _, label in files], dtype=np.int64)
     return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), tuple(classes))
 
@@ -72,7 +75,10 @@ def load_split(data: str | Path, split: str, size: int = 32, source: str = "fold
     if source != "folder":
         raise ValueError(f"source must be 'folder' or 'torchvision', got {source!r}")
     directory = data / split if (data / split).is_dir() else data
-    key = hashlib.sha256(f"{directory.resolve()}|{size}".encode()).hexdigest()[:16]
+    # folder modification times change when files are added, removed or renamed: a changed data set
+    # gets a new cache entry instead of the old arrays
+    stamps = [(p.name, p.stat().st_mtime_ns) for p in [directory, *sorted(directory.iterdir())] if p.is_dir()]
+    key = hashlib.sha256(f"{directory.resolve()}|{size}|{stamps}".encode()).hexdigest()[:16]
     cache = CACHE_DIR / f"{directory.name}-{size}-{key}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:

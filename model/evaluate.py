@@ -60,8 +60,10 @@ class Evaluation:
 
 
 def evaluate(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",
-             classes: tuple[str, ...] | None = None) -> Evaluation:
-    loaded = load_split(data, split, model.config.reference_size, source)
+             classes: tuple[str, ...] | None = None, size: int | None = None) -> Evaluation:
+    """``size``: the weights' input size (images are resized and centre-cropped to it as at
+    inference); the architecture's reference size if not given."""
+    loaded = load_split(data, split, size or model.config.reference_size, source)
     if classes is not None and tuple(loaded.classes) != tuple(classes):
         raise ValueError(f"data classes {loaded.classes} differ from the model's {classes}")
     logits, labels = evaluate_split(model, loaded, mean, std, desc=f"evaluating {split}")

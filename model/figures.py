@@ -6,28 +6,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from .imaging import decode_image
 from .network import ResidualAttentionNet
 from .weights import Weights
 
 
 def mask_figure(model: ResidualAttentionNet, weights: Weights, images: list[Path], out: Path,
-                cmap: str = "viridis") -> list[dict]:
+                cmap: str = "viridis", max_pixels: int = 40_000_000) -> list[dict]:
     """Rows: images; columns: the crop the model sees, then each module's channel-mean mask
-    (own colour scale, range in the title), then the top prediction. Returns per-mask statistics."""
+    (own colour scale, range in the title), then the top prediction. Returns per-mask statistics.
+
+    Images are decoded as the app decodes uploads (EXIF orientation, transparency on white, first
+    frame) and preprocessed by the weights' own transforms, so the figure shows what the app shows.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     preprocess = weights.transforms()
+    # all decoded before drawing: a bad file fails the call before a figure is half made
+    crops = [preprocess.crop(decode_image(path.read_bytes(), max_pixels)) for path in images]
     names = model.module_names
     fig, axes = plt.subplots(len(images), len(names) + 1, figsize=(2.6 * (len(names) + 1), 2.7 * len(images)),
                              squeeze=False)
     stats = []
-    for row, path in enumerate(images):
-        crop = preprocess.crop(Image.open(path))
+    for row, (path, crop) in enumerate(zip(images, crops)):
         with torch.no_grad():
             result = model.eval().forward_intermediates(preprocess.to_tensor(crop).unsqueeze(0))
         probs = torch.softmax(result.logits[0], 0)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from .data import Split, augment, cutout, load_split, normalize
@@ -27,27 +30,34 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
+def _setting(default, help: str, **argparse_extra):
+    """A TrainConfig field whose help text (and choices) the ``ranlens train`` options show."""
+    return field(default=default, metadata={"help": help, **argparse_extra})
+
+
 @dataclass
 class TrainConfig:
-    arch: str = "attention56_cifar"
-    data: str = "/tmp/data/cifar10-jpeg"
-    source: str = "folder"
-    out: str = "runs/attention56_cifar"
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 0.2
-    warmup: float = 0.15  # fraction of all steps
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    cutout: int = 0  # side of the square zeroed per training image; 0 = off
-    seed: int = 0
-    threads: int = 2
-    limit_train: int = 0  # use only the first N training images (smoke tests); 0 = all
-    limit_test: int = 0
-    stop_after: int = 0  # finish this invocation after N more epochs (resume later); 0 = run to the end
-    init: str = ""  # start from these weights (a .safetensors file), e.g. to continue a shipped model
-    amp: str = "auto"  # "bf16": autocast forward and loss to bfloat16; "off": float32; "auto": bf16 where the CPU has it
+    arch: str = _setting("attention56_cifar", "architecture to train", choices=sorted(ARCHITECTURES))
+    data: str = _setting("/tmp/data/cifar10-jpeg", "data folder (DATA/train/<class>/*, DATA/test/<class>/*) "
+                         "or, with --source torchvision, where CIFAR-10 is downloaded")
+    source: str = _setting("folder", "how to read --data", choices=["folder", "torchvision"])
+    out: str = _setting("runs/attention56_cifar", "run folder: checkpoints, metrics, last.pt to resume from")
+    epochs: int = _setting(6, "length of the schedule in epochs")
+    batch_size: int = _setting(128, "images per step")
+    lr: float = _setting(0.2, "peak learning rate")
+    warmup: float = _setting(0.15, "fraction of all steps spent warming the learning rate up")
+    momentum: float = _setting(0.9, "SGD Nesterov momentum")
+    weight_decay: float = _setting(5e-4, "weight decay on conv and linear weights (not BN, not biases)")
+    label_smoothing: float = _setting(0.1, "label smoothing of the cross-entropy")
+    cutout: int = _setting(0, "side of the square zeroed per training image; 0 = off")
+    seed: int = _setting(0, "seed of initialisation, batch order and augmentation")
+    threads: int = _setting(2, "CPU threads for torch")
+    limit_train: int = _setting(0, "use only N training images (smoke tests); 0 = all")
+    limit_test: int = _setting(0, "evaluate on only N test images after each epoch; 0 = all")
+    stop_after: int = _setting(0, "stop this invocation after N more epochs (resume later); 0 = run to the end")
+    init: str = _setting("", "start from these weights (a .safetensors file), e.g. to continue a shipped model")
+    amp: str = _setting("auto", "bf16: autocast forward and loss to bfloat16; off: float32; "
+                        "auto: bf16 where the CPU has native bfloat16", choices=["auto", "bf16", "off"])
 
 
 def resolve_amp(amp: str) -> str:
@@ -58,6 +68,75 @@ def resolve_amp(amp: str) -> str:
         return amp
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return "bf16" if native else "off"
+
+
+# Settings that only say where a run lives or how fast it goes; every other setting shapes what a
+# run learns, so a resume refuses to change it.
+RESUMABLE_SETTINGS = ("out", "data", "threads", "stop_after")
+# What a run recorded before a setting existed means: it trained in float32 (no --amp yet).
+LEGACY_SETTINGS = {"amp": "off"}
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. ``Intel(R) Xeon(R) Platinum 8481C``; ``unknown`` if unreadable."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine(cfg: TrainConfig) -> dict:
+    """The facts of the machine a run trains on, recorded in its config.json for the manifest."""
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": cfg.threads,
+        "torch": torch.__version__,
+        "precision": "bfloat16 autocast" if cfg.amp == "bf16" else "float32",
+        "memory_format": "channels_last",
+    }
+
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
+
+def check_resumable(saved: dict, cfg: TrainConfig, source: Path) -> None:
+    """Refuses to resume with any setting that shapes the run changed, naming it."""
+    current = asdict(cfg)
+    for key, value in current.items():
+        if key in RESUMABLE_SETTINGS:
+            continue
+        before = saved.get(key, LEGACY_SETTINGS.get(key, _DEFAULTS[key]))
+        if before != value:
+            raise ValueError(
+                f"{source} was made with {key}={before!r}; resuming with {key}={value!r} would change the run. "
+                f"Resume with {key}={before!r}, or start a new run in another --out folder."
+            )
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; no weight decay on BN parameters and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+    )
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+               label_smoothing: float = 0.0, amp: str = "off") -> tuple[Tensor, Tensor]:
+    """One optimisation step on a batch; returns the batch's logits and loss (detached)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits.detach(), loss.detach()
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -127,38 +206,37 @@ def train(cfg: TrainConfig) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     _set_seed(cfg.seed)
 
+    state_path = out / "last.pt"
+    state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
+    if state is not None:
+        check_resumable(state["config"], cfg, state_path)  # before any work: a refusal is immediate
+
     arch = ARCHITECTURES[cfg.arch]
     train_split = subset(load_split(cfg.data, "train", arch.reference_size, cfg.source), cfg.limit_train, cfg.seed)
     test_split = subset(load_split(cfg.data, "test", arch.reference_size, cfg.source), cfg.limit_test, cfg.seed)
     model = ResidualAttentionNet(arch, num_classes=len(train_split.classes)).to(memory_format=torch.channels_last)
-    if cfg.init:
+    if cfg.init and state is None:
         load_state_checked(model, read_checkpoint(Path(cfg.init), expected_arch=cfg.arch), source=cfg.init)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-    )
+    optimizer = make_optimizer(model, cfg)
     steps_per_epoch = len(train_split) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
 
-    state_path = out / "last.pt"
     history: list[dict] = []
     start_epoch = 0
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
-        saved = state["config"]
-        for key in ("arch", "epochs", "batch_size", "lr", "seed", "limit_train"):
-            if saved[key] != getattr(cfg, key):
-                raise ValueError(f"{state_path} was made with {key}={saved[key]!r}, not {getattr(cfg, key)!r}")
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]
         history = json.loads((out / "metrics.json").read_text())[:start_epoch]
         print(f"resuming {cfg.arch} at epoch {start_epoch}/{cfg.epochs}")
-    # the class names travel with the run so `ranlens export` can write them into the manifest
-    (out / "config.json").write_text(json.dumps({**asdict(cfg), "classes": list(train_split.classes)}, indent=2))
+    else:
+        # what `ranlens export` writes into the manifest: the facts of this run, not assumptions
+        (out / "config.json").write_text(json.dumps({
+            **asdict(cfg), "classes": list(train_split.classes), "input_size": arch.reference_size,
+            "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD), "train_images": len(train_split),
+            "test_images": len(test_split), "machine": machine(cfg),
+        }, indent=2))
 
     generator = torch.Generator().manual_seed(cfg.seed)
     end_epoch = cfg.epochs if not cfg.stop_after else min(cfg.epochs, start_epoch + cfg.stop_after)
@@ -178,15 +256,10 @@ def train(cfg: TrainConfig) -> list[dict]:
             x = normalize(augment(train_split.images[index], generator), CIFAR_MEAN, CIFAR_STD)
             x = cutout(x, cfg.cutout, generator)
             y = train_split.labels[index]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            logits, loss = train_step(model, optimizer, x, y, cfg.label_smoothing, cfg.amp)
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += float(loss) * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3f}",
                             ips=f"{seen / (time.time() - t0):.0f}")
         train_time = time.time() - t0

@@ -6,13 +6,19 @@ It sits above both sides: it uses ``ranlens.model`` and starts ``ranlens.app``; 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shutil
+import socket
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ranlens.model.weights import WEIGHTS_DIR, Weights, sha256_of
+from ranlens.model.weights import WEIGHTS_DIR, Weights, WeightsError, sha256_of
+
+
+class CommandError(Exception):
+    """A problem the person running the command can fix; printed as one line, no traceback."""
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -27,7 +33,10 @@ def _load(args: argparse.Namespace):
     from ranlens.model.registry import get_model
     from ranlens.model.weights import resolve_weights
 
-    weights = resolve_weights(args.arch, args.weights)
+    try:
+        weights = resolve_weights(args.arch, args.weights)
+    except (ValueError, TypeError, KeyError) as exc:  # a manifest that is not JSON, or lacks a field
+        raise CommandError(f"cannot read weights manifest {args.weights}: {_one_line(exc)}") from exc
     return get_model(weights.arch, weights=weights), weights
 
 
@@ -38,14 +47,16 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     model, weights = _load(args)
-    result = evaluate(model, args.data, args.split, weights.mean, weights.std, args.source, weights.classes)
-    print(f"{weights.name} on {args.dataset}")
+    result = evaluate(model, args.data, args.split, weights.mean, weights.std, args.source, weights.classes,
+                      size=weights.input_size)
+    dataset = args.dataset or f"{args.data} ({args.split} split)"
+    print(f"{weights.name} on {dataset}")
     print(result.report())
     if args.confusion:
         result.save_confusion(Path(args.confusion))
         print(f"confusion matrix written to {args.confusion}")
     if args.write_metrics:
-        updated = Weights(**{**weights.__dict__, "metrics": result.metrics(args.dataset)})
+        updated = Weights(**{**weights.__dict__, "metrics": result.metrics(dataset)})
         print(f"metrics written to {updated.write_manifest()}")
 
 
@@ -68,32 +79,63 @@ def _lineage(init: Path) -> dict:
     return {"from": init.name, "sha256": sha256_of(init) if init.is_file() else None, "recipe": None}
 
 
+def _hardware(config: dict) -> tuple[str, dict]:
+    """What the run trained on, as recorded in its config.json; runs made before the record say so."""
+    machine = config.get("machine") or {
+        "cpu": "not recorded", "threads": config["threads"],
+        "precision": "bfloat16 autocast" if config["amp"] == "bf16" else "float32", "memory_format": "channels_last",
+    }
+    cpus = f" ({machine['logical_cpus']} logical CPUs)" if machine.get("logical_cpus") else ""
+    torch_version = f", torch {machine['torch']}" if machine.get("torch") else ""
+    threads = f"{machine['threads']} thread" + ("s" if machine["threads"] != 1 else "")
+    text = (f"{machine['cpu']}{cpus}, {threads}, {machine['precision']}, "
+            f"{machine['memory_format']}{torch_version}")
+    return text, machine
+
+
+def _train_data(config: dict) -> str:
+    where = f"{config['data']} ({config['source']})"
+    images = config.get("train_images") or config["limit_train"]
+    return f"train split of {where}" + (f", {images:,} images" if images else "")
+
+
 def _export(args: argparse.Namespace) -> None:
-    """Copies a run's checkpoint into model/weights/ with a manifest carrying the recipe."""
-    from ranlens.model.train import CIFAR_MEAN, CIFAR_STD, TrainConfig
+    """Copies a run's checkpoint into model/weights/ with a manifest carrying the run's facts."""
+    from ranlens.model.registry import ARCHITECTURES
+    from ranlens.model.train import CIFAR_MEAN, CIFAR_STD, LEGACY_SETTINGS, TrainConfig
     from ranlens.model.weights import CIFAR10_CLASSES, read_checkpoint
 
     run = Path(args.run)
-    # a run made before a setting existed trained with that setting's default (e.g. no cutout)
-    config = {**asdict(TrainConfig()), **json.loads((run / "config.json").read_text())}
+    # a run made before a setting existed trained with what that setting meant then: no cutout, float32,
+    # CIFAR-10 classes and statistics at the architecture's reference size
+    recorded = json.loads((run / "config.json").read_text())
+    config = {**asdict(TrainConfig()), **LEGACY_SETTINGS, "classes": list(CIFAR10_CLASSES),
+              "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD), **recorded}
+    if config["arch"] not in ARCHITECTURES:
+        raise CommandError(f"{run / 'config.json'} names an unknown architecture {config['arch']!r}")
+    input_size = config.get("input_size") or ARCHITECTURES[config["arch"]].reference_size
     history = json.loads((run / "metrics.json").read_text())
-    source = run / f"epoch{args.epoch or len(history):03d}.safetensors"
+    epochs_done = args.epoch or len(history)
+    if not 1 <= epochs_done <= len(history):
+        raise CommandError(f"{run} has finished epochs 1..{len(history)}, not epoch {epochs_done}")
+    source = run / f"epoch{epochs_done:03d}.safetensors"
     read_checkpoint(source, expected_arch=config["arch"])
     target_dir = Path(args.weights_dir)
     target = target_dir / f"{args.name}.safetensors"
     shutil.copyfile(source, target)
-    epochs_done = args.epoch or len(history)
     done = history[:epochs_done]
+    hardware, machine = _hardware(config)
     recipe = {
         **{k: config[k] for k in ("epochs", "batch_size", "lr", "warmup", "momentum", "weight_decay",
-                                  "label_smoothing", "cutout", "seed")},
+                                  "label_smoothing", "cutout", "seed", "amp")},
         "epochs_completed": epochs_done,
         "optimizer": "SGD, Nesterov momentum; no weight decay on BN and biases",
         "schedule": "linear warm-up then cosine decay to zero, per batch",
-        "augmentation": "random crop 32 with 4-pixel zero padding, horizontal flip"
+        "augmentation": f"random crop {input_size} with 4-pixel zero padding, horizontal flip"
         + (f", cutout {config['cutout']}x{config['cutout']}" if config["cutout"] else ""),
-        "train_data": "CIFAR-10 train split (JPEG q75 copy), 50,000 images",
-        "hardware": "2 CPU cores, float32, channels_last",
+        "train_data": _train_data(config),
+        "hardware": hardware,
+        "machine": machine,
         "train_wall_hours": round(sum(h["epoch_seconds"] for h in done) / 3600, 2),
         "train_img_per_s": round(sum(h["train_img_per_s"] for h in done) / len(done), 1),
         "command": _train_command(config),
@@ -108,10 +150,26 @@ def _export(args: argparse.Namespace) -> None:
         recipe["train_wall_hours"] + earlier.get("total_train_wall_hours", earlier.get("train_wall_hours", 0)), 2)
     weights = Weights(
         name=args.name, arch=config["arch"], file=target.name, sha256=sha256_of(target),
-        classes=tuple(config.get("classes", CIFAR10_CLASSES)), input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, recipe=recipe,
+        classes=tuple(config["classes"]), input_size=input_size, mean=tuple(config["mean"]),
+        std=tuple(config["std"]), recipe=recipe,
         metrics={"note": "not yet measured: run ranlens evaluate --write-metrics"}, directory=target_dir,
     )
     print(f"wrote {target} and {weights.write_manifest()}")
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """An output name per input: its stem, numbered where two inputs share one (a/photo.jpg and
+    b/photo.jpg), so no input's files overwrite another's."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, n = path.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{path.stem}-{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
 
 
 def _explain(args: argparse.Namespace) -> None:
@@ -124,24 +182,28 @@ def _explain(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    explainer = Explainer.load(args.arch, args.weights)
+    explainer = Explainer(*_load(args))
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     manifest = {"model": explainer.name, "weights": explainer.weights.name, "images": {}}
+    paths = list(dict.fromkeys(Path(p) for p in args.images))  # the same file twice is explained once
     failed = 0
-    for path in tqdm(args.images, desc="explaining", unit="img"):
-        path = Path(path)
+    # the bar only where someone watches (a terminal); logs get the per-image lines alone
+    for path, stem in zip(tqdm(paths, desc="explaining", unit="img", disable=None), _unique_stems(paths)):
         try:
             image = decode_image(path.read_bytes(), args.max_pixels)
         except (OSError, ImageError) as exc:
             failed += 1
-            detail = str(exc)
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
             manifest["images"][str(path)] = {"error": detail}
-            tqdm.write(f"skipped {path}: {detail}")
+            tqdm.write(f"skipped {path}: {detail}", file=sys.stderr)
             continue
         result = explainer.explain(image)
-        manifest["images"][str(path)] = result.save(out, path.stem, args.colormap, args.alpha)
+        manifest["images"][str(path)] = result.save(out, stem, args.colormap, args.alpha)
+        top = ", ".join(f"{p.label} {100 * p.probability:.1f}%" for p in result.top(args.top))
+        tqdm.write(f"{path}: {top}")
     write_manifest(manifest, out / "manifest.json")
-    print(f"wrote {len(args.images) - failed} explanations and {out / 'manifest.json'}")
+    print(f"wrote {len(paths) - failed} explanations and {out / 'manifest.json'}")
     if failed:
         sys.exit(1)
 
@@ -150,11 +212,28 @@ def _figure(args: argparse.Namespace) -> None:
     from ranlens.model.figures import mask_figure
 
     model, weights = _load(args)
-    stats = mask_figure(model, weights, [Path(p) for p in args.images], Path(args.out))
+    stats = mask_figure(model, weights, [Path(p) for p in args.images], Path(args.out), max_pixels=args.max_pixels)
     for row in stats:
         print(f"{row['image']:<24} {row['module']:<16} channel-mean {row['mean_min']:.3f}..{row['mean_max']:.3f}"
               f"  all channels {row['all_min']:.3f}..{row['all_max']:.3f} (std {row['all_std']:.3f})")
     print(f"figure written to {args.out}")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port before the model loads, so a busy port is reported at once and
+    in words that name the setting to change."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT does not block
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CommandError(f"port {port} on {host} is already in use: choose another with --port or "
+                               f"RANLENS_PORT") from exc
+        raise CommandError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): check --host/--port or "
+                           f"RANLENS_HOST/RANLENS_PORT") from exc
+    return sock
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -163,13 +242,25 @@ def _serve(args: argparse.Namespace) -> None:
     from ranlens.app.core.config import get_settings
 
     settings = get_settings()
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)  # bound by whoever started us (systemd, a test)
+    else:
+        sock = _listen(args.host or settings.host, settings.port if args.port is None else args.port)
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     # the path prefix belongs to the server (FastAPI deprecated its own root_path)
-    uvicorn.run("ranlens.app.main:app", host=args.host or settings.host, port=args.port or settings.port,
-                root_path=settings.root_path, proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+    config = uvicorn.Config("ranlens.app.main:app", root_path=settings.root_path, proxy_headers=True,
+                            forwarded_allow_ips="127.0.0.1")
+    print(f"ranlens serving on http://{host}:{port}/ (loading {settings.arch} weights {settings.weights})",
+          flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _add_weights_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="attention56_cifar")
+    from ranlens.model.registry import list_models
+
+    parser.add_argument("--arch", default="attention56_cifar", choices=list_models(),
+                        help="architecture (a manifest .json given to --weights names its own)")
     parser.add_argument("--weights", default="DEFAULT", help="weights name, DEFAULT, or a manifest .json")
 
 
@@ -196,69 +287,94 @@ def _curves(args: argparse.Namespace) -> None:
         print(f"wrote {args.write_metrics}")
 
 
-def main(argv: list[str] | None = None) -> None:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (required, or unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default is None or isinstance(action, argparse._StoreConstAction):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
     from ranlens import __version__
-
-    parser = argparse.ArgumentParser(prog="ranlens", description="Residual Attention Network: train, evaluate, explain, serve")
-    parser.add_argument("--version", action="version", version=f"ranlens {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+    from ranlens.model.render import COLORMAPS
     from ranlens.model.train import TrainConfig
 
-    t = sub.add_parser("train", help="train a CIFAR-layout model (resumes from OUT/last.pt)")
+    parser = argparse.ArgumentParser(prog="ranlens", formatter_class=_HelpFormatter,
+                                     description="See where a Residual Attention Network looks.")
+    parser.add_argument("--version", action="version", version=f"ranlens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    t = command("train", "train a CIFAR-layout model; resumes from OUT/last.pt", _train)
     for f in fields(TrainConfig):
-        t.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    t.set_defaults(func=_train)
+        t.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, **f.metadata)
 
-    e = sub.add_parser("evaluate", help="top-1/top-5/per-class accuracy of a weights file on a split")
+    e = command("evaluate", "top-1/top-5/per-class accuracy of weights on a data split", _evaluate)
     _add_weights_args(e)
-    e.add_argument("--data", required=True)
-    e.add_argument("--source", default="folder", choices=["folder", "torchvision"])
-    e.add_argument("--split", default="test", choices=["train", "test"])
-    e.add_argument("--dataset", default="CIFAR-10 test (JPEG q75 copy)", help="name recorded with the metrics")
-    e.add_argument("--confusion", help="write the confusion matrix PNG here")
+    e.add_argument("--data", required=True, help="DATA/<split>/<class>/* or a folder of class folders")
+    e.add_argument("--source", default="folder", choices=["folder", "torchvision"], help="how to read --data")
+    e.add_argument("--split", default="test", choices=["train", "test"], help="which split of --data")
+    e.add_argument("--dataset", help="name recorded with the metrics (default: the --data path and split)")
+    e.add_argument("--confusion", help="also write the confusion matrix as a PNG here")
     e.add_argument("--write-metrics", action="store_true", help="record the result in the weights manifest")
-    e.add_argument("--threads", type=int, default=2)
-    e.set_defaults(func=_evaluate)
+    e.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
 
-    x = sub.add_parser("export", help="ship a run's checkpoint as model/weights/NAME.safetensors + manifest")
-    x.add_argument("run")
-    x.add_argument("--name", required=True)
-    x.add_argument("--epoch", type=int, default=0, help="default: the last finished epoch")
-    x.add_argument("--weights-dir", default=str(WEIGHTS_DIR))
-    x.set_defaults(func=_export)
+    x = command("export", "ship a run's checkpoint as WEIGHTS_DIR/NAME.safetensors with a manifest", _export)
+    x.add_argument("run", help="the run folder (ranlens train --out)")
+    x.add_argument("--name", required=True, help="weights name, e.g. attention56_cifar.v6")
+    x.add_argument("--epoch", type=int, default=0, help="which epoch's checkpoint; 0 = the last finished one")
+    x.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="where shipped weights live")
 
-    from ranlens.model.render import COLORMAPS
-
-    p = sub.add_parser("explain", help="write overlays, raw masks and a manifest for images")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--out", required=True)
+    p = command("explain", "write overlays, raw masks and a manifest for images; print top predictions", _explain)
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, WebP, BMP, TIFF)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
     _add_weights_args(p)
-    p.add_argument("--colormap", default="viridis", choices=COLORMAPS)
-    p.add_argument("--alpha", type=float, default=0.6)
-    p.add_argument("--max-pixels", type=int, default=40_000_000)
-    p.add_argument("--threads", type=int, default=2)
-    p.set_defaults(func=_explain)
+    p.add_argument("--colormap", default="viridis", choices=COLORMAPS, help="colour map of the overlays")
+    p.add_argument("--alpha", type=float, default=0.6, help="opacity of the mask over the picture")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
+    p.add_argument("--top", type=int, default=3, help="how many predictions to print per image")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
 
-    f = sub.add_parser("figure", help="a PNG of every module's channel-mean mask over some images")
-    f.add_argument("images", nargs="+")
-    f.add_argument("--out", required=True)
+    f = command("figure", "a PNG of every module's channel-mean mask over some images", _figure)
+    f.add_argument("images", nargs="+", help="image files, one row each")
+    f.add_argument("--out", required=True, help="the PNG to write")
     _add_weights_args(f)
-    f.set_defaults(func=_figure)
+    f.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
 
-    c = sub.add_parser("curves", help="training curves of one run or a chain of warm-started runs, as a PNG")
+    c = command("curves", "training curves of one run or a chain of warm-started runs, as a PNG", _curves)
     c.add_argument("runs", nargs="+", help="run folders or metrics JSON files, oldest first")
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="the PNG to write")
     c.add_argument("--write-metrics", help="also write the runs' per-epoch metrics to this JSON file")
-    c.set_defaults(func=_curves)
 
-    s = sub.add_parser("serve", help="run the web app (settings from RANLENS_* variables)")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.set_defaults(func=_serve)
+    s = command("serve", "run the web app (other settings from RANLENS_* variables or .env)", _serve)
+    s.add_argument("--host", help="address to listen on (default: RANLENS_HOST, else 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port to listen on (default: RANLENS_PORT, else 8000)")
+    s.add_argument("--fd", type=int, help="serve on this already-bound socket (systemd, tests) instead of host:port")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (CommandError, OSError, WeightsError, ValueError) as exc:
+        # ValueError covers bad image bytes (ImageError), unreadable JSON and refused settings
+        parser.exit(1, f"ranlens {args.command}: error: {_one_line(exc)}\n")
 
 
 if __name__ == "__main__":

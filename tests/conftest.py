@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -17,25 +18,55 @@ ROOT = Path(__file__).resolve().parents[1]
 # everything the tests read is in the repository: a clone with nothing beside it passes
 PHOTOS = ROOT / "static" / "examples"
 CIFAR_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cifar10-test"
+# the `ranlens` console script of the interpreter running the tests
+RANLENS = str(Path(sys.executable).with_name("ranlens"))
 
 torch.set_num_threads(int(os.environ.get("RANLENS_TEST_THREADS", "2")))
 
+# The caller's settings must not steer the tests: RANLENS_* variables would change which weights the
+# app loads, its limits and its port. Removed at import, before any test module builds Settings.
+for _key in [k for k in os.environ if k.startswith("RANLENS_")]:
+    del os.environ[_key]
+# A .env file is read from the working directory (pydantic-settings), so the tests run in an empty
+# one. Done at import too: test modules import the app, which reads its settings then.
+_WORKDIR = tempfile.TemporaryDirectory(prefix="ranlens-tests-")
+os.chdir(_WORKDIR.name)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_from_the_caller(tmp_path_factory) -> Iterator[None]:
+    """Every test sees no RANLENS_* variable, no .env, and its own data cache (XDG_CACHE_HOME)."""
+    leaked = sorted(k for k in os.environ if k.startswith("RANLENS_"))
+    assert not leaked, f"RANLENS_* variables reappeared: {leaked}"
+    assert Path.cwd() == Path(_WORKDIR.name).resolve()
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(cache))
+        mp.setattr("ranlens.model.data.CACHE_DIR", cache / "ranlens")
+        yield
 
 
 @contextmanager
 def running_server(command: list[str], **env: str) -> Iterator[str]:
-    """Run ``command --port N`` on a free port until ``/readyz`` answers 200; yield its base URL."""
-    port = _free_port()
-    # a file, not a pipe: nobody reads the server's log while it runs, and a full pipe would block it
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env={**os.environ, **env},
-                                stdout=log, stderr=subprocess.STDOUT)
+    """Run ``command --fd N`` (uvicorn, or ``ranlens serve``) on a socket this process bound, until
+    ``/readyz`` answers 200; yield its base URL.
+
+    Binding here and handing the socket over leaves no moment in which another process could take
+    the port (a port picked, released, then bound by the server can be). The server runs in an
+    empty working directory, so no .env is read.
+    """
+    with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryFile() as log:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        # a file, not a pipe: nobody reads the server's log while it runs, and a full pipe would block it
+        proc = subprocess.Popen([*command, "--fd", str(sock.fileno())], cwd=cwd, env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT, pass_fds=[sock.fileno()])
         url = f"http://127.0.0.1:{port}/"
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-2000:]
+
         try:
             ready, deadline = False, time.time() + 120
             while not ready and proc.poll() is None and time.time() < deadline:
@@ -47,8 +78,7 @@ def running_server(command: list[str], **env: str) -> Iterator[str]:
             if not ready:
                 proc.kill()
                 proc.wait(timeout=10)
-                log.seek(0)
-                pytest.fail("server did not become ready: " + log.read().decode(errors="replace")[-2000:])
+                pytest.fail("server did not become ready: " + output())
             yield url
         finally:
             proc.terminate()

@@ -2,53 +2,254 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
+from dataclasses import asdict
+from importlib.metadata import version
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
-from .conftest import PHOTOS, ROOT, running_server
+from ranlens.cli import build_parser
+from ranlens.model.train import TrainConfig
+from ranlens.model.weights import WEIGHTS_DIR
+
+from .conftest import CIFAR_FIXTURES, PHOTOS, RANLENS, running_server
+
+COMMANDS = {"train", "evaluate", "export", "explain", "figure", "curves", "serve"}
 
 
-def ranlens(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ranlens", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+def ranlens(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ranlens", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """Failed with one line on stderr that says what is wrong, and no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 def test_explain_writes_overlays_masks_and_manifest(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    out = tmp_path / "new" / "out"
     result = ranlens("explain", str(PHOTOS / "chelsea.jpg"), str(PHOTOS / "rocket.jpg"), str(bad),
-                     "--out", str(tmp_path / "out"), "--colormap", "inferno")
+                     "--out", str(out), "--colormap", "inferno")
     assert result.returncode == 1, result.stderr  # one image failed, and says so
-    assert "skipped" in result.stdout + result.stderr
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["model"] == "attention56_cifar"
-    assert "error" in manifest["images"][str(bad)]
+    assert f"skipped {bad}: " in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "attention56_cifar" and manifest["weights"] == "attention56_cifar.v5"
+    assert "corrupt" in manifest["images"][str(bad)]["error"]
     entry = manifest["images"][str(PHOTOS / "chelsea.jpg")]
     assert [m["module"] for m in entry["attention"]] == ["stage1.module1", "stage2.module1", "stage3.module1"]
     for m in entry["attention"]:
-        mask = np.load(tmp_path / "out" / m["mask"])
+        mask = np.load(out / m["mask"])
         assert mask.shape == (m["channels"], *m["shape"]) and 0 < mask.min() and mask.max() < 1
         assert abs(float(mask.mean(0).max()) - m["max"]) < 1e-6
-        assert Image.open(tmp_path / "out" / m["overlay"]).size == (256, 256)
+        assert Image.open(out / m["overlay"]).size == (256, 256)
     assert len(entry["predictions"]) == 5
+    # each image's top predictions are printed, as in the manifest
+    for photo in ("chelsea.jpg", "rocket.jpg"):
+        top = manifest["images"][str(PHOTOS / photo)]["predictions"][:3]
+        line = f"{PHOTOS / photo}: " + ", ".join(f"{p['label']} {100 * p['probability']:.1f}%" for p in top)
+        assert line in result.stdout.splitlines(), result.stdout
+
+
+def test_explain_keeps_inputs_with_the_same_name_apart(tmp_path):
+    for folder, photo in (("a", "chelsea.jpg"), ("b", "rocket.jpg")):
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(PHOTOS / photo, tmp_path / folder / "photo.jpg")
+    out = tmp_path / "out"
+    result = ranlens("explain", str(tmp_path / "a" / "photo.jpg"), str(tmp_path / "b" / "photo.jpg"),
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    images = json.loads((out / "manifest.json").read_text())["images"]
+    a, b = images[str(tmp_path / "a" / "photo.jpg")], images[str(tmp_path / "b" / "photo.jpg")]
+    assert a["input"] != b["input"]
+    assert not {m["mask"] for m in a["attention"]} & {m["mask"] for m in b["attention"]}
+    # each entry's files are its own image's: the crops differ and so do the predictions
+    assert not np.array_equal(np.asarray(Image.open(out / a["input"])), np.asarray(Image.open(out / b["input"])))
+    assert a["predictions"] != b["predictions"]
+
+
+def test_explain_creates_its_output_folder_even_when_every_image_fails(tmp_path):
+    out = tmp_path / "deep" / "er"
+    result = ranlens("explain", str(tmp_path / "missing.jpg"), "--out", str(out))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"skipped {tmp_path / 'missing.jpg'}: No such file or directory"
+    assert json.loads((out / "manifest.json").read_text())["images"][str(tmp_path / "missing.jpg")]["error"]
 
 
 def test_figure_command(tmp_path):
     result = ranlens("figure", str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "fig.png"))
     assert result.returncode == 0, result.stderr
-    assert "stage3.module1" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("coffee.jpg")]
+    assert [row[1] for row in rows] == ["stage1.module1", "stage2.module1", "stage3.module1"]
     assert Image.open(tmp_path / "fig.png").size[0] > 500
 
 
+def test_figure_decodes_and_preprocesses_as_the_app(tmp_path):
+    """Transparency is composited on white as for uploads, and the masks are the app's own."""
+    from ranlens.model import get_model, get_weights
+    from ranlens.model.explainer import Explainer
+    from ranlens.model.figures import mask_figure
+    from ranlens.model.imaging import decode_image
+
+    rgb = np.asarray(Image.open(PHOTOS / "chelsea.jpg").convert("RGB").resize((64, 48))).copy()
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :24] = 0
+    hidden = rgb.copy()
+    hidden[:, :24] = 0  # black under the transparent part: a plain convert("RGB") would show it
+    Image.fromarray(np.dstack([hidden, alpha]), "RGBA").save(tmp_path / "transparent.png")
+    on_white = rgb.copy()
+    on_white[:, :24] = 255
+    Image.fromarray(on_white).save(tmp_path / "white.png")
+
+    weights = get_weights("attention56_cifar", "DEFAULT")
+    model = get_model("attention56_cifar", weights=weights)
+    stats = {name: mask_figure(model, weights, [tmp_path / name], tmp_path / f"{name}.fig.png")
+             for name in ("transparent.png", "white.png")}
+    strip = [{k: v for k, v in row.items() if k != "image"} for row in stats["transparent.png"]]
+    assert strip == [{k: v for k, v in row.items() if k != "image"} for row in stats["white.png"]]
+    app_view = Explainer(model, weights).explain(decode_image((tmp_path / "transparent.png").read_bytes(), 10**6))
+    for row, attention in zip(stats["transparent.png"], app_view.attention, strict=True):
+        assert row["module"] == attention.module
+        assert row["mean_max"] == pytest.approx(float(attention.reduced("mean").max()), abs=1e-5)
+        assert row["mean_min"] == pytest.approx(float(attention.reduced("mean").min()), abs=1e-5)
+
+
+def test_evaluate_on_the_committed_fixtures(tmp_path):
+    result = ranlens("evaluate", "--data", str(CIFAR_FIXTURES), "--confusion", str(tmp_path / "confusion.png"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"attention56_cifar.v5 on {CIFAR_FIXTURES} (test split)"
+    summary = re.fullmatch(r"test: (\d+) images  top-1 ([\d.]+)%  top-5 ([\d.]+)%", lines[1])
+    assert summary, lines[1]
+    images, top1, top5 = int(summary[1]), float(summary[2]), float(summary[3])
+    # 30 images, three per class, on a model with 90.9% top-1 on the whole test split
+    assert images == 30 and 70 <= top1 <= top5 <= 100 and top5 >= 90
+    per_class = [line.split() for line in lines[2:12]]
+    assert [row[0] for row in per_class] == sorted(p.name for p in CIFAR_FIXTURES.iterdir() if p.is_dir())
+    assert sum(float(row[1].rstrip("%")) for row in per_class) / 10 == pytest.approx(top1, abs=0.01)
+    assert Image.open(tmp_path / "confusion.png").size[0] > 400
+
+
+def test_version_from_the_script_and_the_module():
+    expected = f"ranlens {version('ranlens')}"
+    for command in ([RANLENS, "--version"], [sys.executable, "-m", "ranlens", "--version"]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and result.stdout.strip() == expected, result
+
+
 def test_help_lists_every_command():
-    out = ranlens("--help").stdout
-    for command in ("train", "evaluate", "export", "explain", "figure", "curves", "serve"):
-        assert command in out
+    result = subprocess.run([RANLENS, "--help"], capture_output=True, text=True, timeout=120)
+    # the commands section, not the description, must list each command
+    listed = {m[1] for m in re.finditer(r"^ {4}(\w+) ", result.stdout, re.M)}
+    assert listed == COMMANDS, result.stdout
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_every_option_has_help_showing_its_default(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "10000")  # no wrapping inside a path
+    commands = _subcommands()
+    assert set(commands) == COMMANDS
+    for name, parser in commands.items():
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            label = "/".join(action.option_strings) or action.dest
+            assert action.help, f"{name} {label} has no help"
+            # a flag's default is "off", and an option without a default says in its help what it falls back to
+            if action.option_strings and action.nargs != 0 and not action.required and action.default is not None:
+                shown = f"(default: {action.default})"
+                assert shown in text, f"{name} {label}: {shown} not in help"
+
+
+@pytest.mark.parametrize("case", ["evaluate-data", "export-run", "figure-image", "curves-file", "weights-json",
+                                  "weights-unreadable", "weights-name", "train-data"])
+def test_missing_or_unreadable_files_give_one_line(tmp_path, case):
+    missing = tmp_path / "missing"
+    junk = tmp_path / "junk.json"
+    junk.write_text("{ not json")
+    args, needles = {
+        "evaluate-data": (["evaluate", "--data", str(missing)], [str(missing), "No such file or directory"]),
+        "export-run": (["export", str(missing), "--name", "x"], [str(missing / "config.json"), "No such file"]),
+        "figure-image": (["figure", str(missing), "--out", str(tmp_path / "f.png")], [str(missing)]),
+        "curves-file": (["curves", str(missing), "--out", str(tmp_path / "c.png")], [str(missing)]),
+        "weights-json": (["figure", str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "f.png"),
+                          "--weights", str(tmp_path / "w.json")], [str(tmp_path / "w.json"), "not found"]),
+        "weights-unreadable": (["evaluate", "--data", str(CIFAR_FIXTURES), "--weights", str(junk)],
+                               [f"cannot read weights manifest {junk}: Expecting"]),
+        "weights-name": (["evaluate", "--data", str(CIFAR_FIXTURES), "--weights", "nope.v1"],
+                         ["unknown weights 'nope.v1'", "attention56_cifar.v5"]),
+        "train-data": (["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--amp", "off"],
+                       [str(missing)]),
+    }[case]
+    line = assert_one_line_error(ranlens(*args), *needles)
+    assert line.startswith(f"ranlens {args[0]}: error: ")
+
+
+def test_figure_refuses_a_corrupt_image_in_one_line(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    assert_one_line_error(ranlens("figure", str(bad), "--out", str(tmp_path / "f.png")), "corrupt")
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_resume_with_a_changed_setting_is_one_line(tmp_path):
+    """The refusal names the setting, the old and the new value; nothing is trained."""
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"config": asdict(TrainConfig(out=str(run), amp="off"))}, run / "last.pt")
+    result = ranlens("train", "--out", str(run), "--amp", "off", "--warmup", "0.3")
+    assert_one_line_error(result, "warmup=0.15", "warmup=0.3")
+
+
+@pytest.mark.parametrize("how", ["--port", "RANLENS_PORT"])
+def test_serve_on_a_busy_port_says_which_setting_to_change(how):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = ranlens("serve", "--port", port) if how == "--port" else ranlens("serve", RANLENS_PORT=port)
+    assert_one_line_error(result, f"port {port} on 127.0.0.1 is already in use", "--port", "RANLENS_PORT")
+
+
+def readyz(url: str) -> dict:
+    with urllib.request.urlopen(url + "readyz", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_serve_loads_weights_named_in_the_environment(tmp_path):
+    with running_server([RANLENS, "serve"], RANLENS_WEIGHTS="attention56_cifar.v4") as url:
+        assert readyz(url)["weights"] == "attention56_cifar.v4"
+    # by a manifest's path: a copy under another name, outside the shipped folder
+    manifest = json.loads((WEIGHTS_DIR / "attention56_cifar.v4.json").read_text())
+    shutil.copyfile(WEIGHTS_DIR / manifest["file"], tmp_path / "copy.safetensors")
+    (tmp_path / "copy.json").write_text(json.dumps({**manifest, "name": "copied.v4", "file": "copy.safetensors"}))
+    with running_server([RANLENS, "serve"], RANLENS_WEIGHTS=str(tmp_path / "copy.json")) as url:
+        assert readyz(url) == {"status": "ready", "model": "attention56_cifar", "weights": "copied.v4"}
 
 
 def test_serve_behind_a_path_prefix():
@@ -58,7 +259,7 @@ def test_serve_behind_a_path_prefix():
                 return r.status, r.read()
 
         # as from a proxy that strips the prefix: routes answer, and links the browser follows carry it
-        assert get("readyz")[0] == 200
+        assert readyz(url)["weights"] == "attention56_cifar.v5"
         assert get("static/js/main.js")[0] == 200
         assert json.loads(get("openapi.json")[1])["servers"] == [{"url": "/ranlens"}]
         assert b"/ranlens/openapi.json" in get("docs")[1]

@@ -114,3 +114,29 @@ def test_eval_is_deterministic():
         b = model.forward_intermediates(x)
     assert torch.equal(a.logits, b.logits)
     assert all(torch.equal(p.mask, q.mask) for p, q in zip(a.attention, b.attention))
+
+
+def test_module_output_is_post_of_one_plus_mask_times_trunk():
+    """H = post((1 + M) * T), computed from the module's own pre unit, trunk, mask branch and post unit."""
+    model = get_model("attention56_cifar", weights="DEFAULT")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    inputs = {}
+    handles = [m.register_forward_pre_hook(lambda m, args: inputs.__setitem__(m.name, args[0]))
+               for m in model.attention_modules().values()]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    assert list(inputs) == model.module_names
+    for name, module in model.attention_modules().items():
+        with torch.no_grad():
+            record = []
+            out = module(inputs[name], record=record)
+            (a,) = record
+            pre = module.pre(inputs[name])
+            torch.testing.assert_close(a.trunk, module.trunk(pre))
+            torch.testing.assert_close(a.mask, module.mask(pre))
+            torch.testing.assert_close(out, module.post((1 + a.mask) * a.trunk))
+            # the formula matters here: other ways to combine M and T give other outputs
+            for other in (a.trunk + a.mask, a.mask * a.trunk, a.trunk):
+                assert not torch.allclose(out, module.post(other), atol=1e-3), name

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ranlens.model.data import augment, cutout, load_split
-from ranlens.model.train import TrainConfig, lr_at, train
+from ranlens.model import get_model
+from ranlens.model.data import augment, cutout, load_split, normalize
+from ranlens.model.train import CIFAR_MEAN, CIFAR_STD, TrainConfig, lr_at, make_optimizer, train, train_step
 
 
 @pytest.fixture
 def tiny_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr("model.data.CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr("ranlens.model.data.CACHE_DIR", tmp_path / "cache")
     rng = np.random.default_rng(0)
     for split, count in (("train", 12), ("test", 4)):
         for label, name in enumerate(("cat", "dog")):
@@ -38,6 +40,23 @@ def test_folder_split_and_cache(tiny_folder):
     assert torch.equal(again.images, split.images) and again.classes == split.classes
     with pytest.raises(ValueError):
         load_split(tiny_folder, "validation")
+
+
+def test_folder_images_are_decoded_as_uploads(tmp_path, monkeypatch):
+    """Transparency on white and EXIF orientation applied, as the app decodes what it is shown."""
+    monkeypatch.setattr("ranlens.model.data.CACHE_DIR", tmp_path / "cache")
+    folder = tmp_path / "data" / "test" / "things"
+    folder.mkdir(parents=True)
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(folder / "clear.png")
+    sideways = Image.new("RGB", (32, 16), (0, 0, 255))
+    sideways.paste((255, 0, 0), (0, 0, 16, 16))  # red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view: red ends up on top
+    sideways.save(folder / "rotated.png", exif=exif)
+    split = load_split(tmp_path / "data", "test")
+    clear, rotated = split.images
+    assert int(clear.min()) == 255
+    assert rotated[:, 1, 16].tolist() == [255, 0, 0] and rotated[:, 30, 16].tolist() == [0, 0, 255]
 
 
 def test_augment_keeps_shape_and_content():
@@ -71,7 +90,7 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert values.index(max(values)) == 100 and values[-1] < 1e-5
 
 
-def test_stopped_run_resumes_to_the_same_weights(tiny_folder, tmp_path):
+def test_stopped_run_resumes_where_it_stopped_to_the_same_weights(tiny_folder, tmp_path):
     from safetensors.torch import load_file
 
     common = dict(data=str(tiny_folder), epochs=2, batch_size=12, cutout=8, threads=1)
@@ -82,36 +101,123 @@ def test_stopped_run_resumes_to_the_same_weights(tiny_folder, tmp_path):
     assert len(first) == 1 and torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
     assert {"last.pt", "epoch001.safetensors", "metrics.json", "curves.png", "config.json"} <= {
         p.name for p in run.iterdir()}
+    epoch1 = (run / "epoch001.safetensors").stat().st_mtime_ns
+    config = (run / "config.json").read_text()
+    assert json.loads(config)["stop_after"] == 1
+
     resumed = train(TrainConfig(out=str(run), **common))
+    # a resume, not a restart: epoch 1 is not trained again (its record, timings included, and its
+    # checkpoint are the first invocation's), and the run's config.json is the one it started with
+    assert resumed[0] == first[0] and json.loads((run / "metrics.json").read_text()) == resumed
     assert [h["epoch"] for h in resumed] == [1, 2]
+    assert (run / "epoch001.safetensors").stat().st_mtime_ns == epoch1
+    assert (run / "config.json").read_text() == config
+    # and it continues from the saved weights and optimizer momentum: the same weights as one go
     a = load_file(str(tmp_path / "straight" / "epoch002.safetensors"))
     b = load_file(str(run / "epoch002.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
-    # the schedule depends on the total number of epochs, so changing it on resume is refused
-    with pytest.raises(ValueError, match="epochs"):
-        train(TrainConfig(out=str(run), **{**common, "epochs": 3}))
 
 
-def test_export_of_a_warm_started_run_records_its_lineage(tiny_folder, tmp_path):
+def test_resume_uses_the_saved_optimizer_state(tiny_folder, tmp_path):
+    """Momentum only lives in last.pt: zeroing it there must change the resumed run."""
+    from safetensors.torch import load_file
+
+    common = dict(data=str(tiny_folder), epochs=2, batch_size=12, threads=1)
+    runs = {}
+    for name in ("kept", "zeroed"):
+        run = tmp_path / name
+        train(TrainConfig(out=str(run), stop_after=1, **common))
+        if name == "zeroed":
+            state = torch.load(run / "last.pt", weights_only=True)
+            buffers = [s["momentum_buffer"] for s in state["optimizer"]["state"].values()]
+            assert buffers and any(float(b.abs().max()) > 0 for b in buffers)
+            for b in buffers:
+                b.zero_()
+            torch.save(state, run / "last.pt")
+        train(TrainConfig(out=str(run), **common))
+        runs[name] = load_file(str(run / "epoch002.safetensors"))
+    assert any(not torch.allclose(runs["kept"][k], runs["zeroed"][k]) for k in runs["kept"])
+
+
+@pytest.mark.parametrize("setting,value", [
+    ("epochs", 3), ("lr", 0.1), ("warmup", 0.3), ("cutout", 4), ("label_smoothing", 0.0), ("momentum", 0.8),
+    ("weight_decay", 1e-3), ("amp", "bf16"), ("seed", 1), ("batch_size", 6), ("limit_train", 10),
+    ("limit_test", 2), ("source", "torchvision"), ("arch", "attention92_cifar"),
+])
+def test_resume_refuses_any_changed_setting(tiny_folder, tmp_path, setting, value):
+    common = dict(data=str(tiny_folder), epochs=2, batch_size=12, threads=1, amp="off")
+    run = tmp_path / "run"
+    run.mkdir()
+    # only last.pt matters for the check, and writing it takes no training
+    torch.save({"config": {**asdict(TrainConfig(out=str(run), **common)), "stop_after": 1}}, run / "last.pt")
+    with pytest.raises(ValueError) as refused:
+        train(TrainConfig(out=str(run), **{**common, setting: value}))
+    old = common.get(setting, getattr(TrainConfig(), setting))
+    assert f"{setting}={old!r}" in str(refused.value) and f"{setting}={value!r}" in str(refused.value)
+    assert not (run / "config.json").exists()
+
+
+def test_resume_refuses_a_changed_init(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"config": asdict(TrainConfig(out=str(run), data=str(tiny_folder), amp="off"))}, run / "last.pt")
+    with pytest.raises(ValueError, match="init=''; resuming with init='other.safetensors'"):
+        train(TrainConfig(out=str(run), data=str(tiny_folder), amp="off", init="other.safetensors"))
+
+
+def test_a_few_steps_lower_the_loss(tiny_folder):
+    split = load_split(tiny_folder, "train")
+    torch.manual_seed(0)
+    model = get_model("attention56_cifar", num_classes=2).train()
+    optimizer = make_optimizer(model, TrainConfig(lr=0.05, weight_decay=0.0))
+    x = normalize(split.images[:16], CIFAR_MEAN, CIFAR_STD)
+    y = split.labels[:16]
+    losses = [float(train_step(model, optimizer, x, y)[1]) for _ in range(6)]
+    # the same batch every step, in train mode (BN on batch statistics): only the update moves the loss
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_export_of_a_warm_started_run_records_its_lineage_and_facts(tiny_folder, tmp_path):
     from ranlens.cli import main
+    from ranlens.model.train import cpu_model
     from ranlens.model.weights import Weights
 
     shipped = tmp_path / "weights"
     shipped.mkdir()
     common = dict(data=str(tiny_folder), epochs=1, batch_size=12, threads=1)
-    train(TrainConfig(out=str(tmp_path / "first"), **common))
-    # as written before --cutout existed: export must still work and read it as off
+    train(TrainConfig(out=str(tmp_path / "first"), amp="off", **common))
+    # as written before --cutout, --amp and the recorded facts existed: export must still work and
+    # read the run as what it was then (no cutout, float32, CIFAR statistics, machine not recorded)
     config_path = tmp_path / "first" / "config.json"
-    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items() if k != "cutout"}))
+    old_keys = ("cutout", "amp", "mean", "std", "input_size", "machine", "train_images", "test_images")
+    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items()
+                                       if k not in old_keys}))
     main(["export", str(tmp_path / "first"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
     train(TrainConfig(out=str(tmp_path / "second"), init=str(shipped / "tiny.v1.safetensors"), lr=0.05, cutout=4,
-                **common))
+                      amp="bf16", **common))
+    config_path = tmp_path / "second" / "config.json"
+    recorded = json.loads(config_path.read_text())
+    assert recorded["mean"] == [0.4914, 0.4822, 0.4465] and recorded["input_size"] == 32
+    assert recorded["train_images"] == 25 and recorded["machine"]["threads"] == 1
+    # export takes the statistics from the run, not from constants
+    config_path.write_text(json.dumps({**recorded, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}))
     main(["export", str(tmp_path / "second"), "--name", "tiny.v2", "--weights-dir", str(shipped)])
 
     first = Weights.from_manifest(shipped / "tiny.v1.json")
     second = Weights.from_manifest(shipped / "tiny.v2.json")
     assert second.classes == ("cat", "dog")  # from the run, not assumed to be CIFAR-10
+    assert first.classes == ("cat", "dog")
+    assert second.mean == (0.5, 0.4, 0.3) and second.std == (0.2, 0.2, 0.2) and second.input_size == 32
+    assert first.mean == (0.4914, 0.4822, 0.4465) and first.std == (0.247, 0.2435, 0.2616)
+    assert first.recipe["amp"] == "off" and first.recipe["machine"]["cpu"] == "not recorded"
+    assert first.recipe["hardware"].startswith("not recorded, 1 thread, float32")
+    machine = second.recipe["machine"]
+    assert machine["cpu"] == cpu_model() != "" and machine["torch"] == torch.__version__
+    assert machine["threads"] == 1 and machine["logical_cpus"] >= 1 and machine["precision"] == "bfloat16 autocast"
+    assert second.recipe["amp"] == "bf16" and "--amp bf16" in second.recipe["command"]
+    assert second.recipe["hardware"].startswith(f"{cpu_model()} ({machine['logical_cpus']} logical CPUs), 1 thread, bfloat16")
+    assert second.recipe["train_data"] == f"train split of {tiny_folder} (folder), 25 images"
     assert first.recipe["total_epochs"] == 1 and "warm_start" not in first.recipe
     assert second.recipe["warm_start"]["from"] == "tiny.v1"
     assert second.recipe["warm_start"]["sha256"] == first.sha256
@@ -140,4 +246,4 @@ def test_curves_chain_runs_and_round_trip(tmp_path):
     assert [r["name"] for r in runs] == ["first", "second.json"] and len(runs[1]["history"]) == 3
     # the combined file is itself an input: redrawing from it needs no run folders
     main(["curves", str(tmp_path / "all.json"), "--out", str(tmp_path / "again.png")])
-    assert (tmp_path / "again.png").stat().st_size > 0
+    assert Image.open(tmp_path / "again.png").size == Image.open(tmp_path / "curves.png").size

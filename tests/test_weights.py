@@ -95,7 +95,11 @@ def test_shipped_manifest_is_complete(shipped):
     for key in ("epochs", "lr", "train_wall_hours", "train_img_per_s", "command"):
         assert key in weights.recipe
     assert 0.5 < weights.metrics["top1"] <= 1 and weights.metrics["images"] == 10000
-    assert json.loads(json.dumps(weights.manifest()))  # serialisable as is
+    assert weights.input_size == 32 and weights.mean == (0.4914, 0.4822, 0.4465)
+    assert weights.std == (0.247, 0.2435, 0.2616)
+    # serialisable as is, and exactly what the shipped manifest file holds
+    on_disk = json.loads(weights.path.with_suffix(".json").read_text())
+    assert json.loads(json.dumps(weights.manifest())) == on_disk and on_disk["name"] == weights.name
 
 
 def test_shipped_weights_classify_cifar_test_images(shipped, cifar_test_images):
