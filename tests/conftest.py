@@ -28,9 +28,13 @@ torch.set_num_threads(int(os.environ.get("RANLENS_TEST_THREADS", "2")))
 for _key in [k for k in os.environ if k.startswith("RANLENS_")]:
     del os.environ[_key]
 # A .env file is read from the working directory (pydantic-settings), so the tests run in an empty
-# one. Done at import too: test modules import the app, which reads its settings then.
+# one: entered when the session starts (after pytest has resolved its test paths against the
+# caller's directory), before collection imports the app, which reads its settings then.
 _WORKDIR = tempfile.TemporaryDirectory(prefix="ranlens-tests-")
-os.chdir(_WORKDIR.name)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.chdir(_WORKDIR.name)
 
 
 @pytest.fixture(scope="session", autouse=True)
