@@ -11,6 +11,7 @@ import torch
 from fastapi import FastAPI
 
 from ranlens import __version__
+from ranlens.app.api.docs import install_docs
 from ranlens.app.api.openapi import install_openapi
 from ranlens.app.api.routes import health, models, pages, predict, teach
 from ranlens.app.core.config import Settings, get_settings
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Where a Residual Attention Network looks: predictions and every attention module's soft mask.",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves both viewers from local files
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.explainer = None
@@ -55,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(teach.router)
     app.include_router(pages.router)
+    install_docs(app)
     app.mount("/static", StaticAssets(directory=str(STATIC)), name="static")
     return app
 
