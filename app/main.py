@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Where a Residual Attention Network looks: predictions and every attention module's soft mask.",
         version=__version__,
         lifespan=lifespan,
-        docs_url=None,  # install_docs serves both viewers from local files
+        docs_url=None,  # install_docs serves Swagger UI from local files; ReDoc cannot run under the CSP
         redoc_url=None,
     )
     app.state.settings = settings

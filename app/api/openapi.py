@@ -64,7 +64,8 @@ def _bound_parameters(schema: dict, limits: dict[str, int]) -> None:
                 new = {"type": "integer", "minimum": integer.get("minimum", 0)}
                 if parameter["name"] in limits:
                     new["maximum"] = limits[parameter["name"]]
-                    parameter["description"] += f"; for the served model, {new['minimum']} to {new['maximum']}"
+                    limit = f"for the served model, {new['minimum']} to {new['maximum']}"
+                    parameter["description"] = "; ".join(filter(None, [parameter.get("description"), limit]))
                 if old.get("default") is not None:
                     new["default"] = old["default"]
                 parameter["schema"] = new
