@@ -13,8 +13,10 @@ ARCHITECTURES: dict[str, ArchConfig] = {
     "attention92": ArchConfig("attention92", "imagenet", 64, (256, 512, 1024), (1, 2, 3), (3, 2, 1), 2048, 2, 224),
     # CIFAR layout (32x32): 3x3 stem to 16, stages of 64/128/256 at 32/16/8 pixels (pre-act
     # ResNet-164 widths), masks pooled 3/2/1 times down to 4x4, final units stay at 8x8.
+    # The paper's CIFAR networks put the same number m of modules in every stage (trunk depth
+    # 36m + 20): Attention-56 is m = 1, Attention-92 is m = 2 (1.9M parameters in the paper).
     "attention56_cifar": ArchConfig("attention56_cifar", "cifar", 16, (64, 128, 256), (1, 1, 1), (3, 2, 1), 256, 1, 32),
-    "attention92_cifar": ArchConfig("attention92_cifar", "cifar", 16, (64, 128, 256), (1, 2, 3), (3, 2, 1), 256, 1, 32),
+    "attention92_cifar": ArchConfig("attention92_cifar", "cifar", 16, (64, 128, 256), (2, 2, 2), (3, 2, 1), 256, 1, 32),
 }
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import socket
+import sys
+from urllib.parse import urlsplit
 
+import h11
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -14,8 +20,10 @@ from ranlens.app.core.config import Settings
 from ranlens.app.main import create_app
 
 from . import corpus
+from .conftest import running_server
 
 PROBLEM = "application/problem+json"
+CLASSES = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +37,19 @@ def post(client, data: bytes, name="image.png", ctype="image/png", **params):
     return client.post("/api/v1/predict", files={"file": (name, data, ctype)}, params=params)
 
 
-def assert_problem(response, status: int):
+def assert_problem(response, status: int, title: str | None = None, detail: str | None = None) -> dict:
+    """An RFC 9457 body with this status; ``title`` must match exactly, ``detail`` must be in the detail."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(PROBLEM)
     body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
+    assert body["type"] == "about:blank" and body["status"] == status, body
+    assert isinstance(body["title"], str) and len(body["title"]) > 3, body
+    assert isinstance(body["detail"], str) and len(body["detail"]) > 3, body
+    assert body["instance"] == response.request.url.path, body
+    if title is not None:
+        assert body["title"] == title, body
+    if detail is not None:
+        assert detail in body["detail"], body
     return body
 
 
@@ -52,7 +68,7 @@ def test_models_metadata(client):
     assert [(m["module"], m["shape"]) for m in meta["modules"]] == [
         ("stage1.module1", [32, 32]), ("stage2.module1", [16, 16]), ("stage3.module1", [8, 8])]
     assert 0 < meta["metrics"]["top1"] <= 1
-    assert_problem(client.get("/api/v1/models/resnet50"), 404)
+    assert_problem(client.get("/api/v1/models/resnet50"), 404, "Unknown model", "'resnet50'")
 
 
 def test_predict_a_cat(client):
@@ -89,7 +105,8 @@ def test_predict_with_overlays_and_masks(client):
 def test_channel_reduction(client):
     body = post(client, corpus.png(corpus.photo()), reduction="channel", channel=5, masks="true").json()
     assert all(a["reduction"] == "channel 5" for a in body["attention"])
-    assert_problem(post(client, corpus.png(corpus.photo()), reduction="channel", channel=64), 422)
+    assert_problem(post(client, corpus.png(corpus.photo()), reduction="channel", channel=64), 422,
+                   "Invalid parameters", "channel: must be in [0, 63]")
 
 
 @pytest.mark.parametrize("params", [
@@ -97,7 +114,9 @@ def test_channel_reduction(client):
     {"reduction": "median"}, {"channel": -1},
 ])
 def test_bad_parameters(client, params):
-    assert_problem(post(client, corpus.one_pixel(), **params), 422)
+    body = assert_problem(post(client, corpus.one_pixel(), **params), 422, "Invalid parameters")
+    (name,) = params
+    assert name in body["detail"], body
 
 
 def test_explain_payload_decodes_to_the_masks(client):
@@ -132,10 +151,21 @@ OK_ODDITIES = {
 
 @pytest.mark.parametrize("name", sorted(OK_ODDITIES))
 def test_odd_but_valid_images(client, name):
+    # what each decodes to is checked pixel by pixel in test_imaging.py; here, that the API serves them
     make, ctype = OK_ODDITIES[name]
     response = post(client, make(), ctype=ctype)
     assert response.status_code == 200, response.text
-    assert len(response.json()["attention"]) == 3
+    body = response.json()
+    assert [a["module"] for a in body["attention"]] == ["stage1.module1", "stage2.module1", "stage3.module1"]
+    assert len(body["predictions"]) == 5 and 0 < body["predictions"][0]["probability"] <= 1
+
+
+def test_sixteen_bit_upload_is_not_black(client):
+    """The model input the page draws keeps the 16-bit ramp's range."""
+    body = client.post("/api/v1/explain", files={"file": ("r.png", corpus.sixteen_bit_png(), "image/png")}).json()
+    model_input = Image.open(io.BytesIO(base64.b64decode(body["images"]["model_input"].split(",", 1)[1])))
+    pixels = np.asarray(model_input.convert("L"))
+    assert pixels.min() < 60 and pixels.max() > 200, (pixels.min(), pixels.max())
 
 
 def test_exif_orientation_is_applied(client):
@@ -145,54 +175,203 @@ def test_exif_orientation_is_applied(client):
 
 
 BAD = {
-    "zero-bytes": (lambda: b"", "image/png", 400),
-    "truncated": (corpus.truncated_jpeg, "image/jpeg", 400),
-    "text-as-png": (lambda: b"hello, I am text\n" * 10, "image/png", 415),
-    "text-type": (lambda: b"hello", "text/plain", 415),
-    "pdf": (lambda: b"%PDF-1.4\n%\xe2\xe3\n", "application/pdf", 415),
-    "bomb": (corpus.decompression_bomb, "image/png", 413),
-    "over-byte-limit": (lambda: b"\xff\xd8\xff" + b"\0" * (3 * 1024 * 1024), "image/jpeg", 413),
+    "zero-bytes": (lambda: b"", "image/png", 400, "Empty upload", "no bytes"),
+    "truncated": (corpus.truncated_jpeg, "image/jpeg", 400, "Undecodable image", "corrupt or truncated"),
+    "text-as-png": (lambda: b"hello, I am text\n" * 10, "image/png", 415, "Unsupported image", "not an image"),
+    "text-type": (lambda: b"hello", "text/plain", 415, "Unsupported image", "'text/plain'"),
+    "pdf": (lambda: b"%PDF-1.4\n%\xe2\xe3\n", "application/pdf", 415, "Unsupported image", "'application/pdf'"),
+    "bomb": (corpus.decompression_bomb, "image/png", 413, "Image too large", None),
+    # under Pillow's own guard: only the app's own limit (20 MP here) refuses it
+    "over-pixel-limit": (lambda: corpus.over_pixel_limit(20_000_000), "image/png", 413, "Image too large",
+                         "the limit is 20,000,000"),
+    "over-byte-limit": (lambda: b"\xff\xd8\xff" + b"\0" * (3 * 1024 * 1024), "image/jpeg", 413,
+                        "Upload too large", "2,097,152 bytes"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_bad_inputs_get_problem_json_and_server_stays_up(client, name):
-    make, ctype, status = BAD[name]
-    assert_problem(post(client, make(), ctype=ctype), status)
-    assert client.get("/readyz").status_code == 200
-    assert post(client, corpus.one_pixel()).status_code == 200
+    make, ctype, status, title, detail = BAD[name]
+    assert_problem(post(client, make(), ctype=ctype), status, title, detail)
+    assert client.get("/readyz").json()["status"] == "ready"
+    assert post(client, corpus.one_pixel()).json()["predictions"][0]["label"] in CLASSES
 
 
 def test_not_multipart_and_missing_field(client):
     assert_problem(client.post("/api/v1/predict", content=corpus.one_pixel(),
-                               headers={"content-type": "image/png"}), 415)
-    assert_problem(client.post("/api/v1/predict", files={"image": ("a.png", corpus.one_pixel(), "image/png")}), 422)
+                               headers={"content-type": "image/png"}), 415, "Unsupported media type", "multipart")
+    assert_problem(client.post("/api/v1/predict", files={"image": ("a.png", corpus.one_pixel(), "image/png")}),
+                   422, "Missing file", "'file'")
 
 
 def test_unknown_route_is_problem_json(client):
-    assert_problem(client.get("/api/v1/nothing"), 404)
+    body = assert_problem(client.get("/api/v1/nothing"), 404, "Not Found")
+    assert body["instance"] == "/api/v1/nothing"
 
 
 def test_openapi_documents_the_upload(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert body["schema"]["properties"]["file"]["format"] == "binary"
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    assert "swagger-ui-bundle.js" in docs.text and "openapi.json" in docs.text, docs.text[:500]
 
 
 def test_not_ready_is_503(tmp_path):
     settings = Settings(weights=str(tmp_path / "missing.json"))
     with TestClient(create_app(settings)) as c:
-        assert c.get("/healthz").status_code == 200
-        assert_problem(c.get("/readyz"), 503)
-        assert_problem(post(c, corpus.one_pixel()), 503)
-        assert c.get("/").status_code == 200
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert_problem(c.get("/readyz"), 503, "Model not ready", "missing.json")
+        assert_problem(post(c, corpus.one_pixel()), 503, "Model not ready", "missing.json")
+        page = c.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        # the page says why, instead of a model line
+        assert "The model is not loaded:" in page.text and "missing.json" in page.text
+        assert 'id="model-line"' not in page.text
 
 
 def test_page_renders_with_relative_urls(client):
-    html = client.get("/").text
-    assert 'href="static/style.css"' in html and 'src="static/app.js"' in html
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert 'id="model-line"' in html and "attention56_cifar" in html
+    assert 'href="static/style.css"' in html and 'src="static/js/main.js"' in html
     assert 'src="/' not in html and 'href="/' not in html
     for example in ("chelsea.jpg", "cifar10-cat.jpg"):
-        assert client.get(f"/static/examples/{example}").status_code == 200
+        assert f"static/examples/{example}" in html
+        served = client.get(f"/static/examples/{example}")
+        assert served.headers["content-type"] == "image/jpeg"
+        assert served.content == (corpus.PHOTOS / example).read_bytes()
+    assert_problem(client.get("/static/examples/nothing.jpg"), 404, "Not Found")
 
+
+
+# --- the real server: uvicorn in a subprocess, spoken to over a socket ---------------------------------
+# The test client always sends a Content-Length, so only the header check of the upload reader runs there.
+# A chunked body has none: only the checks made while the body streams in can stop it.
+
+SERVER_MAX_BYTES = 100_000
+SERVER_MAX_PIXELS = 10_000
+BOUNDARY = "ranlens-test-boundary"
+ANSWER_TIMEOUT = 20  # seconds to wait for a refusal
+
+
+@pytest.fixture(scope="module")
+def server():
+    command = [sys.executable, "-m", "uvicorn", "ranlens.app.main:app", "--host", "127.0.0.1"]
+    with running_server(command, RANLENS_MAX_UPLOAD_BYTES=str(SERVER_MAX_BYTES),
+                        RANLENS_MAX_IMAGE_PIXELS=str(SERVER_MAX_PIXELS), RANLENS_TORCH_THREADS="1") as url:
+        yield url
+
+
+def multipart(*fields: tuple[str, bytes, str]) -> bytes:
+    """A multipart/form-data body with ``(name, data, content_type)`` file fields."""
+    out = b""
+    for name, data, ctype in fields:
+        out += (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.bin\"\r\n"
+                f"Content-Type: {ctype}\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def raw_post(url: str, body: bytes, *, send: int | None = None, headers: tuple = (), chunk: int = 4096):
+    """POSTs ``body`` to /api/v1/predict chunked, with no Content-Length, over a plain socket.
+
+    With ``send``, stops after the chunk that carries byte number ``send`` and never finishes the body:
+    any answer then came while the upload was still streaming. Returns (status, headers, body bytes).
+    """
+    parsed = urlsplit(url)
+    conn = h11.Connection(h11.CLIENT)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
+        request_headers = [("Host", parsed.netloc), ("Content-Type", f"multipart/form-data; boundary={BOUNDARY}"),
+                           *(headers or [("Transfer-Encoding", "chunked")])]
+        sock.sendall(conn.send(h11.Request(method="POST", target="/api/v1/predict", headers=request_headers)))
+        end = len(body) if send is None else send
+        sent = 0
+        while sent < end:
+            piece = body[sent:sent + chunk]
+            sock.sendall(conn.send(h11.Data(data=piece)))
+            sent += len(piece)
+        if send is None and body:
+            sock.sendall(conn.send(h11.EndOfMessage()))
+        response, data = None, b""
+        # a refusal mid-stream needs no model, so it must come quickly; a whole upload may run inference
+        wait = ANSWER_TIMEOUT if send is not None else 120
+        sock.settimeout(wait)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    received = sock.recv(65536)
+                except TimeoutError:
+                    pytest.fail(f"no answer within {wait} s"
+                                + (f" after {sent:,} of {len(body):,} body bytes: the server waits for the rest"
+                                   " instead of refusing the upload" if send is not None else ""))
+                assert received or response is not None, "the server closed the connection without answering"
+                conn.receive_data(received)
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                data += event.data
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+    return response.status_code, {k.decode(): v.decode() for k, v in response.headers}, data
+
+
+def assert_raw_problem(answer, status: int, title: str, detail: str) -> None:
+    code, headers, data = answer
+    assert code == status, data
+    assert headers["content-type"].startswith(PROBLEM), headers
+    body = json.loads(data)
+    assert (body["status"], body["title"]) == (status, title) and detail in body["detail"], body
+
+
+def assert_still_serving(url: str) -> None:
+    assert httpx.get(url + "readyz", timeout=30).json()["status"] == "ready"
+    with (corpus.PHOTOS / "cifar10-cat.jpg").open("rb") as f:  # 32x32: under SERVER_MAX_PIXELS
+        answer = httpx.post(url + "api/v1/predict", files={"file": ("c.jpg", f, "image/jpeg")}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["label"] == "cat"
+
+
+def test_chunked_upload_without_content_length_works(server):
+    """The control for the tests below: a chunked upload under the limits is served."""
+    data = corpus.encode(corpus.photo().resize((80, 60)), "JPEG")
+    assert len(data) < SERVER_MAX_BYTES
+    code, _, body = raw_post(server, multipart(("file", data, "image/jpeg")))
+    assert code == 200, body
+    assert len(json.loads(body)["predictions"]) == 5
+
+
+def test_chunked_file_over_the_limit_is_cut_off_mid_stream(server):
+    file_field = multipart(("file", b"\xff\xd8\xff" + b"\0" * (SERVER_MAX_BYTES + 4000), "image/jpeg"))
+    header_len = file_field.index(b"\xff\xd8\xff")
+    # the whole body is under the reader's total-body allowance: only the per-file count can refuse it
+    assert len(file_field) < SERVER_MAX_BYTES + 64 * 1024
+    answer = raw_post(server, file_field, send=header_len + SERVER_MAX_BYTES + 1)
+    assert_raw_problem(answer, 413, "Upload too large", f"{SERVER_MAX_BYTES:,} bytes")
+    assert_still_serving(server)
+
+
+def test_chunked_body_over_the_limit_is_cut_off_mid_stream(server):
+    # each field is under the per-file limit; together they are over the whole-body allowance
+    fields = [(f"field{i}", b"\0" * (SERVER_MAX_BYTES - 10_000), "application/octet-stream") for i in range(3)]
+    body = multipart(*fields)
+    answer = raw_post(server, body, send=SERVER_MAX_BYTES + 64 * 1024 + 1)
+    assert_raw_problem(answer, 413, "Upload too large", f"{SERVER_MAX_BYTES:,} bytes")
+    assert_still_serving(server)
+
+
+def test_declared_length_over_the_limit_is_refused_before_the_body(server):
+    declared = [("Content-Length", str(50 * SERVER_MAX_BYTES))]
+    answer = raw_post(server, b"", send=0, headers=declared)
+    assert_raw_problem(answer, 413, "Upload too large", f"{SERVER_MAX_BYTES:,} bytes")
+    assert_still_serving(server)
+
+
+def test_pixel_limit_comes_from_the_environment(server):
+    side = int(SERVER_MAX_PIXELS**0.5) + 1
+    data = corpus.png(Image.new("RGB", (side, side)))
+    code, headers, body = raw_post(server, multipart(("file", data, "image/png")))
+    assert_raw_problem((code, headers, body), 413, "Image too large", f"the limit is {SERVER_MAX_PIXELS:,}")
+    assert_still_serving(server)

@@ -1,23 +1,51 @@
-"""A real browser against a real server: headless Chromium driven by Playwright."""
+"""A real browser against a real server: headless Chromium driven by Playwright.
+
+Every page runs under the Content-Security-Policy the app is meant to serve (injected here into the page's
+own response, so the test holds whether or not the server already sends it) and fails on any CSP violation,
+console error or uncaught script error it did not expect. Screenshots go to a temporary folder, or to
+``$RANLENS_SCREENSHOTS`` when set: ``RANLENS_SCREENSHOTS=docs pytest tests/test_browser.py`` remakes
+docs/screenshot.png and docs/presenter.png.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
+import os
+import re
 import shutil
 import sys
+import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
-from .conftest import PHOTOS, ROOT, running_server
+from .conftest import PHOTOS, running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "screenshots"
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+       "font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+MODULES = ["stage1.module1", "stage2.module1", "stage3.module1"]
+SLOW = 120_000  # ms: two shared CPU cores, and the model runs twice per image (explain, then ablate)
+THREADS = os.environ.get("RANLENS_TEST_THREADS", "2")
 pytestmark = pytest.mark.browser
+
+
+def _server_command(*args: str) -> list[str]:
+    return [sys.executable, *args]
 
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server([sys.executable, "-m", "uvicorn", "ranlens.app.main:app", "--host", "127.0.0.1"]) as url:
+    with running_server(_server_command("-m", "uvicorn", "ranlens.app.main:app", "--host", "127.0.0.1"),
+                        RANLENS_TORCH_THREADS=THREADS) as url:
         yield url
 
 
@@ -35,107 +63,478 @@ def browser():
         b.close()
 
 
-def open_page(browser, url: str, height: int):
-    """A fresh page at a projector-like width that records uncaught script errors."""
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1280, "height": height})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory) -> Path:
+    """Where screenshots go: never the work tree unless asked for with RANLENS_SCREENSHOTS."""
+    wanted = os.environ.get("RANLENS_SCREENSHOTS")
+    if wanted:
+        Path(wanted).mkdir(parents=True, exist_ok=True)
+        return Path(wanted)
+    return tmp_path_factory.mktemp("screenshots")
+
+
+class Watch:
+    """What went wrong in a page: script errors, console errors, CSP violations, failed requests."""
+
+    def __init__(self, page):
+        self.page = page
+        self.errors: list[str] = []
+        self.console: list[str] = []
+        self.failed: list[str] = []
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("console", lambda m: m.type == "error" and self.console.append(m.text))
+        page.on("requestfailed", lambda r: self.failed.append(f"{r.method} {r.url}: {r.failure}"))
+        # runs before the page's own scripts, outside its CSP (Playwright injects it)
+        page.add_init_script("""
+            window.__csp = [];
+            document.addEventListener("securitypolicyviolation",
+              (e) => window.__csp.push(`${e.violatedDirective} blocked ${e.blockedURI} at ${e.sourceFile}:${e.lineNumber}`));
+        """)
+
+    def check(self, console_ok: str | None = None, failed_ok: str | None = None) -> None:
+        """Fails on anything unexpected; the patterns name console errors or failures a test caused on purpose."""
+        violations = self.page.evaluate("window.__csp")
+        assert isinstance(violations, list), "the CSP listener never ran"
+        assert not violations, f"Content-Security-Policy violations: {violations}"
+        assert not self.errors, f"uncaught script errors: {self.errors}"
+        console = [m for m in self.console if not (console_ok and re.search(console_ok, m))]
+        assert not console, f"console errors: {console}"
+        failed = [f for f in self.failed if not (failed_ok and re.search(failed_ok, f))]
+        assert not failed, f"failed requests: {failed}"
+
+
+def _with_csp(route) -> None:
+    """Serves the page itself with the app's CSP; every other request goes on untouched."""
+    if route.request.resource_type != "document":
+        route.fallback()
+        return
+    response = route.fetch()
+    route.fulfill(response=response, headers={**response.headers, "content-security-policy": CSP})
+
+
+def open_page(browser, url: str, height: int = 900, proxy=None, before=None):
+    """A fresh page at a projector-like width, under the CSP, watched for errors; ``before(page)`` runs
+    before it loads."""
+    page = browser.new_page(viewport={"width": 1280, "height": height}, accept_downloads=True)
+    watch = Watch(page)
+    if before:
+        before(page)
+    page.route("**/*", proxy or _with_csp)
     page.goto(url)
-    return page, errors
+    return page, watch
+
+
+def wait_status(page, start: str = "", error: bool = False) -> None:
+    """Waits until the status line starts with ``start`` (an error line, with ``error``). A function, not
+    an expression: Playwright evaluates expression strings with eval, which the page's CSP forbids."""
+    page.wait_for_function("([start, error]) => { const s = document.getElementById('status'); "
+                           "return s.textContent.startsWith(start) && s.classList.contains('error') === error; }",
+                           arg=[start, error], timeout=SLOW)
+
+
+def upload(page, path: Path) -> None:
+    page.set_input_files("#file", str(path))
+    wait_status(page, path.name + ":")
+
+
+def wait_for_ablation(page) -> None:
+    page.wait_for_selector("table.ablation-table", timeout=SLOW)
 
 
 def _overlay_pixels(page, index: int = 0) -> str:
     return page.eval_on_selector_all("canvas.overlay", f"(cs) => cs[{index}].toDataURL()")
 
 
-def test_upload_photo_see_modules_and_move_opacity(server, browser):
-    page, errors = open_page(browser, server, 900)
-    page.set_input_files("#file", str(PHOTOS / "chelsea.jpg"))
-    page.wait_for_selector("#modules article", timeout=60_000)
+def _api_explain(base: str, path: Path, content_type: str = "image/jpeg") -> httpx.Response:
+    return httpx.post(base + "api/v1/explain", files={"file": (path.name, path.read_bytes(), content_type)},
+                      timeout=SLOW / 1000)
+
+
+def _decoded_masks(body: dict) -> dict[str, np.ndarray]:
+    """The float masks /api/v1/explain sends, decoded the way its description says."""
+    out = {}
+    for a in body["attention"]:
+        q = np.frombuffer(base64.b64decode(a["data"]), dtype="<u2").reshape(a["channels"], *a["shape"])
+        out[a["module"]] = a["lo"] + q.astype(np.float64) * (a["hi"] - a["lo"]) / 65535
+    return out
+
+
+def run_axe(page) -> None:
+    """axe-core (bundled by axe-playwright-python, so no network) over the whole page, WCAG 2.1 A/AA and
+    best practice. The page has no violation at all today, so any, even a minor one, fails."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": AXE_TAGS},
+                                       "resultTypes": ["violations"]})
+    found = results.response["violations"]
+    report = "\n".join(f"{v['id']} ({v['impact']}): {v['help']}: " + ", ".join(
+        " ".join(n["target"]) for n in v["nodes"]) for v in found)
+    assert not found, f"axe-core found accessibility problems:\n{report}"
+
+
+class _Markup(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.script_text = ""
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.script_text += data.strip()
+
+
+def test_page_markup_is_csp_clean_and_options_come_from_the_api(server):
+    with urllib.request.urlopen(server, timeout=30) as r:
+        markup = _Markup()
+        markup.feed(r.read().decode())
+    inline = [(tag, name) for tag, attrs in markup.tags for name in attrs if name == "style" or name.startswith("on")]
+    assert not inline, f"inline style or event handler attributes, which the CSP blocks: {inline}"
+    scripts = [attrs for tag, attrs in markup.tags if tag == "script"]
+    assert scripts == [{"src": "static/js/main.js", "type": "module"}] and not markup.script_text
+    assert not [t for t, _ in markup.tags if t == "style"], "a <style> element, which the CSP blocks"
+    description = [a for t, a in markup.tags if t == "meta" and a.get("name") == "description"]
+    assert description and len(description[0]["content"]) > 40
+
+    def options(select_id: str) -> list[str]:
+        # the <option>s that follow <select id=...> up to the next select
+        tags = markup.tags
+        start = next(i for i, (t, a) in enumerate(tags) if t == "select" and a.get("id") == select_id)
+        out = []
+        for t, a in tags[start + 1:]:
+            if t == "select":
+                break
+            if t == "option":
+                out.append(a["value"])
+        return out
+
+    luts = httpx.get(server + "api/v1/colormaps", timeout=30).json()
+    assert options("colormap") == list(luts)
+    assert all(len(lut) == 256 for lut in luts.values())
+    schema = httpx.get(server + "openapi.json", timeout=30).json()
+    reduction = next(p for p in schema["paths"]["/api/v1/predict"]["post"]["parameters"] if p["name"] == "reduction")
+    assert options("reduction") == reduction["schema"]["enum"]
+    modules = httpx.get(server + "api/v1/models", timeout=30).json()["models"][0]["modules"]
+    assert options("channel-module") == [str(i) for i in range(len(modules))]
+
+
+def test_upload_photo_see_modules_classes_and_display_controls(server, browser, shots):
+    page, watch = open_page(browser, server, 1340)
+    # the model's classes are named before anything is uploaded, with what happens to anything else
+    note = page.inner_text("#classes-note")
+    assert all(c in note for c in CLASSES) and "forced" in note
+
+    upload(page, PHOTOS / "chelsea.jpg")
     panels = page.locator("#modules article")
     assert panels.count() == 3
-    assert "stage1.module1" in panels.nth(0).inner_text() and "32×32" in panels.nth(0).inner_text()
-    assert "8×8" in panels.nth(2).inner_text()
-    assert page.locator("#predictions li").count() == 5
-    label = page.get_attribute("canvas.overlay >> nth=0", "aria-label")
-    assert "stage1.module1" in label and " to " in label
+    assert [panels.nth(i).locator("h3").inner_text() for i in range(3)] == MODULES
+    assert "32×32" in panels.nth(0).inner_text() and "8×8" in panels.nth(2).inner_text()
+    assert page.inner_text("#module-stage1-module1 .shows") == "Shows mean over 64 channels."
+    assert page.inner_text("#input-size") == "(centre crop, 32×32)"
 
+    # five predictions, all among the model's classes, largest first, bars as wide as their numbers
+    rows = page.eval_on_selector_all("#predictions li", """(lis) => lis.map((li) => ({
+        label: li.children[0].textContent, pct: parseFloat(li.children[2].textContent),
+        bar: li.querySelector('.bar > span').getBoundingClientRect().width
+             / li.querySelector('.bar').getBoundingClientRect().width}))""")
+    assert len(rows) == 5 and all(r["label"] in CLASSES for r in rows)
+    assert [r["pct"] for r in rows] == sorted((r["pct"] for r in rows), reverse=True) and sum(r["pct"] for r in rows) <= 100.1
+    assert all(abs(r["bar"] * 100 - r["pct"]) < 1.5 for r in rows), rows
+    assert rows[0]["label"] == "cat", rows
+    assert all(c in page.inner_text("#predictions-note") for c in CLASSES)
+    label = page.get_attribute("canvas.overlay >> nth=0", "aria-label")
+    assert "stage1.module1" in label and "mean over 64 channels" in label and " to " in label
+
+    wait_for_ablation(page)
+    run_axe(page)
+    page.evaluate("window.scrollTo(0, document.getElementById('results').offsetTop - 50)")
+    page.screenshot(path=str(shots / "screenshot.png"))
+
+    # sliders recolour the overlays but leave the heavy "look inside" drawings alone
+    inside = page.query_selector("#module-stage1-module1 .multiples canvas")
     before = _overlay_pixels(page)
     page.locator("#opacity").evaluate(
         "(el) => { el.value = 10; el.dispatchEvent(new Event('input', {bubbles: true})); }")
     after = _overlay_pixels(page)
     assert page.inner_text("#opacity-out") == "10%"
     assert before != after, "moving the opacity slider did not change the overlay"
-
-    # keyboard: focus the slider and press keys, as a presenter would
     page.focus("#opacity")
     page.keyboard.press("ArrowRight")
     assert page.inner_text("#opacity-out") == "15%"
     assert _overlay_pixels(page) != after
-
-    page.select_option("#colormap", "jet")
     page.select_option("#scale", "shared")
+    assert inside.evaluate("(c) => c.isConnected"), "a display slider redrew the look-inside view"
+    page.select_option("#colormap", "jet")
+    assert not inside.evaluate("(c) => c.isConnected"), "a new colormap did not redraw the look-inside view"
+    assert page.locator("#module-stage1-module1 .multiples canvas").count() == 8
+
+    # one channel: the box is bounded by the chosen module's channel count, and each panel says what it shows
+    assert page.is_disabled("#channel") and page.is_disabled("#channel-module")
     page.select_option("#reduction", "channel")
-    assert page.is_enabled("#channel")
-    page.screenshot(path=str(SCREENSHOTS / "upload-chelsea.jpg"), full_page=True)
-    assert not errors, errors
+    assert page.is_enabled("#channel") and page.is_enabled("#channel-module")
+    assert page.get_attribute("#channel", "max") == "63"
+    page.select_option("#channel-module", "2")
+    assert page.get_attribute("#channel", "max") == "255"
+    assert "0 to 255" in page.inner_text("#channel-range")
+    page.fill("#channel", "200")
+    page.dispatch_event("#channel", "change")
+    assert page.inner_text("#module-stage3-module1 .shows") == "Shows channel 200 of 256."
+    assert page.inner_text("#module-stage1-module1 .shows") == "Shows channel 0 of 64."
+    ch200 = _overlay_pixels(page, 2)
+    page.fill("#channel", "999")
+    page.dispatch_event("#channel", "change")
+    assert page.input_value("#channel") == "255"
+    assert page.inner_text("#module-stage3-module1 .shows") == "Shows channel 255 of 256."
+    assert _overlay_pixels(page, 2) != ch200
+    page.select_option("#channel-module", "0")
+    assert page.get_attribute("#channel", "max") == "63" and page.input_value("#channel") == "0"
+    watch.check()
+    page.close()
+
+
+def test_png_and_npy_downloads_match_the_api(server, browser, tmp_path):
+    page, watch = open_page(browser, server)
+    upload(page, PHOTOS / "chelsea.jpg")
+    api = _api_explain(server, PHOTOS / "chelsea.jpg")
+    assert api.status_code == 200, api.text
+    expected = _decoded_masks(api.json())
+    for module, channels, side in zip(MODULES, (64, 128, 256), (32, 16, 8)):
+        panel = f"#module-{module.replace('.', '-')}"
+        with page.expect_download() as info:
+            page.click(f"{panel} .dl-npy")
+        assert info.value.suggested_filename == f"{module}.mask.npy"
+        path = tmp_path / info.value.suggested_filename
+        info.value.save_as(path)
+        mask = np.load(path, allow_pickle=False)
+        assert mask.dtype == np.dtype("<f4") and mask.shape == (channels, side, side)
+        assert 0.0 <= mask.min() and mask.max() <= 1.0, "soft masks are sigmoids"
+        want = expected[module]
+        # a fresh run of the same image: equal up to the uint16 quantisation of the transfer
+        step = (want.max() - want.min()) / 65535
+        assert np.abs(mask - want).max() <= 2 * step + 1e-6, module
+        assert abs(float(mask.mean()) - float(want.mean())) < 1e-5
+
+        with page.expect_download() as info:
+            page.click(f"{panel} .dl-png")
+        assert info.value.suggested_filename == f"{module}.overlay.png"
+        png = tmp_path / info.value.suggested_filename
+        info.value.save_as(png)
+        image = Image.open(png)
+        assert image.format == "PNG" and image.size == (256, 256)
+        shown = page.eval_on_selector(f"{panel} canvas.overlay", "(c) => c.toDataURL('image/png')")
+        on_screen = Image.open(io.BytesIO(base64.b64decode(shown.split(",", 1)[1])))
+        assert np.array_equal(np.asarray(image.convert("RGBA")), np.asarray(on_screen.convert("RGBA")))
+    watch.check()
+    page.close()
+
+
+def _send_file(page, event: str, selector: str, path: Path, mime: str = "image/jpeg") -> None:
+    """A drop (DragEvent) or paste (ClipboardEvent) of a real file, as the browser would deliver it."""
+    page.eval_on_selector(selector, """(target, [event, name, mime, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], name, { type: mime }));
+        const init = { bubbles: true, cancelable: true };
+        target.dispatchEvent(event === "drop" ? new DragEvent("drop", { ...init, dataTransfer: data })
+                                              : new ClipboardEvent("paste", { ...init, clipboardData: data }));
+    }""", [event, path.name, mime, base64.b64encode(path.read_bytes()).decode()])
+
+
+def test_choose_drop_and_paste_an_image(server, browser):
+    choosers = []
+    # listening turns on Playwright's file-chooser interception, which it sends without waiting for an answer:
+    # done before the page loads, it is surely on by the time the key is pressed
+    page, watch = open_page(browser, server, before=lambda p: p.on("filechooser", lambda c: choosers.append(c)))
+    # the visible button opens the file picker, from the keyboard too
+    page.focus("#choose-file")
+    page.keyboard.press("Enter")
+    for _ in range(100):
+        if choosers:
+            break
+        page.wait_for_timeout(50)
+    assert choosers, "Enter on the choose-file button opened no file picker"
+    choosers[0].set_files(str(PHOTOS / "coffee.jpg"))
+    wait_status(page, "coffee.jpg:")
+    _send_file(page, "drop", "#dropzone", PHOTOS / "chelsea.jpg")
+    wait_status(page, "chelsea.jpg: cat ")
+    _send_file(page, "paste", "body", PHOTOS / "cifar10-ship.jpg")
+    wait_status(page, "cifar10-ship.jpg:")
+    assert page.inner_text("#topbar-text").startswith("cifar10-ship.jpg: ")
+    watch.check(failed_ok="api/v1/ablate.*ERR_ABORTED")  # each new image cancels the last one's ablation
     page.close()
 
 
 def test_example_gallery_and_bad_upload_message(server, browser, tmp_path):
-    page, errors = open_page(browser, server, 720)
+    page, watch = open_page(browser, server, 720)
     page.click("button.example[data-name='cifar10-ship.jpg']")
-    page.wait_for_selector("#modules article", timeout=60_000)
-    assert "cifar10-ship.jpg" in page.inner_text("#status")
+    wait_status(page, "cifar10-ship.jpg:")
+    wait_for_ablation(page)  # else the bad upload below would (rightly) cancel it
+    assert page.locator("#modules article").count() == 3
+    assert page.get_attribute("button.example[data-name='cifar10-ship.jpg'] img", "alt") == ""
+    # its accessible name, read hidden text included
+    name = " ".join(page.text_content("button.example[data-name='cifar10-ship.jpg']").split())
+    assert name == "CIFAR-10 test image: ship"
+
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
+    problem = httpx.post(server + "api/v1/explain", files={"file": ("notes.txt", bad.read_bytes(), "text/plain")},
+                         timeout=30)
+    assert problem.status_code == 415 and problem.headers["content-type"] == "application/problem+json"
     page.set_input_files("#file", str(bad))
-    page.wait_for_function("document.getElementById('status').classList.contains('error')", timeout=30_000)
-    assert "not" in page.inner_text("#status").lower()
-    assert not errors, errors
+    wait_status(page, error=True)
+    status = page.inner_text("#status")
+    assert status.startswith("Could not analyse notes.txt: ") and problem.json()["title"] in status
+    assert problem.json()["detail"] in status
+    watch.check(console_ok="status of 415")
     page.close()
 
 
-def test_teaching_view_and_presenter_mode_by_keyboard(server, browser):
-    page, errors = open_page(browser, server, 720)
+def test_a_newer_upload_cancels_the_older_one(server, browser):
+    page, watch = open_page(browser, server)
+    held = []
+
+    def hold_first(route):
+        # the first analysis never hears back until the second has finished: the slow answer
+        if not held:
+            held.append(route)
+        else:
+            route.fallback()
+
+    page.route("**/api/v1/explain", hold_first)
+    page.set_input_files("#file", str(PHOTOS / "chelsea.jpg"))
+    wait_status(page, "Analysing chelsea.jpg")
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the first upload never asked for /api/v1/explain"
+    upload(page, PHOTOS / "cifar10-ship.jpg")
+    wait_for_ablation(page)
+    # the real answer for the first image, arriving late: the page aborted that request, so it must change nothing
+    late = _api_explain(server, PHOTOS / "chelsea.jpg")
+    assert late.status_code == 200
+    try:
+        held[0].fulfill(status=200, content_type="application/json", body=late.content)
+    except Exception:  # noqa: BLE001 - Playwright may refuse to answer a request the page aborted
+        pass
+    page.wait_for_timeout(1500)
+    assert page.inner_text("#status").startswith("cifar10-ship.jpg: ")
+    assert page.inner_text("#topbar-text").startswith("cifar10-ship.jpg: ")
+    assert "chelsea" not in page.inner_text("#results")
+    assert any("api/v1/explain" in f and "ABORTED" in f for f in watch.failed), watch.failed
+    watch.check(failed_ok="api/v1/explain.*ERR_ABORTED")
+    page.close()
+
+
+def test_failed_requests_show_a_message_not_a_spinner(server, browser):
+    page, watch = open_page(browser, server)
+    page.route("**/api/v1/ablate*", lambda route: route.abort("connectionrefused"))
+    upload(page, PHOTOS / "chelsea.jpg")
+    page.wait_for_selector("#ablation .error", timeout=SLOW)
+    text = page.inner_text("#ablation")
+    assert text.startswith("Could not run with attention off: the server could not be reached") and "Running" not in text
+
+    page.route("**/api/v1/explain", lambda route: route.abort("connectionrefused"))
+    page.set_input_files("#file", str(PHOTOS / "coffee.jpg"))
+    wait_status(page, error=True)
+    assert page.inner_text("#status").startswith("Could not analyse coffee.jpg: the server could not be reached")
+    watch.check(console_ok="ERR_CONNECTION_REFUSED", failed_ok="ERR_CONNECTION_REFUSED")
+    page.close()
+
+
+def test_teaching_view_and_presenter_mode_by_keyboard(server, browser, shots):
+    page, watch = open_page(browser, server, 720)
     # the architecture view is drawn from the served model: exactly its three modules
     page.wait_for_selector("#arch-svg svg g.att")
-    assert page.eval_on_selector_all("#arch-svg g.att", "(gs) => gs.map((g) => g.dataset.module)") == [
-        "stage1.module1", "stage2.module1", "stage3.module1"]
+    assert page.eval_on_selector_all("#arch-svg g.att", "(gs) => gs.map((g) => g.dataset.module)") == MODULES
 
     page.click("button.example[data-name='chelsea.jpg']")
-    page.wait_for_selector("#modules article")
-    page.wait_for_selector("table.ablation-table", timeout=60_000)
+    wait_status(page, "chelsea.jpg:")
+    wait_for_ablation(page)
     headers = page.eval_on_selector_all("table.ablation-table thead th", "(ths) => ths.map((t) => t.textContent)")
-    assert headers == ["class", "attention on", "all masks off", "stage1.module1 off", "stage2.module1 off",
-                       "stage3.module1 off"]
+    assert headers == ["class", "attention on", "all masks off", *[f"{m} off" for m in MODULES]]
+    assert page.inner_text("table.ablation-table tbody tr:first-child th") == "cat"
 
-    # clicking a module in the diagram opens its "look inside" view
+    # choosing a module in the diagram opens its "look inside" view and makes it the Channel box's module
     page.focus("#arch-svg g.att[data-module='stage2.module1']")
     page.keyboard.press("Enter")
     assert page.locator("#module-stage2-module1 details.inside").evaluate("(d) => d.open")
     assert page.locator("#module-stage2-module1 .multiples canvas").count() == 8
-    assert "standard deviation" in page.inner_text("#module-stage2-module1 .hist-stats")
+    assert re.fullmatch(r"mean 0\.\d{3}, standard deviation 0\.\d{3}",
+                        page.inner_text("#module-stage2-module1 .hist-stats"))
+    assert page.input_value("#channel-module") == "1"
 
     page.focus("body")
     page.keyboard.press("p")
     assert page.evaluate("document.body.classList.contains('presenter')")
+    assert page.get_attribute("#presenter-toggle", "aria-pressed") == "true"
+    run_axe(page)
     shown = []
-    for step in range(4):
+    for _ in range(4):
         visible = page.eval_on_selector_all(
             "#modules article", "(as) => as.filter((a) => getComputedStyle(a).display !== 'none').map((a) => a.id)")
         assert len(visible) == 1
         shown.append(visible[0])
-        page.screenshot(path=str(SCREENSHOTS / f"presenter-{step + 1}.png"))
+        if visible[0] == "module-stage3-module1":
+            page.screenshot(path=str(shots / "presenter.png"))
         page.keyboard.press("ArrowRight")
     assert shown == ["module-stage2-module1", "module-stage3-module1", "module-stage1-module1",
                      "module-stage2-module1"]
     page.keyboard.press("ArrowLeft")
-    assert "module 2 of 3" in page.inner_text("#presenter-pos")
+    assert page.inner_text("#presenter-pos") == "module 2 of 3"
     # the current image's predictions stay in view
-    assert page.is_visible("#topbar") and "chelsea.jpg" in page.inner_text("#topbar-text")
+    assert page.is_visible("#topbar") and page.inner_text("#topbar-text").startswith("chelsea.jpg: cat ")
     page.keyboard.press("Escape")
     assert not page.evaluate("document.body.classList.contains('presenter')")
-    assert not errors, errors
+    watch.check()
     page.close()
+
+
+def test_page_behind_a_path_prefix(browser):
+    """``ranlens serve`` with RANLENS_ROOT_PATH behind a proxy that strips the prefix: every request the
+    page makes must go through the prefix and succeed."""
+    prefix = "/ranlens"
+    with running_server(_server_command("-m", "ranlens", "serve"), RANLENS_ROOT_PATH=prefix,
+                        RANLENS_TORCH_THREADS=THREADS) as url:
+        seen: list[tuple[str, str, int]] = []
+        outside: list[str] = []
+
+        def proxy(route):
+            parts = urlsplit(route.request.url)
+            if not parts.path.startswith(prefix + "/"):
+                outside.append(route.request.url)  # a real proxy would send this to some other site
+                route.fulfill(status=404, body="not under the prefix")
+                return
+            stripped = urlunsplit(parts._replace(path=parts.path[len(prefix):]))
+            response = route.fetch(url=stripped)
+            seen.append((route.request.method, parts.path, response.status))
+            headers = dict(response.headers)
+            if route.request.resource_type == "document":
+                headers["content-security-policy"] = CSP
+            route.fulfill(response=response, headers=headers)
+
+        page, watch = open_page(browser, url.rstrip("/") + prefix + "/", proxy=proxy)
+        page.wait_for_selector("#arch-svg svg g.att", timeout=SLOW)
+        page.click("button.example[data-name='coffee.jpg']")
+        wait_status(page, "coffee.jpg:")
+        wait_for_ablation(page)
+        assert page.locator("#modules article").count() == 3
+        assert page.eval_on_selector("footer a", "(a) => new URL(a.href).pathname") == prefix + "/docs"
+        watch.check()
+        page.close()
+
+    assert not outside, f"requests outside the prefix: {outside}"
+    assert all(status == 200 for _, _, status in seen), [s for s in seen if s[2] != 200]
+    paths = {path for _, path, _ in seen}
+    for needed in ("/", "/static/style.css", "/static/js/main.js", "/static/js/api.js", "/api/v1/colormaps",
+                   "/api/v1/models/attention56_cifar/architecture", "/static/examples/coffee.jpg",
+                   "/api/v1/explain", "/api/v1/ablate"):
+        assert prefix + needed in paths, f"{prefix + needed} was never requested: {sorted(paths)}"

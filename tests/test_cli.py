@@ -59,7 +59,7 @@ def test_serve_behind_a_path_prefix():
 
         # as from a proxy that strips the prefix: routes answer, and links the browser follows carry it
         assert get("readyz")[0] == 200
-        assert get("static/app.js")[0] == 200
+        assert get("static/js/main.js")[0] == 200
         assert json.loads(get("openapi.json")[1])["servers"] == [{"url": "/ranlens"}]
         assert b"/ranlens/openapi.json" in get("docs")[1]
-        assert b'src="static/app.js"' in get("")[1]
+        assert b'src="static/js/main.js"' in get("")[1]

@@ -48,7 +48,7 @@ ANSWERS = [
     ("HEAD", "/", {}, 200),
     ("GET", "/healthz", {}, 200),
     ("GET", "/api/v1/colormaps", {}, 200),
-    ("GET", "/static/app.js", {}, 200),
+    ("GET", "/static/js/main.js", {}, 200),
     ("GET", "/docs", {}, 200),
     ("GET", "/docs/assets/swagger-ui.css", {}, 200),
     ("GET", "/openapi.json", {}, 200),
@@ -120,7 +120,7 @@ def _get_paths(spec: dict) -> list[str]:
 
 def test_head_is_answered_wherever_get_is(http):
     spec = http.get("/openapi.json").json()
-    paths = _get_paths(spec) + ["/", "/openapi.json", "/docs", "/static/app.js", "/docs/assets/swagger-ui.css"]
+    paths = _get_paths(spec) + ["/", "/openapi.json", "/docs", "/static/js/main.js", "/docs/assets/swagger-ui.css"]
     assert len(paths) >= 12
     identity = {"accept-encoding": "identity"}
     for path in paths:
@@ -139,7 +139,7 @@ def test_head_is_answered_wherever_get_is(http):
     ("OPTIONS", "/api/v1/colormaps", "GET, HEAD"),
     ("GET", "/api/v1/predict", "POST"),
     ("HEAD", "/api/v1/ablate", "POST"),
-    ("PUT", "/static/app.js", "GET, HEAD"),
+    ("PUT", "/static/js/main.js", "GET, HEAD"),
     ("POST", "/docs/assets/swagger-ui.css", "GET, HEAD"),
 ])
 def test_405_says_what_is_allowed(http, method, path, allow):

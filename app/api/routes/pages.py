@@ -7,10 +7,21 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from ranlens.model import render
+
 templates = Jinja2Templates(directory=str(files("ranlens.templates")))
 EXAMPLES = json.loads(files("ranlens.static").joinpath("examples", "examples.json").read_text())
 
+# The option values are the ones the API accepts (render.COLORMAPS, render.REDUCTIONS), so the page can
+# never offer a colormap the server has no lookup table for; only the wording lives here.
+COLORMAP_NOTES = {"jet": "not perceptually uniform"}
+REDUCTION_LABELS = {"mean": "mean over channels", "max": "max over channels", "channel": "one channel"}
+
 router = APIRouter(include_in_schema=False)
+
+
+def _options(values: tuple[str, ...], label) -> list[dict]:
+    return [{"value": v, "label": label(v)} for v in values]
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -20,4 +31,7 @@ def index(request: Request) -> HTMLResponse:
         "examples": EXAMPLES,
         "model": explainer.metadata() if explainer else None,
         "load_error": getattr(request.app.state, "load_error", None),
+        "colormaps": _options(render.COLORMAPS,
+                              lambda v: f"{v} ({COLORMAP_NOTES[v]})" if v in COLORMAP_NOTES else v),
+        "reductions": _options(render.REDUCTIONS, lambda v: REDUCTION_LABELS.get(v, v)),
     })

@@ -1,0 +1,67 @@
+"""Training throughput of the CIFAR networks, float32 against bfloat16 autocast, as ratios.
+
+    python benchmarks/train_speed.py --threads 2 --steps 6
+
+Runs the project's real training step (channels_last input, SGD with Nesterov momentum, label-smoothed
+cross-entropy, ``torch.autocast("cpu", dtype=torch.bfloat16)`` for bf16) on random batches, so the
+figure is the network's own speed, without data loading. fp32 and bf16 alternate in rounds so that a
+neighbour's load on the machine hits both alike; the ratio is the figure to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ranlens.model import get_model
+from ranlens.model.train import resolve_amp
+
+
+def images_per_second(model, optimizer, batch: int, steps: int, amp: bool) -> float:
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: kernel selection and allocator
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["attention56_cifar", "attention92_cifar"])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    native = resolve_amp("auto") == "bf16"
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"native bf16 on this CPU: {'yes' if native else 'no'}")
+    for name in args.models:
+        torch.manual_seed(0)
+        model = get_model(name, num_classes=10).to(memory_format=torch.channels_last).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for _ in range(args.rounds):
+            for mode in rates:
+                rates[mode].append(images_per_second(model, optimizer, args.batch, args.steps, mode == "bf16"))
+        fp32, bf16 = (statistics.median(rates[m]) for m in ("fp32", "bf16"))
+        print(f"{name:<20} fp32 {fp32:7.1f} img/s   bf16 {bf16:7.1f} img/s   bf16/fp32 {bf16 / fp32:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+// ranlens page: upload, then draw every module's soft mask from the arrays the server sent.
+// Display controls recolour in the page; only a new image goes back to the server.
+
+import { ablationTable } from "./ablation.js";
+import { failureText, getBlob, getJSON, isAbort, postImage } from "./api.js";
+import { architectureSvg } from "./architecture.js";
+import { decodeMask, range, reduce } from "./masks.js";
+import { npyBlob } from "./npy.js";
+import { createPanel, describeMap, drawInside, drawOverlay, panelId } from "./panels.js";
+import { currentModule, installPresenter, onModuleChange, setCurrentModule } from "./presenter.js";
+
+const $ = (id) => document.getElementById(id);
+
+// What is on screen: one analysed image. ``channels`` keeps the channel chosen for each module.
+const state = { name: null, payload: null, masks: [], display: null, channels: [], luts: null };
+let controller = null;  // the analysis in flight; a newer upload aborts it
+let lutsPromise = null;
+
+function setStatus(text, isError = false) {
+  const el = $("status");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+function hint(text, cls = "hint") {
+  const p = document.createElement("p");
+  p.className = cls;
+  p.textContent = text;
+  return p;
+}
+
+/** The colormaps' lookup tables, fetched once and shared by every analysis. */
+function colormaps() {
+  lutsPromise ??= getJSON("api/v1/colormaps").catch((err) => { lutsPromise = null; throw err; });
+  return lutsPromise;
+}
+
+async function loadImage(src) {
+  const img = new Image();
+  img.src = src;
+  await img.decode();
+  return img;
+}
+
+function settings() {
+  return {
+    opacity: Number($("opacity").value) / 100,
+    cmap: $("colormap").value,
+    reduction: $("reduction").value,
+    scale: $("scale").value,
+  };
+}
+
+/** The overlays and colorbars: cheap, redrawn on every control change. */
+function drawOverlays() {
+  const p = state.payload, s = settings();
+  $("opacity-out").textContent = `${Math.round(s.opacity * 100)}%`;
+  if (!p) return;
+  const lut = state.luts[s.cmap];
+  const maps = p.attention.map((entry, i) => reduce(state.masks[i], entry, s.reduction, state.channels[i]));
+  const ranges = maps.map(range);
+  const shared = [Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1]))];
+  p.attention.forEach((entry, i) => {
+    const [lo, hi] = s.scale === "shared" ? shared : ranges[i];
+    drawOverlay($("modules").children[i], entry, {
+      values: maps[i], lo, hi, display: state.display, lut, opacity: s.opacity,
+      what: describeMap(entry, s.reduction, state.channels[i]),
+    });
+  });
+}
+
+/** The "look inside" views: heavier, and they depend only on the image and the colormap. */
+function drawInsides() {
+  const p = state.payload;
+  if (!p) return;
+  const lut = state.luts[$("colormap").value];
+  p.attention.forEach((entry, i) => drawInside($("modules").children[i], entry, state.masks[i], lut));
+}
+
+// ---- the channel box: bounded by the channel count of the module it edits
+function syncChannelBox() {
+  const p = state.payload, i = Number($("channel-module").value) || 0;
+  const oneChannel = $("reduction").value === "channel";
+  $("channel").disabled = $("channel-module").disabled = !oneChannel || !p;
+  if (!p) return;
+  const channels = p.attention[i].channels;
+  $("channel").max = channels - 1;
+  $("channel").value = state.channels[i];
+  $("channel-range").textContent = `0 to ${channels - 1} for ${p.attention[i].module}`;
+}
+
+function fillModuleSelect(p) {
+  $("channel-module").replaceChildren(...p.attention.map((entry, i) => {
+    const option = document.createElement("option");
+    option.value = String(i);
+    option.textContent = `${entry.module} (${entry.channels} channels)`;
+    return option;
+  }));
+}
+
+function channelInput(commit) {
+  const i = Number($("channel-module").value) || 0;
+  const channels = state.payload.attention[i].channels;
+  const typed = Number.parseInt($("channel").value, 10);
+  if (Number.isNaN(typed)) { if (commit) $("channel").value = state.channels[i]; return; }
+  state.channels[i] = Math.max(0, Math.min(channels - 1, typed));
+  // browsers let a typed number past max through; show the channel actually drawn
+  if (commit || typed !== state.channels[i]) $("channel").value = state.channels[i];
+  drawOverlays();
+}
+
+// ---- predictions
+function showPredictions(p) {
+  $("predictions").replaceChildren(...p.predictions.slice(0, 5).map((pred) => {
+    const li = document.createElement("li");
+    const pct = (100 * pred.probability).toFixed(1);
+    const label = document.createElement("span");
+    label.textContent = pred.label;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.setAttribute("role", "img");
+    bar.setAttribute("aria-label", `${pct} percent`);
+    const fill = document.createElement("span");
+    fill.style.width = `${pct}%`;  // CSSOM, which the page's CSP allows (a style="" attribute it would not)
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.textContent = `${pct}%`;
+    li.append(label, bar, value);
+    return li;
+  }));
+  const t = p.timing_ms;
+  $("timing").textContent = `Server time ${t.total.toFixed(0)} ms (model ${t.inference.toFixed(0)} ms).`;
+}
+
+// ---- one analysis: explain, draw, then the ablation; a newer one cancels it
+async function analyse(name, source) {
+  controller?.abort();
+  const ctl = new AbortController();
+  controller = ctl;
+  setStatus(`Analysing ${name}…`);
+  try {
+    const blob = typeof source === "function" ? await source(ctl.signal) : source;
+    const [p, luts] = await Promise.all([postImage("api/v1/explain", blob, name, ctl.signal), colormaps()]);
+    const masks = p.attention.map(decodeMask);
+    const [display, input] = await Promise.all([loadImage(p.images.display), loadImage(p.images.model_input)]);
+    if (ctl.signal.aborted) return;  // superseded while the images decoded
+    state.luts = luts;
+    show(name, p, masks, display, input);
+    setStatus(`${name}: ${p.predictions[0].label} (${(100 * p.predictions[0].probability).toFixed(1)}%).`);
+    runAblation(blob, name, ctl.signal);
+  } catch (err) {
+    if (isAbort(err) || ctl.signal.aborted) return;
+    setStatus(`Could not analyse ${name}: ${failureText(err)}`, true);
+  }
+}
+
+function show(name, p, masks, display, input) {
+  Object.assign(state, { name, payload: p, masks, display, channels: p.attention.map(() => 0) });
+  $("uploaded").src = p.images.uploaded;
+  $("uploaded-size").textContent = `(${p.image.width}×${p.image.height})`;
+  $("model-input").src = input.src;
+  $("input-size").textContent = `(centre crop, ${input.naturalWidth}×${input.naturalHeight})`;
+  showPredictions(p);
+  $("modules").replaceChildren(...p.attention.map((entry, i) => createPanel(entry, {
+    onPng: () => downloadPng(i), onNpy: () => downloadNpy(i),
+  })));
+  fillModuleSelect(p);
+  $("results").hidden = false;
+  setCurrentModule(0);
+  syncChannelBox();
+  drawOverlays();
+  drawInsides();
+  const top3 = p.predictions.slice(0, 3).map((q) => `${q.label} ${(100 * q.probability).toFixed(1)}%`).join(" · ");
+  $("topbar-text").textContent = `${name}: ${top3}`;
+  $("topbar").hidden = false;
+}
+
+async function runAblation(blob, name, signal) {
+  const box = $("ablation");
+  box.replaceChildren(hint("Running with attention off…"));
+  try {
+    box.replaceChildren(...ablationTable(await postImage("api/v1/ablate?top_k=5", blob, name, signal)));
+  } catch (err) {
+    box.replaceChildren(isAbort(err) ? hint("Stopped: another image was chosen.")
+                                     : hint(`Could not run with attention off: ${failureText(err)}`, "error"));
+  }
+}
+
+// ---- downloads
+function save(blob, filename) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = filename;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+function downloadPng(i) {
+  const module = state.payload.attention[i].module;
+  $("modules").children[i].querySelector("canvas.overlay")
+    .toBlob((blob) => save(blob, `${module}.overlay.png`), "image/png");
+}
+
+function downloadNpy(i) {
+  const entry = state.payload.attention[i];
+  save(npyBlob(state.masks[i], [entry.channels, ...entry.shape]), `${entry.module}.mask.npy`);
+}
+
+// ---- architecture
+function selectModule(name) {
+  const panel = document.getElementById(panelId(name));
+  if (!panel) { setStatus("Analyse an image first to see this module's mask."); return; }
+  setCurrentModule([...$("modules").children].indexOf(panel));
+  panel.querySelector("details.inside").open = true;
+  panel.scrollIntoView({ behavior: "smooth", block: "center" });
+  panel.querySelector("canvas.overlay").focus({ preventScroll: true });
+}
+
+async function loadArchitecture() {
+  const name = document.body.dataset.model;
+  if (!name) return;
+  try {
+    const arch = await getJSON(`api/v1/models/${encodeURIComponent(name)}/architecture`);
+    $("arch-svg").replaceChildren(architectureSvg(arch, selectModule));
+  } catch (err) {
+    $("arch-svg").replaceChildren(hint(`Could not draw the architecture: ${failureText(err)}`, "error"));
+  }
+}
+
+// ---- wiring
+function pickFile(file) { if (file) analyse(file.name || "pasted image", file); }
+
+$("choose-file").addEventListener("click", () => $("file").click());
+$("file").addEventListener("change", (e) => {
+  pickFile(e.target.files[0]);
+  e.target.value = "";  // choosing the same file again is a new upload too
+});
+const drop = $("dropzone");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  pickFile(e.dataTransfer.files[0]);
+});
+document.addEventListener("paste", (e) => {
+  const item = [...(e.clipboardData?.items || [])].find((it) => it.type.startsWith("image/"));
+  if (item) pickFile(item.getAsFile());
+});
+document.querySelectorAll(".example").forEach((button) => button.addEventListener("click", () =>
+  analyse(button.dataset.name, (signal) => getBlob(button.dataset.src, signal))));
+
+for (const id of ["opacity", "scale"]) $(id).addEventListener("input", drawOverlays);
+$("colormap").addEventListener("input", () => { drawOverlays(); drawInsides(); });
+$("reduction").addEventListener("input", () => { syncChannelBox(); drawOverlays(); });
+$("channel-module").addEventListener("input", () => setCurrentModule(Number($("channel-module").value)));
+$("channel").addEventListener("input", () => channelInput(false));
+$("channel").addEventListener("change", () => channelInput(true));
+onModuleChange((i) => {
+  // the current module (presenter, diagram, or the Module box) is the one the Channel box edits
+  if (!state.payload) return;
+  $("channel-module").value = String(i);
+  syncChannelBox();
+});
+installPresenter(() => state.payload !== null);
+loadArchitecture();

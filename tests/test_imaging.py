@@ -1,0 +1,155 @@
+"""decode_image on odd and bad inputs: the pixels that come out, not just that something does."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ranlens.model.imaging import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_image,
+)
+
+from . import corpus
+
+LIMIT = 20_000_000
+WHITE = (255, 255, 255)
+
+
+def decode(data: bytes, content_type: str | None = None, max_pixels: int = LIMIT) -> np.ndarray:
+    image = decode_image(data, max_pixels, content_type)
+    assert image.mode == "RGB"
+    return np.asarray(image).astype(int)
+
+
+def test_sixteen_bit_ramp_keeps_its_ramp():
+    ramp = corpus.sixteen_bit_ramp()
+    out = decode(corpus.sixteen_bit_png(), "image/png")
+    assert out.shape == (48, 64, 3)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all(), "gray in, gray out"
+    expected = ramp.astype(float) / 65535 * 255
+    # full range kept (not crushed to black by a bare 16 -> 8 bit cast), monotonic, within rounding
+    assert out[0, 0, 0] <= 1 and out[-1, -1, 0] >= 254
+    assert np.all(np.diff(out[..., 0].ravel()) >= 0)
+    assert np.abs(out[..., 0] - expected).max() <= 1
+
+
+def test_sixteen_bit_tiff_too():
+    ramp = corpus.sixteen_bit_ramp()
+    out = decode(corpus.encode(Image.fromarray(ramp), "TIFF"), "image/tiff")
+    assert np.abs(out[..., 0] - ramp.astype(float) / 65535 * 255).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_pixels_come_out_white(mode):
+    out = decode(corpus.half_transparent_png(mode), "image/png")
+    assert out.shape == (20, 40, 3)
+    assert (out[:, :20] == WHITE).all(), "transparent pixels are composited on white"
+    opaque = (120, 0, 0) if mode == "RGBA" else (120, 120, 120)
+    assert (out[:, 20:] == opaque).all(), "opaque pixels keep their colour"
+
+
+def test_half_alpha_blends_with_white():
+    out = decode(corpus.png(Image.new("RGBA", (4, 4), (0, 0, 0, 128))))
+    # 128/255 black over white: about 127 each
+    assert np.abs(out - 127).max() <= 1
+
+
+def test_palette_transparency_is_white_and_the_rest_keeps_the_palette():
+    data = corpus.palette_with_transparency()
+    source = Image.open(io.BytesIO(data))
+    assert source.mode == "P" and source.info.get("transparency") == 0
+    indices = np.asarray(source)
+    rgb = np.asarray(source.convert("RGB")).astype(int)
+    out = decode(data, "image/png")
+    transparent = indices == 0
+    assert transparent.any() and (~transparent).any(), "the fixture needs both kinds of pixels"
+    assert (out[transparent] == WHITE).all()
+    assert (out[~transparent] == rgb[~transparent]).all()
+
+
+def test_cmyk_jpeg_comes_back_close_to_the_photo():
+    original = np.asarray(corpus.photo()).astype(int)
+    out = decode(corpus.cmyk_jpeg(), "image/jpeg")
+    assert out.shape == original.shape
+    # JPEG is lossy; inverted or garbled CMYK would be off by ~100 on average
+    assert np.abs(out - original).mean() < 8
+
+
+def test_exif_orientation_is_applied():
+    data, (width, height) = corpus.exif_rotated_jpeg()
+    out = decode(data, "image/jpeg")
+    assert out.shape == (height, width, 3)
+    # the stored image is red on its left half; EXIF orientation 6 (rotate 90 clockwise) puts that on top
+    top, bottom = out[: height // 2 - 5].mean((0, 1)), out[height // 2 + 5:].mean((0, 1))
+    assert top[0] > 150 and top[1] < 60 and top[2] < 60, top
+    assert (bottom > 230).all(), bottom
+
+
+def test_animated_gif_gives_its_first_frame():
+    out = decode(corpus.animated_gif(), "image/gif")
+    assert out.shape == (30, 40, 3)
+    assert (np.abs(out - (255, 0, 0)) <= 2).all(), "the first frame is red"
+
+
+def test_one_pixel_image():
+    out = decode(corpus.one_pixel(), "image/png")
+    assert out.shape == (1, 1, 3) and tuple(out[0, 0]) == (10, 200, 30)
+
+
+@pytest.mark.parametrize("fmt, ctype", [("BMP", "image/bmp"), ("WEBP", "image/webp"), ("GIF", "image/gif")])
+def test_other_supported_formats(fmt, ctype):
+    image = Image.new("RGB", (8, 6), (30, 60, 90))
+    out = decode(corpus.encode(image, fmt, **({"lossless": True} if fmt == "WEBP" else {})), ctype)
+    assert out.shape == (6, 8, 3) and (np.abs(out - (30, 60, 90)) <= 3).all()
+
+
+def test_empty_bytes():
+    with pytest.raises(EmptyImageError):
+        decode_image(b"", LIMIT, "image/png")
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(corpus.truncated_jpeg(), id="truncated-jpeg"),
+    pytest.param(corpus.png(corpus.photo())[:200], id="truncated-png"),
+    pytest.param(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20, id="png-magic-then-garbage"),
+    pytest.param(b"\xff\xd8\xff" + b"\x00" * 500, id="jpeg-magic-then-zeros"),
+])
+def test_corrupt_or_truncated(data):
+    with pytest.raises(CorruptImageError):
+        decode_image(data, LIMIT, "image/png")
+
+
+@pytest.mark.parametrize("data, ctype", [
+    pytest.param(b"hello, I am text\n" * 10, "image/png", id="text-claiming-png"),
+    pytest.param(b"%PDF-1.4\n%\xe2\xe3\n", None, id="pdf-no-type"),
+    pytest.param(corpus.one_pixel(), "text/plain", id="png-sent-as-text"),
+    pytest.param(corpus.encode(Image.new("RGB", (4, 4)), "PPM"), "application/octet-stream", id="ppm"),
+])
+def test_not_a_supported_image(data, ctype):
+    with pytest.raises(UnsupportedImageError):
+        decode_image(data, LIMIT, ctype)
+
+
+def test_over_the_pixel_limit_is_refused_by_our_check():
+    data = corpus.over_pixel_limit(LIMIT)  # under Pillow's own guard: only decode_image's check stops it
+    with pytest.raises(ImageTooLargeError, match=f"limit is {LIMIT:,}"):
+        decode_image(data, LIMIT, "image/png")
+
+
+def test_the_pixel_limit_is_exact():
+    data = corpus.png(Image.new("RGB", (10, 10)))
+    assert decode_image(data, 100).size == (10, 10)
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data, 99)
+
+
+def test_decompression_bomb_over_pillows_guard():
+    with pytest.raises(ImageTooLargeError):
+        decode_image(corpus.decompression_bomb(), 10**9, "image/png")
