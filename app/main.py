@@ -9,13 +9,15 @@ from importlib.resources import files
 import anyio
 import torch
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
 from ranlens import __version__
+from ranlens.app.api.docs import install_docs
+from ranlens.app.api.openapi import install_openapi
 from ranlens.app.api.routes import health, models, pages, predict, teach
 from ranlens.app.core.config import Settings, get_settings
-from ranlens.model.explainer import Explainer
+from ranlens.app.core.http import StaticAssets, install_transport
 from ranlens.app.core.problems import install_problem_handlers
+from ranlens.model.explainer import Explainer
 
 log = logging.getLogger("ranlens")
 STATIC = files("ranlens.static")  # package data: found the same way in a wheel and in a source tree
@@ -42,17 +44,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Where a Residual Attention Network looks: predictions and every attention module's soft mask.",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves Swagger UI from local files; ReDoc cannot run under the CSP
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.explainer = None
     app.state.load_error = None
     install_problem_handlers(app)
+    install_transport(app)
+    install_openapi(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predict.router)
     app.include_router(teach.router)
     app.include_router(pages.router)
-    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    install_docs(app)
+    app.mount("/static", StaticAssets(directory=str(STATIC)), name="static")
     return app
 
 

@@ -1,22 +1,70 @@
-"""Response models of the REST API."""
+"""Response models of the REST API: the contract that static/app.js and API clients rely on."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ranlens.model import render
+
+Shape = Annotated[list[int], Field(min_length=2, max_length=2, description="[height, width]")]
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(examples=[["query", "top_k"]])
+    msg: str
+
+
+class Problem(BaseModel):
+    """An error, as ``application/problem+json`` (RFC 9457)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="URI reference naming the kind of problem; about:blank for plain HTTP errors",
+                      examples=["about:blank"])
+    title: str = Field(examples=["Invalid parameters"])
+    status: int = Field(ge=400, le=599, examples=[422])
+    detail: str = Field(examples=["top_k must be at most 10, the number of classes; got 11"])
+    instance: str = Field(description="the request path this problem is about", examples=["/api/v1/predict"])
+    errors: list[FieldError] | None = Field(None, description="each invalid parameter, on 422")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    model: str = Field(examples=["attention56_cifar"])
+    weights: str = Field(examples=["attention56_cifar.v5"])
 
 
 class PredictionOut(BaseModel):
-    index: int
+    index: int = Field(ge=0)
     label: str
-    probability: float
+    probability: float = Field(ge=0, le=1)
+
+
+class Timing(BaseModel):
+    """Milliseconds spent in each step; ``total`` is the whole request as the server saw it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    decode: float
+    preprocess: float
+    inference: float
+    render: float | None = None
+    total: float
 
 
 class AttentionOut(BaseModel):
     module: str = Field(examples=["stage1.module1"])
     stage: int
-    shape: list[int] = Field(description="mask resolution [height, width]")
+    shape: Shape = Field(description="mask resolution [height, width]")
     channels: int
-    reduction: str = Field(description="how channels were reduced for min/max/mean, overlay and mask")
+    reduction: str = Field(description="how channels were reduced for min/max/mean, overlay and mask",
+                           examples=["mean", "channel 5"])
     min: float
     max: float
     mean: float
@@ -29,14 +77,110 @@ class PredictResponse(BaseModel):
     weights: str
     predictions: list[PredictionOut]
     attention: list[AttentionOut]
-    timing_ms: dict[str, float]
+    timing_ms: Timing
+
+
+class ExplainAttention(BaseModel):
+    module: str = Field(examples=["stage1.module1"])
+    stage: int
+    shape: Shape = Field(description="mask resolution [height, width]")
+    channels: int
+    data: str = Field(description="the full soft mask, base64 little-endian uint16 of shape (channels, h, w)")
+    lo: float = Field(description="the mask value uint16 0 stands for")
+    hi: float = Field(description="the mask value uint16 65535 stands for")
+    min: float = Field(description="of the channel-mean mask")
+    max: float = Field(description="of the channel-mean mask")
+    mean: float = Field(description="of the channel-mean mask")
+    trunk_before: list[list[float]] = Field(description="mean |T| over channels per position, before (1 + M)")
+    trunk_after: list[list[float]] = Field(description="mean |(1 + M) T| over channels per position")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class Images(BaseModel):
+    uploaded: str = Field(description="JPEG data URI of the upload, at most 640 pixels a side")
+    display: str = Field(description="JPEG data URI of the centre crop the masks are drawn over")
+    model_input: str = Field(description="PNG data URI of the crop the model saw, at its input size")
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    weights: str
+    image: ImageSize = Field(description="the upload's size, orientation applied")
+    images: Images
+    predictions: list[PredictionOut] = Field(description="every class, most probable first")
+    attention: list[ExplainAttention]
+    timing_ms: Timing
+
+
+class AblationRun(BaseModel):
+    masks_off: list[str] = Field(description="the modules whose soft mask was set to zero")
+    probabilities: list[float] = Field(description="every class's probability, in class-index order")
+    top: list[PredictionOut] = Field(description="the top_k classes, most probable first")
+
+
+class ModuleAblation(AblationRun):
+    module: str
+
+
+class AblateResponse(BaseModel):
+    model: str
+    weights: str
+    predicted: str = Field(description="the top class with attention on")
+    normal: AblationRun
+    all_off: AblationRun
+    per_module: list[ModuleAblation]
+
+
+class ArchitectureModule(BaseModel):
+    name: str = Field(examples=["stage1.module1"])
+    channels: int
+    resolution: Shape
+    trunk_units: int
+    mask_depth: int = Field(description="max-pools down the soft mask branch")
+    mask_levels: list[Shape] = Field(description="resolutions along the soft mask branch, input first")
+
+
+class ArchitectureStage(BaseModel):
+    stage: int
+    channels: int
+    resolution: Shape
+    transition_stride: int
+    modules: list[ArchitectureModule]
+
+
+class Stem(BaseModel):
+    kind: str = Field(examples=["cifar"])
+    output: list[int] = Field(description="[channels, height, width]")
+
+
+class Head(BaseModel):
+    units: int
+    output: list[int] = Field(description="[channels, height, width]")
+
+
+class Classifier(BaseModel):
+    in_features: int
+    classes: int
+
+
+class Architecture(BaseModel):
+    name: str
+    input: list[int] = Field(description="[channels, height, width]")
+    stem: Stem
+    stages: list[ArchitectureStage]
+    head: Head
+    classifier: Classifier
 
 
 class ModuleInfo(BaseModel):
     module: str
     stage: int
     channels: int
-    shape: list[int]
+    shape: Shape
 
 
 class ModelInfo(BaseModel):
@@ -54,3 +198,14 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+RGB = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
+LookupTable = Annotated[list[RGB], Field(min_length=256, max_length=256)]
+
+# one required property per colormap the page can pick, so the schema names them all
+Colormaps = create_model(
+    "Colormaps",
+    __doc__="Each colormap as a 256-entry lookup table of [r, g, b], 0..255.",
+    **{name: (LookupTable, ...) for name in render.COLORMAPS},
+)

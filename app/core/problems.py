@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -9,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ranlens.app.core.http import add_security_headers
 from ranlens.model.imaging import (
     CorruptImageError,
     EmptyImageError,
@@ -26,10 +28,26 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
 
 
-def problem_response(request: Request, status: int, title: str, detail: str, **extra) -> JSONResponse:
+def problem_response(request: Request, status: int, title: str, detail: str,
+                     headers: Mapping[str, str] | None = None, **extra) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
             "instance": request.url.path, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    response = JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    # a 500 is rendered outside the middleware stack (Starlette's ServerErrorMiddleware), so it would
+    # miss the headers every other answer gets there
+    add_security_headers(response.headers)
+    return response
+
+
+def _allow_head(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """HEAD is answered wherever GET is (app.core.http.HeadAsGet), so a 405's Allow lists it too."""
+    allow = (headers or {}).get("Allow")
+    if allow is None:
+        return headers
+    methods = {m.strip() for m in allow.split(",")}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return {**headers, "Allow": ", ".join(sorted(methods))}
 
 
 # each kind of unusable image is the client's fault, with its own status
@@ -59,7 +77,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
-        return problem_response(request, exc.status_code, title, str(exc.detail))
+        return problem_response(request, exc.status_code, title, str(exc.detail), headers=_allow_head(exc.headers))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from ranlens.app.api.deps import ExplainerDep
+from ranlens.app.api.openapi import problems
+from ranlens.app.api.schemas import Health, Ready
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is alive")
+@router.get("/healthz", response_model=Health, summary="The process is alive")
 def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The weights are loaded and the model answers")
-def readyz(request: Request, explainer: ExplainerDep) -> dict:
+@router.get("/readyz", response_model=Ready, responses=problems(503),
+            summary="The weights are loaded and the model answers")
+def readyz(explainer: ExplainerDep) -> dict:
     return {"status": "ready", "model": explainer.name, "weights": explainer.weights.name}

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Request
 
-from ranlens.app.api.deps import ExplainerDep, SettingsDep, run_inference
-from ranlens.app.api.routes.predict import PROBLEMS, UPLOAD_BODY
-from ranlens.model.explainer import Explainer
-from ranlens.model.imaging import decode_image
+from ranlens.app.api.deps import ExplainerDep, ServedModel, SettingsDep, TopK, run_inference
+from ranlens.app.api.openapi import UPLOAD_BODY, UPLOAD_PROBLEMS, problems
+from ranlens.app.api.schemas import AblateResponse, Architecture
+from ranlens.app.core import payloads
 from ranlens.app.core.problems import Problem
 from ranlens.app.core.upload import read_upload
 from ranlens.model import ARCHITECTURES, get_model, list_models
@@ -24,38 +24,29 @@ def _architecture_of(name: str) -> dict:
     return architecture(get_model(name, num_classes=10))
 
 
-@router.get("/architectures/{arch}", summary="Any registered layout, described from a freshly built model")
-def describe_architecture(arch: str) -> dict:
+@router.get("/architectures/{arch}", response_model=Architecture, responses=problems(404),
+            summary="Any registered layout, described from a freshly built model")
+def describe_architecture(
+    arch: Annotated[str, Path(description="a registered architecture", examples=sorted(ARCHITECTURES))],
+) -> dict:
     if arch not in ARCHITECTURES:
         raise Problem(404, "Unknown architecture", f"{arch!r} is not one of {list_models()}")
     return _architecture_of(arch)
 
 
-@router.get("/models/{name}/architecture", summary="The served model's layout: stem, stages, modules, head")
-def model_architecture(name: str, explainer: ExplainerDep) -> dict:
-    if name not in {explainer.name, explainer.weights.name}:
-        raise Problem(404, "Unknown model", f"This server serves {explainer.name!r}, not {name!r}.")
+@router.get("/models/{name}/architecture", response_model=Architecture, responses=problems(404, 503),
+            summary="The served model's layout: stem, stages, modules, head")
+def model_architecture(explainer: ServedModel) -> dict:
     return architecture(explainer.model, explainer.weights.input_size)
 
 
-def _ablate(explainer: Explainer, max_pixels: int, data: bytes, content_type: str, top_k: int) -> dict:
-    return explainer.ablate(decode_image(data, max_pixels, content_type), top_k)
-
-
 @router.post(
-    "/ablate", openapi_extra=UPLOAD_BODY, responses=PROBLEMS,
+    "/ablate", response_model=AblateResponse, openapi_extra=UPLOAD_BODY, responses=UPLOAD_PROBLEMS,
     summary="Predictions with attention on, all masks zeroed, and one module's mask zeroed at a time",
     description="Setting a module's soft mask M to zero makes its output (1 + 0) * T = T: the trunk alone. "
                 "`normal`, `all_off` and each `per_module` entry carry all class probabilities and the top_k.",
 )
-async def ablate(
-    request: Request,
-    explainer: ExplainerDep,
-    settings: SettingsDep,
-    top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
-) -> dict:
-    if top_k > len(explainer.weights.classes):
-        raise Problem(422, "Invalid parameters", f"top_k must be at most {len(explainer.weights.classes)}")
+async def ablate(request: Request, explainer: ExplainerDep, settings: SettingsDep, top_k: TopK) -> dict:
     upload = await read_upload(request, settings.max_upload_bytes)
-    return await run_inference(request, _ablate, explainer, settings.max_image_pixels, upload.data,
-                               upload.content_type, top_k)
+    build = partial(payloads.ablate, max_pixels=settings.max_image_pixels, top_k=top_k)
+    return await run_inference(request, build, explainer, upload.data, upload.content_type)

@@ -1,0 +1,114 @@
+"""What FastAPI cannot infer about the API's OpenAPI document: the multipart upload, errors as
+``application/problem+json``, and the limits that only the loaded model knows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from ranlens.app.api.deps import parameter_limits
+from ranlens.app.api.schemas import Problem
+from ranlens.app.core.problems import PROBLEM_JSON
+
+IMAGE_TYPES = ["image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff"]
+
+# read by hand (app.core.upload streams it with a byte limit), so FastAPI cannot see the body
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {
+            "schema": {
+                "type": "object", "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary",
+                                        "description": "a JPEG, PNG, GIF, WebP, BMP or TIFF image; the server "
+                                                       "reads its bytes, whatever type the part declares"}},
+            },
+            "encoding": {"file": {"contentType": ", ".join(IMAGE_TYPES)}},
+        }},
+    }
+}
+
+PROBLEM_TEXT = {
+    400: "the upload is not a readable image, or the multipart body is malformed",
+    404: "no such resource",
+    413: "the upload or the decoded image is over the server's limit",
+    415: "not multipart/form-data, or not a supported image type",
+    422: "invalid parameters, or the multipart body has no file field",
+    503: "the model is not loaded",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for routes: each status documented with the Problem schema (moved to
+    application/problem+json by ``install_openapi``)."""
+    return {code: {"model": Problem, "description": PROBLEM_TEXT[code]} for code in codes}
+
+
+UPLOAD_PROBLEMS = problems(400, 413, 415, 422, 503)
+
+
+MODEL_BOUND = ("top_k", "channel")
+
+
+def _bound_parameters(schema: dict, limits: dict[str, int]) -> None:
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") != "query" or parameter.get("name") not in MODEL_BOUND:
+                    continue
+                old = parameter["schema"]
+                # channel is None in Python when absent, but a query string has no null: an integer or nothing
+                integer = next(o for o in old.get("anyOf", [old]) if o.get("type") == "integer")
+                new = {"type": "integer", "minimum": integer.get("minimum", 0)}
+                if parameter["name"] in limits:
+                    new["maximum"] = limits[parameter["name"]]
+                    limit = f"for the served model, {new['minimum']} to {new['maximum']}"
+                    parameter["description"] = "; ".join(filter(None, [parameter.get("description"), limit]))
+                if old.get("default") is not None:
+                    new["default"] = old["default"]
+                parameter["schema"] = new
+
+
+def _problems_as_problem_json(schema: dict) -> None:
+    """Error answers are problem+json; FastAPI's own 422 documentation (HTTPValidationError) is
+    replaced, since app.core.problems answers validation errors as a Problem too."""
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if str(status)[0] in "45" and "application/json" in content:
+                    content.pop("application/json")
+                    content[PROBLEM_JSON] = {"schema": problem}
+                    if status == "422":
+                        response["description"] = PROBLEM_TEXT[422]
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    if "Problem" not in components:  # no route declared an error, but FastAPI's 422 was there to replace
+        problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(problem_schema.pop("$defs", {}), Problem=problem_schema)
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve an OpenAPI document whose top_k and channel maxima are the served model's real limits.
+
+    The document is cached only once the model is loaded, so a schema fetched before then (or when
+    loading failed) does not freeze unbounded limits.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                             description=app.description, routes=app.routes)
+        _problems_as_problem_json(schema)
+        explainer = getattr(app.state, "explainer", None)
+        _bound_parameters(schema, parameter_limits(explainer) if explainer is not None else {})
+        if explainer is not None:
+            app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,93 @@
+"""Transport rules every answer follows: security headers, HEAD wherever GET is, gzip for large bodies."""
+
+from __future__ import annotations
+
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Only the app's own origin, and no inline script or style: the page and the API docs load their code
+# from files. data: and blob: images are the page's overlays, thumbnails and downloads.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+# JSON answers of a few hundred bytes gain nothing from compression; /explain's masks and /colormaps do
+GZIP_MINIMUM_BYTES = 1024
+
+
+def add_security_headers(headers: MutableHeaders) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every HTTP answer that does not set its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                add_security_headers(MutableHeaders(scope=message))
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class HeadAsGet:
+    """Answers HEAD as GET without the body, for every GET route.
+
+    FastAPI's routes (unlike Starlette's) do not add HEAD to GET, so HEAD would be 405 everywhere.
+    Headers, Content-Length included, are those GET would send (RFC 9110, 9.3.2).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)
+
+
+def install_transport(app) -> None:
+    """Outermost first: HEAD becomes GET before anything else sees it; security headers go on every
+    answer, compressed or not."""
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(HeadAsGet)
+
+
+class StaticAssets(StaticFiles):
+    """StaticFiles whose 405 says what is allowed (RFC 9110 requires Allow on a 405)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(status_code=405, headers={"Allow": "GET, HEAD"})
+        return await super().get_response(path, scope)

@@ -1,0 +1,108 @@
+"""The JSON bodies of the inference routes, built from an upload in a worker thread.
+
+Kept apart from the routes so that they stay request parsing plus a response model; the shapes here
+are the ones ``ranlens.app.api.schemas`` documents.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ranlens.model import render
+from ranlens.model.explainer import Explainer
+from ranlens.model.imaging import decode_image
+from ranlens.model.preprocess import center_crop
+
+
+@dataclass(frozen=True)
+class DisplayOptions:
+    """How /predict reduces, colours and blends each module's mask."""
+
+    reduction: str = "mean"
+    channel: int = 0
+    colormap: str = "viridis"
+    alpha: float = 0.6
+
+    @property
+    def label(self) -> str:
+        return f"channel {self.channel}" if self.reduction == "channel" else self.reduction
+
+
+def _ms(seconds: float) -> float:
+    return 1000 * seconds
+
+
+def predict(explainer: Explainer, image: bytes, content_type: str, *, max_pixels: int, display_size: int,
+            top_k: int, overlays: bool, masks: bool, display: DisplayOptions, started: float) -> dict:
+    """Top-k classes and, per module, the channel-reduced mask's range, optionally drawn and listed."""
+    t0 = time.perf_counter()
+    picture = decode_image(image, max_pixels, content_type)
+    t1 = time.perf_counter()
+    result = explainer.explain(picture)
+    t2 = time.perf_counter()
+    backdrop = center_crop(picture, display_size) if overlays else None
+    attention = []
+    for a in result.attention:
+        values = a.reduced(display.reduction, display.channel)
+        entry = {"module": a.module, "stage": a.stage, "shape": list(a.shape), "channels": a.channels,
+                 "reduction": display.label,
+                 "min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
+        if overlays:
+            entry["overlay"] = render.data_uri(render.overlay(backdrop, values, display.colormap, display.alpha))
+        if masks:
+            entry["mask"] = values.round(6).tolist()
+        attention.append(entry)
+    t3 = time.perf_counter()
+    return {
+        "model": result.model, "weights": result.weights,
+        "predictions": [p.__dict__ for p in result.top(top_k)],
+        "attention": attention,
+        "timing_ms": {"decode": _ms(t1 - t0), **result.timing_ms, "render": _ms(t3 - t2), "total": _ms(t3 - started)},
+    }
+
+
+def explain(explainer: Explainer, image: bytes, content_type: str, *, max_pixels: int, display_size: int,
+            started: float) -> dict:
+    """Everything the page draws: all probabilities, each module's full mask (quantised), pictures."""
+    t0 = time.perf_counter()
+    picture = decode_image(image, max_pixels, content_type)
+    t1 = time.perf_counter()
+    result = explainer.explain(picture)
+    display = center_crop(picture, display_size)
+    thumbnail = picture.copy()
+    thumbnail.thumbnail((640, 640))
+    attention = []
+    for a in result.attention:
+        encoded, lo, hi = render.quantize(a.mask)
+        mean = a.reduced("mean")
+        before = np.abs(a.trunk).mean(axis=0)
+        after = np.abs((1 + a.mask) * a.trunk).mean(axis=0)
+        attention.append({
+            "module": a.module, "stage": a.stage, "shape": list(a.shape), "channels": a.channels,
+            "data": encoded, "lo": lo, "hi": hi,
+            "min": float(mean.min()), "max": float(mean.max()), "mean": float(mean.mean()),
+            # mean |T| over channels per position, before and after (1 + M): what the mask amplifies
+            "trunk_before": before.round(5).tolist(), "trunk_after": after.round(5).tolist(),
+        })
+    images = {
+        "uploaded": render.data_uri(thumbnail, "JPEG"),
+        "display": render.data_uri(display, "JPEG"),
+        "model_input": render.data_uri(result.model_input),
+    }
+    return {
+        "model": result.model, "weights": result.weights,
+        "image": {"width": picture.width, "height": picture.height},
+        "images": images,
+        "predictions": [p.__dict__ for p in result.predictions],
+        "attention": attention,
+        "timing_ms": {"decode": _ms(t1 - t0), **result.timing_ms, "total": _ms(time.perf_counter() - started)},
+    }
+
+
+def ablate(explainer: Explainer, image: bytes, content_type: str, *, max_pixels: int, top_k: int) -> dict:
+    """Predictions with attention on, all masks zeroed, and each module's mask zeroed alone."""
+    return explainer.ablate(decode_image(image, max_pixels, content_type), top_k)
+

@@ -1,0 +1,209 @@
+"""The REST API's contract: the OpenAPI document says what every route answers, with the served
+model's real limits, and Schemathesis finds nothing against a live server."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from ranlens.app.core.config import Settings
+from ranlens.app.main import create_app
+
+from . import corpus
+from .live import ROOT, live_server
+
+PROBLEM = "application/problem+json"
+# the page's scripts (static/js/api-docs.js starts the API docs, not the page)
+PAGE_JS = "\n".join(p.read_text() for p in sorted((ROOT / "static" / "js").glob("*.js")) if p.name != "api-docs.js")
+
+ROUTES = {
+    ("/healthz", "get"): set(),
+    ("/readyz", "get"): {503},
+    ("/api/v1/models", "get"): {503},
+    ("/api/v1/models/{name}", "get"): {404, 503, 422},
+    ("/api/v1/models/{name}/architecture", "get"): {404, 503, 422},
+    ("/api/v1/architectures/{arch}", "get"): {404, 422},
+    ("/api/v1/colormaps", "get"): set(),
+    ("/api/v1/predict", "post"): {400, 413, 415, 422, 503},
+    ("/api/v1/explain", "post"): {400, 413, 415, 422, 503},
+    ("/api/v1/ablate", "post"): {400, 413, 415, 422, 503},
+}
+
+# What the page's scripts (static/js) read from each answer: "a[]" is every item of list a. The page breaks if one
+# of these goes missing, so each must be a required property in the documented schema.
+PAGE_READS = {
+    ("/api/v1/explain", "post"): [
+        "predictions[].label", "predictions[].probability", "timing_ms.total", "timing_ms.inference",
+        "images.display", "images.uploaded", "images.model_input", "image.width", "image.height",
+        *(f"attention[].{k}" for k in ("module", "stage", "shape", "channels", "data", "lo", "hi",
+                                       "trunk_before", "trunk_after")),
+    ],
+    ("/api/v1/ablate", "post"): [
+        "normal.top[].index", "normal.top[].label", "normal.probabilities", "all_off.top[].index",
+        "all_off.probabilities", "per_module[].module", "per_module[].top[].index", "per_module[].probabilities",
+    ],
+    ("/api/v1/models/{name}/architecture", "get"): [
+        "name", "input", "stem.kind", "stem.output", "head.units", "head.output",
+        "classifier.in_features", "classifier.classes",
+        *(f"stages[].{k}" for k in ("stage", "transition_stride", "channels", "resolution")),
+        *(f"stages[].modules[].{k}" for k in ("name", "resolution", "trunk_units", "mask_levels", "mask_depth")),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(Settings())) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def spec(client) -> dict:
+    return client.get("/openapi.json").json()
+
+
+def resolve(spec: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def required_path(spec: dict, schema: dict, path: str) -> dict:
+    """The schema at ``path``, failing unless every step is a required, declared property."""
+    for step in path.split("."):
+        each = step.endswith("[]")
+        name = step.removesuffix("[]")
+        schema = resolve(spec, schema)
+        assert name in schema.get("properties", {}), f"{path}: {name!r} is not documented"
+        assert name in schema.get("required", []), f"{path}: {name!r} is documented as optional"
+        schema = resolve(spec, schema["properties"][name])
+        if each:
+            assert schema.get("type") == "array", f"{path}: {name!r} is not documented as a list"
+            schema = schema["items"]
+    return schema
+
+
+def test_every_route_is_documented_with_a_response_model_and_its_errors(spec):
+    operations = {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()}
+    assert set(operations) == set(ROUTES)
+    for key, op in operations.items():
+        ok = op["responses"]["200"]["content"]
+        assert list(ok) == ["application/json"], key
+        assert "$ref" in ok["application/json"]["schema"], f"{key} has no response model"
+        errors = {int(s) for s in op["responses"] if s != "200"}
+        assert errors == ROUTES[key], key
+        for status in errors:
+            content = op["responses"][str(status)]["content"]
+            assert list(content) == [PROBLEM], (key, status)
+            problem = resolve(spec, content[PROBLEM]["schema"])
+            assert {"type", "title", "status", "detail", "instance"} <= set(problem["required"])
+
+
+@pytest.mark.parametrize("operation", sorted(PAGE_READS))
+def test_what_the_page_reads_is_documented_as_required(spec, operation):
+    path, method = operation
+    schema = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+    for field in PAGE_READS[operation]:
+        required_path(spec, schema, field)
+        # keeps this list honest: a field the page no longer reads should leave it
+        assert re.search(rf"\b{re.escape(field.rsplit('.', 1)[-1].removesuffix('[]'))}\b", PAGE_JS), field
+
+
+def test_every_colormap_the_page_offers_is_a_required_property(client, spec):
+    offered = re.findall(r'<option value="(\w+)"', client.get("/").text.split('id="colormap"', 1)[1].split("</select>")[0])
+    assert len(offered) >= 5
+    schema = spec["paths"]["/api/v1/colormaps"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    for name in offered:
+        table = required_path(spec, schema, name)
+        assert table["minItems"] == table["maxItems"] == 256
+
+
+def test_problem_fields_the_page_shows_are_required(spec):
+    problem = spec["components"]["schemas"]["Problem"]
+    assert {"title", "detail"} <= set(problem["required"])
+    assert "body.title" in PAGE_JS and "body.detail" in PAGE_JS
+
+
+def _parameters(spec: dict, path: str, method: str = "post") -> dict[str, dict]:
+    return {p["name"]: p for p in spec["paths"][path][method]["parameters"]}
+
+
+def test_documented_limits_are_the_served_models(client, spec):
+    explainer = client.app.state.explainer
+    classes = len(explainer.weights.classes)
+    narrowest = min(m["channels"] for m in explainer.modules)
+    for path in ("/api/v1/predict", "/api/v1/ablate"):
+        assert _parameters(spec, path)["top_k"]["schema"] == {"type": "integer", "minimum": 1, "maximum": classes,
+                                                               "default": 5}
+    channel = _parameters(spec, "/api/v1/predict")["channel"]
+    assert channel["schema"] == {"type": "integer", "minimum": 0, "maximum": narrowest - 1}
+    assert not channel["required"]
+    # and the server enforces exactly those numbers
+    image = {"file": ("p.png", corpus.one_pixel(), "image/png")}
+    assert client.post("/api/v1/predict", params={"top_k": classes}, files=image).status_code == 200
+    assert client.post("/api/v1/predict", params={"top_k": classes + 1}, files=image).status_code == 422
+    assert client.post("/api/v1/ablate", params={"top_k": classes + 1}, files=image).status_code == 422
+    top = {"reduction": "channel", "channel": narrowest - 1}
+    assert client.post("/api/v1/predict", params=top, files=image).status_code == 200
+    assert client.post("/api/v1/predict", params={**top, "channel": narrowest}, files=image).status_code == 422
+
+
+def test_shared_options_are_declared_once(spec):
+    predict, ablate = _parameters(spec, "/api/v1/predict"), _parameters(spec, "/api/v1/ablate")
+    assert predict["top_k"] == ablate["top_k"]
+    assert {"reduction", "channel", "colormap", "alpha"} <= set(predict)
+
+
+@pytest.mark.parametrize(("params", "parameter", "message"), [
+    ({"reduction": "channel"}, "channel", "reduction=channel needs channel, an integer in [0, 63]"),
+    ({"reduction": "channel", "channel": 64}, "channel", "must be in [0, 63]"),
+    ({"channel": 64}, "channel", "must be in [0, 63]"),
+    ({"top_k": 11}, "top_k", "must be in [1, 10]"),
+])
+def test_out_of_range_options_are_422_naming_the_range(client, params, parameter, message):
+    r = client.post("/api/v1/predict", params=params, files={"file": ("p.png", corpus.one_pixel(), "image/png")})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    body = r.json()
+    assert message in body["detail"]
+    assert body["errors"][0]["loc"] == ["query", parameter]
+
+
+def test_limits_are_not_documented_before_the_model_loads(tmp_path):
+    with TestClient(create_app(Settings(weights=str(tmp_path / "missing.json")))) as c:
+        top_k = _parameters(c.get("/openapi.json").json(), "/api/v1/predict")["top_k"]
+        assert "maximum" not in top_k["schema"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with live_server() as url:
+        yield url
+
+
+def test_schemathesis_finds_nothing_against_the_live_server(server):
+    """Every check Schemathesis has, all its phases, a bounded number of examples per operation.
+
+    Run from the repository root, so schemathesis.toml loads tests/schemathesis_hooks.py (real images
+    for uploads); RANLENS_SCHEMATHESIS_EXAMPLES raises the count for a deeper run.
+    """
+    examples = os.environ.get("RANLENS_SCHEMATHESIS_EXAMPLES", "15")
+    result = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{server}openapi.json", "--checks", "all",
+         "--max-examples", examples, "--seed", "20261127", "--no-color"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    report = result.stdout + result.stderr
+    assert result.returncode == 0 and "No issues found" in report, report[-6000:]
+    assert re.search(r"Operations:\s+10 selected / 10 total", report), report[-3000:]
+
+
+def test_live_schema_has_the_model_limits(server):
+    spec = httpx.get(f"{server}openapi.json").json()
+    assert _parameters(spec, "/api/v1/predict")["top_k"]["schema"]["maximum"] == 10
