@@ -200,13 +200,14 @@ def resolve_weights(arch: str, spec: str) -> Weights:
     return get_weights(arch, spec)
 
 
-def get_weights(arch: str, weights: Weights | str) -> Weights:
-    """Resolves a weights object, a weights name, or ``"DEFAULT"`` (``DEFAULT_WEIGHTS[arch]``)."""
+def get_weights(arch: str, weights: Weights | str, directory: Path = WEIGHTS_DIR) -> Weights:
+    """Resolves a weights object, a weights name, or ``"DEFAULT"`` (``DEFAULT_WEIGHTS[arch]``),
+    looking names up among the manifests in ``directory``."""
     if isinstance(weights, Weights):
         if weights.arch != arch:
             raise WeightsError(f"weights {weights.name} are for {weights.arch}, not {arch}")
         return weights
-    available = list_weights(arch)
+    available = list_weights(arch, directory)
     if weights == "DEFAULT":
         if arch not in DEFAULT_WEIGHTS:
             raise WeightsError(f"no weights are shipped for {arch}")

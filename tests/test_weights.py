@@ -115,3 +115,28 @@ def test_shipped_weights_classify_cifar_test_images(shipped, cifar_test_images):
     correct = sum(p == t for p, t in zip(predicted, labels))
     # 30 images, three per class: the shipped model must get most of them right
     assert correct / len(labels) >= 0.7, f"{correct}/{len(labels)} correct"
+
+
+def test_versions_sort_naturally_and_a_broken_manifest_hides_nothing(tmp_path):
+    model = get_model("attention56_cifar", num_classes=10)
+    for name in ("tiny.v9", "tiny.v10", "tiny.v2"):
+        _weights_for(model, tmp_path, name).write_manifest()
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "incomplete.json").write_text(json.dumps({"name": "x"}))
+    with pytest.warns(UserWarning, match="skipping unreadable weights manifest") as caught:
+        names = [w.name for w in list_weights(directory=tmp_path)]
+    assert names == ["tiny.v2", "tiny.v9", "tiny.v10"]
+    assert len(caught) == 2
+
+
+def test_default_is_the_pinned_checkpoint_not_the_last_file(tmp_path, monkeypatch):
+    # a newer-looking manifest beside the pinned one must not become DEFAULT by its name
+    import ranlens.model.weights as weights_module
+
+    model = get_model("attention56_cifar", num_classes=10)
+    for name in ("attention56_cifar.v1", "attention56_cifar.v99"):
+        _weights_for(model, tmp_path, name).write_manifest()
+    monkeypatch.setattr(weights_module, "DEFAULT_WEIGHTS", {"attention56_cifar": "attention56_cifar.v1"})
+    assert get_weights("attention56_cifar", "DEFAULT", directory=tmp_path).name == "attention56_cifar.v1"
+    with pytest.raises(WeightsError, match="no weights are shipped for attention92_cifar"):
+        get_weights("attention92_cifar", "DEFAULT", directory=tmp_path)
