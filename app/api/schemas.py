@@ -58,11 +58,16 @@ class Timing(BaseModel):
     total: float
 
 
-class AttentionOut(BaseModel):
+class ModuleMask(BaseModel):
+    """Which attention module a mask belongs to, and its size."""
+
     module: str = Field(examples=["stage1.module1"])
     stage: int
     shape: Shape = Field(description="mask resolution [height, width]")
     channels: int
+
+
+class AttentionOut(ModuleMask):
     reduction: str = Field(description="how channels were reduced for min/max/mean, overlay and mask",
                            examples=["mean", "channel 5"])
     min: float
@@ -80,11 +85,7 @@ class PredictResponse(BaseModel):
     timing_ms: Timing
 
 
-class ExplainAttention(BaseModel):
-    module: str = Field(examples=["stage1.module1"])
-    stage: int
-    shape: Shape = Field(description="mask resolution [height, width]")
-    channels: int
+class ExplainAttention(ModuleMask):
     data: str = Field(description="the full soft mask, base64 little-endian uint16 of shape (channels, h, w)")
     lo: float = Field(description="the mask value uint16 0 stands for")
     hi: float = Field(description="the mask value uint16 65535 stands for")
