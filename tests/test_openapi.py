@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from pathlib import Path
 import sys
 
 import httpx
@@ -190,14 +191,16 @@ def server():
 def test_schemathesis_finds_nothing_against_the_live_server(server):
     """Every check Schemathesis has, all its phases, a bounded number of examples per operation.
 
-    Run from the repository root, so schemathesis.toml loads tests/schemathesis_hooks.py (real images
-    for uploads); RANLENS_SCHEMATHESIS_EXAMPLES raises the count for a deeper run.
+    The repository's schemathesis.toml loads tests/schemathesis_hooks.py (real images for uploads).
+    It runs in a temporary directory with no example database, so it leaves nothing in the work
+    tree; RANLENS_SCHEMATHESIS_EXAMPLES raises the count for a deeper run.
     """
     examples = os.environ.get("RANLENS_SCHEMATHESIS_EXAMPLES", "15")
     result = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", f"{server}openapi.json", "--checks", "all",
-         "--max-examples", examples, "--seed", "20261127", "--no-color"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(ROOT / "schemathesis.toml"), "run", f"{server}openapi.json", "--checks", "all",
+         "--max-examples", examples, "--seed", "20261127", "--no-color", "--generation-database", "none"],
+        cwd=Path.cwd(), capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
     )
     report = result.stdout + result.stderr
     assert result.returncode == 0 and "No issues found" in report, report[-6000:]
