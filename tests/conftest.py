@@ -25,7 +25,16 @@ torch.set_num_threads(int(os.environ.get("RANLENS_TEST_THREADS", "2")))
 
 # The caller's settings must not steer the tests: RANLENS_* variables would change which weights the
 # app loads, its limits and its port. Removed at import, before any test module builds Settings.
-for _key in [k for k in os.environ if k.startswith("RANLENS_")]:
+# The variables that steer the tests themselves (RANLENS_TEST_THREADS, RANLENS_SCREENSHOTS,
+# RANLENS_SCHEMATHESIS_EXAMPLES) are not app settings and stay.
+TEST_CONTROLS = {"RANLENS_TEST_THREADS", "RANLENS_SCREENSHOTS", "RANLENS_SCHEMATHESIS_EXAMPLES"}
+
+
+def _app_settings_in_environment() -> list[str]:
+    return sorted(k for k in os.environ if k.upper().startswith("RANLENS_") and k.upper() not in TEST_CONTROLS)
+
+
+for _key in _app_settings_in_environment():
     del os.environ[_key]
 # A .env file is read from the working directory (pydantic-settings), so the tests run in an empty
 # one: entered when the session starts (after pytest has resolved its test paths against the
@@ -39,8 +48,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_from_the_caller(tmp_path_factory) -> Iterator[None]:
-    """Every test sees no RANLENS_* variable, no .env, and its own data cache (XDG_CACHE_HOME)."""
-    leaked = sorted(k for k in os.environ if k.startswith("RANLENS_"))
+    """Every test sees no RANLENS_* app setting, no .env, and its own data cache (XDG_CACHE_HOME)."""
+    leaked = _app_settings_in_environment()
     assert not leaked, f"RANLENS_* variables reappeared: {leaked}"
     assert Path.cwd() == Path(_WORKDIR.name).resolve()
     cache = tmp_path_factory.mktemp("xdg-cache")
