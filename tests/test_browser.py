@@ -64,12 +64,14 @@ def browser():
 
 
 @pytest.fixture(scope="session")
-def shots(tmp_path_factory) -> Path:
-    """Where screenshots go: never the work tree unless asked for with RANLENS_SCREENSHOTS."""
+def shots(request, tmp_path_factory) -> Path:
+    """Where screenshots go: never the work tree unless asked for with RANLENS_SCREENSHOTS (a relative
+    path is taken from where pytest was started: the tests themselves run in an empty directory)."""
     wanted = os.environ.get("RANLENS_SCREENSHOTS")
     if wanted:
-        Path(wanted).mkdir(parents=True, exist_ok=True)
-        return Path(wanted)
+        target = request.config.invocation_params.dir / wanted
+        target.mkdir(parents=True, exist_ok=True)
+        return target
     return tmp_path_factory.mktemp("screenshots")
 
 
