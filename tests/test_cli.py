@@ -21,7 +21,11 @@ from PIL import Image
 
 from ranlens.cli import build_parser
 from ranlens.model.train import TrainConfig
-from ranlens.model.weights import WEIGHTS_DIR
+from ranlens.model.weights import DEFAULT_WEIGHTS, WEIGHTS_DIR, get_weights
+
+DEFAULT = DEFAULT_WEIGHTS["attention56_cifar"]
+# a shipped checkpoint that is not the default: the default's parent stays beside it
+PARENT = get_weights("attention56_cifar", DEFAULT).recipe["warm_start"]["from"]
 
 from .conftest import CIFAR_FIXTURES, PHOTOS, RANLENS, running_server
 
@@ -53,7 +57,7 @@ def test_explain_writes_overlays_masks_and_manifest(tmp_path):
     assert result.returncode == 1, result.stderr  # one image failed, and says so
     assert f"skipped {bad}: " in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["model"] == "attention56_cifar" and manifest["weights"] == "attention56_cifar.v5"
+    assert manifest["model"] == "attention56_cifar" and manifest["weights"] == DEFAULT
     assert "corrupt" in manifest["images"][str(bad)]["error"]
     entry = manifest["images"][str(PHOTOS / "chelsea.jpg")]
     assert [m["module"] for m in entry["attention"]] == ["stage1.module1", "stage2.module1", "stage3.module1"]
@@ -137,7 +141,7 @@ def test_evaluate_on_the_committed_fixtures(tmp_path):
     result = ranlens("evaluate", "--data", str(CIFAR_FIXTURES), "--confusion", str(tmp_path / "confusion.png"))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"attention56_cifar.v5 on {CIFAR_FIXTURES} (test split)"
+    assert lines[0] == f"{DEFAULT} on {CIFAR_FIXTURES} (test split)"
     summary = re.fullmatch(r"test: (\d+) images  top-1 ([\d.]+)%  top-5 ([\d.]+)%", lines[1])
     assert summary, lines[1]
     images, top1, top5 = int(summary[1]), float(summary[2]), float(summary[3])
@@ -202,7 +206,7 @@ def test_missing_or_unreadable_files_give_one_line(tmp_path, case):
         "weights-unreadable": (["evaluate", "--data", str(CIFAR_FIXTURES), "--weights", str(junk)],
                                [f"cannot read weights manifest {junk}: Expecting"]),
         "weights-name": (["evaluate", "--data", str(CIFAR_FIXTURES), "--weights", "nope.v1"],
-                         ["unknown weights 'nope.v1'", "attention56_cifar.v5"]),
+                         ["unknown weights 'nope.v1'", DEFAULT]),
         "train-data": (["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--amp", "off"],
                        [str(missing)]),
     }[case]
@@ -242,10 +246,11 @@ def readyz(url: str) -> dict:
 
 
 def test_serve_loads_weights_named_in_the_environment(tmp_path):
-    with running_server([RANLENS, "serve"], RANLENS_WEIGHTS="attention56_cifar.v4") as url:
-        assert readyz(url)["weights"] == "attention56_cifar.v4"
+    assert PARENT != DEFAULT
+    with running_server([RANLENS, "serve"], RANLENS_WEIGHTS=PARENT) as url:
+        assert readyz(url)["weights"] == PARENT
     # by a manifest's path: a copy under another name, outside the shipped folder
-    manifest = json.loads((WEIGHTS_DIR / "attention56_cifar.v4.json").read_text())
+    manifest = json.loads((WEIGHTS_DIR / f"{PARENT}.json").read_text())
     shutil.copyfile(WEIGHTS_DIR / manifest["file"], tmp_path / "copy.safetensors")
     (tmp_path / "copy.json").write_text(json.dumps({**manifest, "name": "copied.v4", "file": "copy.safetensors"}))
     with running_server([RANLENS, "serve"], RANLENS_WEIGHTS=str(tmp_path / "copy.json")) as url:
@@ -259,7 +264,7 @@ def test_serve_behind_a_path_prefix():
                 return r.status, r.read()
 
         # as from a proxy that strips the prefix: routes answer, and links the browser follows carry it
-        assert readyz(url)["weights"] == "attention56_cifar.v5"
+        assert readyz(url)["weights"] == DEFAULT
         assert get("static/js/main.js")[0] == 200
         assert json.loads(get("openapi.json")[1])["servers"] == [{"url": "/ranlens"}]
         # the docs page links its schema and assets relatively, so behind the proxy they resolve under the prefix
