@@ -2,8 +2,8 @@
 
     python benchmarks/train_speed.py --threads 2 --steps 6
 
-Runs the project's real training step (channels_last input, SGD with Nesterov momentum, label-smoothed
-cross-entropy, ``torch.autocast("cpu", dtype=torch.bfloat16)`` for bf16) on random batches, so the
+Runs the project's own training step (``ranlens.model.train.train_step``: channels_last input, its SGD,
+label-smoothed cross-entropy, ``torch.autocast("cpu", dtype=torch.bfloat16)`` for bf16) on random batches, so the
 figure is the network's own speed, without data loading. fp32 and bf16 alternate in rounds so that a
 neighbour's load on the machine hits both alike; the ratio is the figure to compare across machines.
 """
@@ -15,22 +15,17 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ranlens.model import get_model
-from ranlens.model.train import resolve_amp
+from ranlens.model.train import TrainConfig, make_optimizer, resolve_amp, train_step
 
 
-def images_per_second(model, optimizer, batch: int, steps: int, amp: bool) -> float:
+def images_per_second(model, optimizer, batch: int, steps: int, amp: str) -> float:
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, x, y, label_smoothing=0.1, amp=amp)
 
     step()  # warm-up: kernel selection and allocator
     start = time.perf_counter()
@@ -54,11 +49,11 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(0)
         model = get_model(name, num_classes=10).to(memory_format=torch.channels_last).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        optimizer = make_optimizer(model, TrainConfig(lr=0.01))
         rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
         for _ in range(args.rounds):
             for mode in rates:
-                rates[mode].append(images_per_second(model, optimizer, args.batch, args.steps, mode == "bf16"))
+                rates[mode].append(images_per_second(model, optimizer, args.batch, args.steps, "bf16" if mode == "bf16" else "off"))
         fp32, bf16 = (statistics.median(rates[m]) for m in ("fp32", "bf16"))
         print(f"{name:<20} fp32 {fp32:7.1f} img/s   bf16 {bf16:7.1f} img/s   bf16/fp32 {bf16 / fp32:.2f}x")
 
