@@ -141,7 +141,7 @@ def test_noise_is_flagged_and_cifar_test_images_mostly_are_not(explainer):
 
 
 @pytest.mark.xfail(strict=True, reason="known limit of the energy score with these weights: noise at the input "
-                   "size (and up to about 128 px) is a confident 'frog' that scores above the threshold (README, "
+                   "size (up to 64 px) is a confident 'frog' that scores above the threshold (README, "
                    "'Honest about other subjects'); a checkpoint or method that flags it should update the README")
 def test_noise_at_the_input_size_is_flagged(explainer):
     flagged = [explainer.explain(noise(seed, 32)).out_of_distribution for seed in NOISE_SEEDS]
