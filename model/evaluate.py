@@ -59,6 +59,16 @@ class Evaluation:
         plt.close(fig)
 
 
+def split_logits(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",
+                 classes: tuple[str, ...] | None = None, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a whole split, read as ``evaluate`` reads it."""
+    loaded = load_split(data, split, size or model.config.reference_size, source)
+    if classes is not None and tuple(loaded.classes) != tuple(classes):
+        raise ValueError(f"data classes {loaded.classes} differ from the model's {classes}")
+    with torch.inference_mode():  # no autograd graph: 50,000 training images would not fit in memory
+        return evaluate_split(model, loaded, mean, std, desc=f"scoring {split}")
+
+
 def evaluate(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",
              classes: tuple[str, ...] | None = None, size: int | None = None) -> Evaluation:
     """``size``: the weights' input size (images are resized and centre-cropped to it as at

@@ -18,8 +18,9 @@ from PIL import Image
 from . import render
 from .network import ResidualAttentionNet, describe
 from .preprocess import center_crop
+from .ood import OODCalibration, OODError, energy_score
 from .registry import get_model
-from .weights import Weights, resolve_weights
+from .weights import Weights, WeightsError, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,17 @@ class Explanation:
     probabilities: np.ndarray
     attention: list[ModuleAttention]
     timing_ms: dict[str, float] = field(default_factory=dict)
+    ood_score: float = float("nan")  # T * logsumexp(logits / T): higher = more like the training images
+    ood: OODCalibration | None = None  # None: the weights have no calibration, so no verdict
+
+    @property
+    def ood_threshold(self) -> float | None:
+        return None if self.ood is None else self.ood.threshold
+
+    @property
+    def out_of_distribution(self) -> bool | None:
+        """True: unlike the training images, the classes are a forced choice; None: not calibrated."""
+        return None if self.ood is None else self.ood.flagged(self.ood_score)
 
     def top(self, k: int) -> list[Prediction]:
         return self.predictions[:k]
@@ -82,6 +94,9 @@ class Explanation:
         return {
             "input": f"{stem}.input.png",
             "predictions": [p.__dict__ for p in self.predictions[:5]],
+            "ood_score": round(self.ood_score, 4),
+            "ood_threshold": self.ood_threshold,
+            "out_of_distribution": self.out_of_distribution,
             "attention": modules,
         }
 
@@ -94,6 +109,10 @@ class Explainer:
         self.weights = weights
         self.preprocess = weights.transforms()
         self.modules = describe(model, (weights.input_size, weights.input_size))
+        try:
+            self.ood = None if weights.ood is None else OODCalibration.from_manifest(weights.ood)
+        except OODError as exc:
+            raise WeightsError(f"weights {weights.name}: {exc}") from exc
 
     @classmethod
     def load(cls, arch: str = "attention56_cifar", weights: str = "DEFAULT") -> Explainer:
@@ -112,6 +131,8 @@ class Explainer:
         with torch.inference_mode():
             out = self.model.forward_intermediates(x, masks_off=masks_off)
             probs = torch.softmax(out.logits[0], dim=0).numpy()
+            temperature = 1.0 if self.ood is None else self.ood.temperature
+            score = float(energy_score(out.logits[0], temperature))
         t2 = time.perf_counter()
         order = np.argsort(-probs, kind="stable")
         predictions = [Prediction(int(i), self.weights.classes[i], float(probs[i])) for i in order]
@@ -123,6 +144,8 @@ class Explainer:
             model=self.name, weights=self.weights.name, image=image, model_input=crop,
             predictions=predictions, probabilities=probs, attention=attention,
             timing_ms={"preprocess": 1000 * (t1 - t0), "inference": 1000 * (t2 - t1)},
+            # the calibration holds for the intact network only: an ablated one gets a score, no verdict
+            ood_score=score, ood=None if masks_off else self.ood,
         )
 
     def ablate(self, image: Image.Image, top_k: int = 5) -> dict:
@@ -154,6 +177,7 @@ class Explainer:
             "name": w.arch, "weights": w.name, "sha256": w.sha256, "classes": list(w.classes),
             "input_size": [w.input_size, w.input_size], "mean": list(w.mean), "std": list(w.std),
             "modules": self.modules, "metrics": w.metrics, "recipe": w.recipe,
+            "ood": None if self.ood is None else self.ood.manifest(),
         }
 
 

@@ -72,6 +72,8 @@ class Weights:
     std: tuple[float, float, float]
     recipe: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # the out-of-distribution calibration (``ranlens calibrate-ood``); None: not calibrated yet
+    ood: dict[str, Any] | None = None
     url: str | None = None
     directory: Path = WEIGHTS_DIR
 
@@ -85,6 +87,8 @@ class Weights:
     def manifest(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("directory")
+        if data["ood"] is None:  # manifests written before calibration existed stay as they were
+            data.pop("ood")
         return data
 
     def write_manifest(self) -> Path:

@@ -1,4 +1,4 @@
-"""The ``ranlens`` command: train, evaluate, export, explain, figure, curves, serve.
+"""The ``ranlens`` command: train, evaluate, calibrate-ood, export, explain, figure, curves, serve.
 
 It sits above both sides: it uses ``ranlens.model`` and starts ``ranlens.app``; neither imports it.
 """
@@ -58,6 +58,47 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.write_metrics:
         updated = Weights(**{**weights.__dict__, "metrics": result.metrics(dataset)})
         print(f"metrics written to {updated.write_manifest()}")
+
+
+def _calibrate_ood(args: argparse.Namespace) -> None:
+    """Chooses the out-of-distribution threshold on the train split and records it in the manifest."""
+    from ranlens.model.evaluate import split_logits
+    from ranlens.model.explainer import Explainer
+    from ranlens.model.imaging import ImageError, decode_image
+    from ranlens.model.ood import calibrate
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, weights = _load(args)
+    examples = []
+    for path in map(Path, args.examples):  # read first: a wrong path should not cost a pass over the data
+        try:
+            examples.append((path, decode_image(path.read_bytes(), args.max_pixels)))
+        except ImageError as exc:
+            raise CommandError(f"{path}: {_one_line(exc)}") from exc
+    read = dict(mean=weights.mean, std=weights.std, source=args.source, classes=weights.classes,
+                size=weights.input_size)
+    train_logits, _ = split_logits(model, args.data, "train", **read)
+    test_logits = None if args.no_test else split_logits(model, args.data, "test", **read)[0]
+    dataset = args.dataset or str(args.data)
+    result = calibrate(train_logits, data=dataset, test_logits=test_logits, tpr=args.tpr,
+                       temperature=args.temperature)
+    print(f"{weights.name}: energy score (T = {result.temperature:g}; higher = more like the training images)")
+    print(f"  threshold {result.threshold:.4f} keeps {100 * result.train_tpr:.2f}% of "
+          f"{result.train_images} training images in-distribution")
+    if result.test_fraction_flagged is not None:
+        print(f"  test split: {100 * result.test_fraction_flagged:.2f}% of {result.test_images} images flagged")
+    updated = Weights(**{**weights.__dict__, "ood": result.manifest()})
+    explainer = Explainer(model, updated)  # as the app will judge pictures with the new calibration
+    for path, image in examples:
+        seen = explainer.explain(image)
+        verdict = "OUT OF DISTRIBUTION" if seen.out_of_distribution else "in distribution"
+        print(f"  {path}: score {seen.ood_score:.4f}  {verdict}  (top: {seen.predictions[0].label} "
+              f"{100 * seen.predictions[0].probability:.1f}%)")
+    if args.dry_run:
+        return
+    print(f"calibration written to {updated.write_manifest()}")
 
 
 def _train_command(config: dict) -> str:
@@ -172,6 +213,16 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def _ood_line(result) -> str:
+    """The out-of-distribution verdict on one picture, for a person reading the output."""
+    if result.out_of_distribution is None:
+        return f"out-of-distribution score {result.ood_score:.2f}; no verdict: these weights have no OOD calibration"
+    if result.out_of_distribution:
+        return (f"OUT OF DISTRIBUTION: score {result.ood_score:.2f} < threshold {result.ood_threshold:.2f}; "
+                f"unlike the training images, the classes are a forced choice")
+    return f"in distribution: score {result.ood_score:.2f} >= threshold {result.ood_threshold:.2f}"
+
+
 def _explain(args: argparse.Namespace) -> None:
     """Overlays, raw masks and a JSON manifest for a batch of images."""
     from tqdm import tqdm
@@ -202,6 +253,7 @@ def _explain(args: argparse.Namespace) -> None:
         manifest["images"][str(path)] = result.save(out, stem, args.colormap, args.alpha)
         top = ", ".join(f"{p.label} {100 * p.probability:.1f}%" for p in result.top(args.top))
         tqdm.write(f"{path}: {top}")
+        tqdm.write(f"  {_ood_line(result)}")
     write_manifest(manifest, out / "manifest.json")
     print(f"wrote {len(paths) - failed} explanations and {out / 'manifest.json'}")
     if failed:
@@ -330,6 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--confusion", help="also write the confusion matrix as a PNG here")
     e.add_argument("--write-metrics", action="store_true", help="record the result in the weights manifest")
     e.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+
+    o = command("calibrate-ood", "choose the out-of-distribution threshold on the train split (energy score) "
+                "and record it in the weights manifest", _calibrate_ood)
+    _add_weights_args(o)
+    o.add_argument("--data", required=True, help="DATA/train/<class>/* and DATA/test/<class>/*")
+    o.add_argument("--source", default="folder", choices=["folder", "torchvision"], help="how to read --data")
+    o.add_argument("--dataset", help="name recorded with the calibration (default: the --data path)")
+    o.add_argument("--tpr", type=float, default=0.95, help="fraction of training images kept in-distribution")
+    o.add_argument("--temperature", type=float, default=1.0, help="energy temperature T")
+    o.add_argument("--examples", nargs="*", default=[], help="also print the scores of these images")
+    o.add_argument("--no-test", action="store_true", help="skip the test split (no fraction flagged is recorded)")
+    o.add_argument("--dry-run", action="store_true", help="print the calibration, leave the manifest alone")
+    o.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
+    o.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
 
     x = command("export", "ship a run's checkpoint as WEIGHTS_DIR/NAME.safetensors with a manifest", _export)
     x.add_argument("run", help="the run folder (ranlens train --out)")

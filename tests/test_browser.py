@@ -399,6 +399,23 @@ def test_example_gallery_and_bad_upload_message(server, browser, tmp_path):
     page.close()
 
 
+def test_out_of_distribution_warning_for_noise_and_not_for_a_cifar_image(server, browser, tmp_path):
+    noise = tmp_path / "noise.png"  # photo-sized: noise made at 32x32 passes as a frog (tests/test_ood.py)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(noise)
+    page, watch = open_page(browser, server)
+    upload(page, noise)
+    assert page.is_visible("#ood-warning") and not page.is_visible("#ood-missing")
+    warning = page.inner_text("#ood-warning")
+    assert "looks unlike the" in warning and "forced choice" in warning and "below" in warning
+    wait_for_ablation(page)  # else the next upload would (rightly) cancel it
+    run_axe(page)  # the warning's colours and markup too
+    upload(page, PHOTOS / "cifar10-cat.jpg")
+    assert not page.is_visible("#ood-warning") and not page.is_visible("#ood-missing")
+    wait_for_ablation(page)
+    watch.check()
+    page.close()
+
+
 def test_a_newer_upload_cancels_the_older_one(server, browser):
     page, watch = open_page(browser, server)
     held = []

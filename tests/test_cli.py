@@ -29,7 +29,7 @@ PARENT = get_weights("attention56_cifar", DEFAULT).recipe["warm_start"]["from"]
 
 from .conftest import CIFAR_FIXTURES, PHOTOS, RANLENS, running_server
 
-COMMANDS = {"train", "evaluate", "export", "explain", "figure", "curves", "serve"}
+COMMANDS = {"train", "evaluate", "calibrate-ood", "export", "explain", "figure", "curves", "serve"}
 
 
 def ranlens(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -163,7 +163,7 @@ def test_version_from_the_script_and_the_module():
 def test_help_lists_every_command():
     result = subprocess.run([RANLENS, "--help"], capture_output=True, text=True, timeout=120)
     # the commands section, not the description, must list each command
-    listed = {m[1] for m in re.finditer(r"^ {4}(\w+) ", result.stdout, re.M)}
+    listed = {m[1] for m in re.finditer(r"^ {4}([\w-]+)(?: |$)", result.stdout, re.M)}
     assert listed == COMMANDS, result.stdout
 
 

@@ -77,7 +77,19 @@ class AttentionOut(ModuleMask):
     mask: list[list[float]] | None = Field(None, description="channel-reduced mask values, with masks=true")
 
 
-class PredictResponse(BaseModel):
+class OODVerdict(BaseModel):
+    """How much the picture looks like the training images (energy score, Liu et al. 2020)."""
+
+    ood_score: float = Field(description="logsumexp of the logits (the negative energy, T = 1): higher = more "
+                                         "like the training images", examples=[7.93])
+    ood_threshold: float | None = Field(description="scores below it are out of distribution; null when the "
+                                                    "weights have no calibration", examples=[6.12])
+    out_of_distribution: bool | None = Field(
+        description="true: the picture looks unlike the training images, so the classes are a forced choice; "
+                    "null: the weights have no out-of-distribution calibration (run ranlens calibrate-ood)")
+
+
+class PredictResponse(OODVerdict):
     model: str
     weights: str
     predictions: list[PredictionOut]
@@ -107,7 +119,7 @@ class Images(BaseModel):
     model_input: str = Field(description="PNG data URI of the crop the model saw, at its input size")
 
 
-class ExplainResponse(BaseModel):
+class ExplainResponse(OODVerdict):
     model: str
     weights: str
     image: ImageSize = Field(description="the upload's size, orientation applied")
@@ -184,6 +196,21 @@ class ModuleInfo(BaseModel):
     shape: Shape
 
 
+class OODCalibration(BaseModel):
+    """Where the out-of-distribution line is drawn, chosen on the training split (ranlens calibrate-ood)."""
+
+    method: Literal["energy"]
+    score: str = Field(description="how the score is computed")
+    temperature: float = Field(gt=0)
+    threshold: float = Field(description="scores below it are out of distribution")
+    tpr_target: float = Field(gt=0, le=1, description="the fraction of training images meant to stay in")
+    train_tpr: float = Field(ge=0, le=1, description="the fraction of training images at or above the threshold")
+    test_fraction_flagged: float | None = Field(ge=0, le=1, description="the fraction of test images flagged")
+    data: str = Field(examples=["CIFAR-10 (JPEG q75 copy)"])
+    train_images: int
+    test_images: int | None
+
+
 class ModelInfo(BaseModel):
     name: str
     weights: str
@@ -195,6 +222,8 @@ class ModelInfo(BaseModel):
     modules: list[ModuleInfo]
     metrics: dict
     recipe: dict
+    ood: OODCalibration | None = Field(description="null: these weights have no out-of-distribution calibration, "
+                                                   "so predictions carry no verdict (run ranlens calibrate-ood)")
 
 
 class ModelList(BaseModel):

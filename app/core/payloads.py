@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranlens.model import render
-from ranlens.model.explainer import Explainer
+from ranlens.model.explainer import Explainer, Explanation
 from ranlens.model.imaging import decode_image
 from ranlens.model.preprocess import center_crop
 
@@ -33,6 +33,11 @@ class DisplayOptions:
 
 def _ms(seconds: float) -> float:
     return 1000 * seconds
+
+
+def _ood(result: Explanation) -> dict:
+    return {"ood_score": round(result.ood_score, 4), "ood_threshold": result.ood_threshold,
+            "out_of_distribution": result.out_of_distribution}
 
 
 def predict(explainer: Explainer, image: bytes, content_type: str, *, max_pixels: int, display_size: int,
@@ -59,6 +64,7 @@ def predict(explainer: Explainer, image: bytes, content_type: str, *, max_pixels
     return {
         "model": result.model, "weights": result.weights,
         "predictions": [p.__dict__ for p in result.top(top_k)],
+        **_ood(result),
         "attention": attention,
         "timing_ms": {"decode": _ms(t1 - t0), **result.timing_ms, "render": _ms(t3 - t2), "total": _ms(t3 - started)},
     }
@@ -97,6 +103,7 @@ def explain(explainer: Explainer, image: bytes, content_type: str, *, max_pixels
         "image": {"width": picture.width, "height": picture.height},
         "images": images,
         "predictions": [p.__dict__ for p in result.predictions],
+        **_ood(result),
         "attention": attention,
         "timing_ms": {"decode": _ms(t1 - t0), **result.timing_ms, "total": _ms(time.perf_counter() - started)},
     }

@@ -128,8 +128,19 @@ function showPredictions(p) {
     li.append(label, bar, value);
     return li;
   }));
+  showOutOfDistribution(p);
   const t = p.timing_ms;
   $("timing").textContent = `Server time ${t.total.toFixed(0)} ms (model ${t.inference.toFixed(0)} ms).`;
+}
+
+/** A plain warning when the picture scores below the training images' threshold; a note when the
+ *  weights have no calibration (out_of_distribution null). */
+function showOutOfDistribution(p) {
+  $("ood-warning").hidden = p.out_of_distribution !== true;
+  $("ood-missing").hidden = p.out_of_distribution !== null;
+  $("ood-detail").textContent = p.out_of_distribution
+    ? `Its score ${p.ood_score.toFixed(2)} is below ${p.ood_threshold.toFixed(2)}, which 95% of the training images reach.`
+    : "";
 }
 
 // ---- one analysis: explain, draw, then the ablation; a newer one cancels it

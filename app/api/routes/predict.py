@@ -18,7 +18,9 @@ from ranlens.model import render
 router = APIRouter(prefix="/api/v1", tags=["predict"])
 
 
-@router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
+# exclude_unset, not exclude_none: overlay and mask are left out unless asked for, while a null
+# out_of_distribution (weights not calibrated) is an answer and stays
+@router.post("/predict", response_model=PredictResponse, response_model_exclude_unset=True,
              openapi_extra=UPLOAD_BODY, responses=UPLOAD_PROBLEMS,
              summary="Classify an image and report every attention module's soft mask")
 async def predict(

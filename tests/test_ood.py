@@ -1,0 +1,239 @@
+"""Out-of-distribution scores: the energy score, the threshold chosen on training data, and the verdict
+the model, the API and the command line give on pictures unlike the training images."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from ranlens.app.core.config import Settings
+from ranlens.app.main import create_app
+from ranlens.model.explainer import Explainer
+from ranlens.model.imaging import decode_image
+from ranlens.model.ood import OODCalibration, OODError, calibrate, energy_score, kept_fraction, threshold_for_tpr
+from ranlens.model.weights import Weights, WeightsError, get_weights
+
+from .conftest import CIFAR_FIXTURES, PHOTOS
+
+NOISE_SEEDS = range(5)
+THREADS = int(os.environ.get("RANLENS_TEST_THREADS", "2"))
+
+
+def noise(seed: int, size: int = 256) -> Image.Image:
+    """Uniform noise as a picture someone might upload: the model sees it shrunk to 32x32, which
+    averages neighbouring pixels into a softer noise. (Noise made at 32x32 itself is not flagged:
+    see the expected failure below.)"""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def uncalibrated_manifest(directory: Path) -> Path:
+    """The default weights under another name, with their manifest as it was before calibration."""
+    shipped = get_weights("attention56_cifar", "DEFAULT")
+    (directory / shipped.file).symlink_to(shipped.path)
+    copy = dataclasses.replace(shipped, name="uncalibrated", ood=None, directory=directory)
+    return copy.write_manifest()
+
+
+# ---- the pure functions
+
+def test_energy_score_is_logsumexp_of_the_logits_computed_by_hand():
+    logits = [1.0, 2.0, 3.0]
+    by_hand = math.log(math.exp(1) + math.exp(2) + math.exp(3))
+    assert float(energy_score(logits)) == pytest.approx(by_hand, abs=1e-12)
+    # temperature T: T * log sum exp(l / T)
+    assert float(energy_score(logits, temperature=2.0)) == pytest.approx(
+        2 * math.log(sum(math.exp(v / 2) for v in logits)), abs=1e-12)
+    # one score per row, and no overflow for logits exp() cannot hold
+    scores = energy_score(torch.tensor([[1000.0, 1000.0], [0.0, 0.0]]))
+    assert scores.tolist() == pytest.approx([1000 + math.log(2), math.log(2)])
+    with pytest.raises(OODError, match="temperature"):
+        energy_score(logits, temperature=0)
+
+
+@pytest.mark.parametrize("n", [1, 19, 20, 21, 101, 10_000])
+def test_threshold_keeps_95_percent_of_a_sample(n):
+    scores = np.random.default_rng(n).normal(8, 2, n)
+    threshold = threshold_for_tpr(scores, 0.95)
+    kept = kept_fraction(scores, threshold)
+    assert kept >= 0.95
+    # and no more than the one score the floor lets in, plus the rounding of the threshold to 4 decimals
+    assert (scores >= threshold).sum() <= math.ceil(0.95 * n) + 1
+    assert threshold == round(threshold, 4)
+
+
+def test_threshold_with_ties_and_impossible_rates():
+    assert kept_fraction(np.full(40, 3.0), threshold_for_tpr(np.full(40, 3.0))) == 1.0
+    with pytest.raises(OODError, match="tpr"):
+        threshold_for_tpr([1.0, 2.0], tpr=0)
+    with pytest.raises(OODError, match="no scores"):
+        threshold_for_tpr([])
+
+
+def test_calibrate_records_what_it_measured():
+    rng = np.random.default_rng(0)
+    train, test = torch.from_numpy(rng.normal(0, 3, (2000, 10))), torch.from_numpy(rng.normal(0, 1, (500, 10)))
+    result = calibrate(train, data="synthetic", test_logits=test)
+    assert result.method == "energy" and result.temperature == 1.0 and result.data == "synthetic"
+    assert result.train_images == 2000 and result.test_images == 500
+    assert result.train_tpr == round(kept_fraction(energy_score(train), result.threshold), 4) >= 0.95
+    # the test logits are flatter, so their scores are lower and many fall below the line
+    assert result.test_fraction_flagged == round(1 - kept_fraction(energy_score(test), result.threshold), 4) > 0.3
+    assert OODCalibration.from_manifest(json.loads(json.dumps(result.manifest()))) == result
+    assert result.flagged(result.threshold - 1e-6) and not result.flagged(result.threshold)
+
+
+def test_a_calibration_that_cannot_be_used_is_refused():
+    good = calibrate(torch.zeros(20, 10), data="zeros").manifest()
+    with pytest.raises(OODError, match="unknown OOD method 'mahalanobis'"):
+        OODCalibration.from_manifest({**good, "method": "mahalanobis"})
+    with pytest.raises(OODError, match="threshold"):
+        OODCalibration.from_manifest({**good, "threshold": None})
+    with pytest.raises(OODError, match="unreadable"):
+        OODCalibration.from_manifest({k: v for k, v in good.items() if k != "threshold"})
+
+
+# ---- the shipped model
+
+def test_the_default_weights_ship_a_calibration_made_on_their_training_data():
+    weights = get_weights("attention56_cifar", "DEFAULT")
+    assert weights.ood is not None, f"{weights.name} has no ood entry: run ranlens calibrate-ood"
+    cal = OODCalibration.from_manifest(weights.ood)
+    assert cal.method == "energy" and cal.temperature == 1.0 and cal.tpr_target == 0.95
+    assert 0.95 <= cal.train_tpr < 0.96 and cal.train_images == 50_000 and cal.test_images == 10_000
+    # held-out images score a little lower than the ones trained on, so somewhat more than 5% fall out
+    assert 0.03 < cal.test_fraction_flagged < 0.3
+    assert "CIFAR-10" in cal.data
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    return Explainer.load()
+
+
+def test_noise_is_flagged_and_cifar_test_images_mostly_are_not(explainer):
+    for seed in NOISE_SEEDS:
+        result = explainer.explain(noise(seed))
+        assert result.out_of_distribution is True, (seed, result.ood_score, result.ood_threshold)
+    fixtures = sorted(CIFAR_FIXTURES.glob("*/*.jpg"))
+    assert len(fixtures) == 30
+    flagged = [p for p in fixtures if explainer.explain(decode_image(p.read_bytes(), 10**6)).out_of_distribution]
+    # about 6% of the full test split is flagged; 20% leaves room for 30 images' luck
+    assert len(flagged) <= 0.2 * len(fixtures), flagged
+
+
+@pytest.mark.xfail(strict=True, reason="known limit of the energy score with these weights: noise at the input "
+                   "size (up to 64 px) is a confident 'frog' that scores above the threshold (README, "
+                   "'Honest about other subjects'); a checkpoint or method that flags it should update the README")
+def test_noise_at_the_input_size_is_flagged(explainer):
+    flagged = [explainer.explain(noise(seed, 32)).out_of_distribution for seed in NOISE_SEEDS]
+    assert all(flagged), flagged
+
+
+def test_uncalibrated_weights_still_predict_with_no_verdict(tmp_path):
+    manifest = uncalibrated_manifest(tmp_path)
+    assert "ood" not in json.loads(manifest.read_text())
+    weights = Weights.from_manifest(manifest)
+    assert weights.ood is None
+    loaded = Explainer.load(weights=str(manifest))
+    result = loaded.explain(noise(0))
+    assert result.out_of_distribution is None and result.ood_threshold is None
+    assert math.isfinite(result.ood_score) and result.predictions[0].label
+    assert loaded.metadata()["ood"] is None
+    broken = dataclasses.replace(weights, ood={"method": "energy"})
+    with pytest.raises(WeightsError, match="uncalibrated: unreadable OOD calibration"):
+        Explainer(loaded.model, broken)
+
+
+# ---- the API
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(Settings(torch_threads=THREADS))) as c:
+        yield c
+
+
+def _post(client, route: str, data: bytes, name: str, ctype: str):
+    response = client.post(route, files={"file": (name, data, ctype)})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_api_reports_the_score_threshold_and_verdict(client):
+    calibration = get_weights("attention56_cifar", "DEFAULT").ood
+    models = client.get("/api/v1/models").json()["models"]
+    assert models[0]["ood"] == calibration
+    assert client.get("/api/v1/models/attention56_cifar").json()["ood"] == calibration
+    cat = (PHOTOS / "cifar10-cat.jpg").read_bytes()
+    for route in ("/api/v1/predict", "/api/v1/explain"):
+        flagged = _post(client, route, png(noise(1)), "noise.png", "image/png")
+        assert flagged["out_of_distribution"] is True and flagged["ood_threshold"] == calibration["threshold"]
+        assert flagged["ood_score"] < calibration["threshold"]
+        kept = _post(client, route, cat, "cat.jpg", "image/jpeg")
+        assert kept["out_of_distribution"] is False and kept["ood_score"] >= calibration["threshold"]
+
+
+def test_api_says_when_the_weights_have_no_calibration(tmp_path):
+    settings = Settings(weights=str(uncalibrated_manifest(tmp_path)), torch_threads=THREADS)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/v1/models").json()["models"][0]["ood"] is None
+        body = _post(client, "/api/v1/predict", png(noise(0)), "noise.png", "image/png")
+        # null, not left out: "no calibration" is an answer
+        assert body["out_of_distribution"] is None and body["ood_threshold"] is None
+        assert isinstance(body["ood_score"], float)
+        assert "overlay" not in body["attention"][0] and "mask" not in body["attention"][0]
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        assert "calibrate-ood" in schema["PredictResponse"]["properties"]["out_of_distribution"]["description"]
+
+
+# ---- the command line
+
+def ranlens(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ranlens", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_calibrate_ood_writes_only_the_ood_entry_and_explain_prints_the_verdict(tmp_path):
+    manifest = uncalibrated_manifest(tmp_path)
+    before = json.loads(manifest.read_text())
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "test"):  # the committed fixtures stand in for both splits
+        (data / split).symlink_to(CIFAR_FIXTURES, target_is_directory=True)
+    result = ranlens("calibrate-ood", "--weights", str(manifest), "--data", str(data), "--dataset", "fixtures",
+                     "--threads", str(THREADS), "--examples", str(PHOTOS / "cifar10-cat.jpg"))
+    assert result.returncode == 0, result.stderr
+    after = json.loads(manifest.read_text())
+    assert {k: v for k, v in after.items() if k != "ood"} == before
+    cal = OODCalibration.from_manifest(after["ood"])
+    assert cal.data == "fixtures" and cal.train_images == 30 and cal.test_images == 30
+    # 95% of 30 is 28.5: at most one image may fall below, and the test split is the same images
+    assert cal.train_tpr >= 0.95 and cal.test_fraction_flagged == pytest.approx(1 - cal.train_tpr, abs=1e-4)
+    assert f"threshold {cal.threshold:.4f} keeps {100 * cal.train_tpr:.2f}% of 30 training images" in result.stdout
+    assert f"{PHOTOS / 'cifar10-cat.jpg'}: score " in result.stdout
+
+    out = tmp_path / "out"
+    explained = ranlens("explain", str(PHOTOS / "cifar10-cat.jpg"), "--out", str(out), "--threads", str(THREADS))
+    assert explained.returncode == 0, explained.stderr
+    lines = explained.stdout.splitlines()
+    verdict = lines[lines.index(next(x for x in lines if x.startswith(str(PHOTOS / "cifar10-cat.jpg")))) + 1]
+    entry = json.loads((out / "manifest.json").read_text())["images"][str(PHOTOS / "cifar10-cat.jpg")]
+    assert entry["out_of_distribution"] is False and verdict.startswith("  in distribution: score ")
+    assert entry["ood_threshold"] == get_weights("attention56_cifar", "DEFAULT").ood["threshold"]
