@@ -46,7 +46,7 @@ class ModuleAttention:
         return (int(self.mask.shape[1]), int(self.mask.shape[2]))
 
     def reduced(self, reduction: str = "mean", channel: int = 0) -> np.ndarray:
-        return render.reduce_mask(self.mask, reduction, channel)
+        return render.reduce_mask(self.mask, reduction, channel, trunk=self.trunk)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A figure of every attention module's channel-mean soft mask over a set of images."""
+"""A figure of every attention module's soft mask, reduced to one map (channel mean by default), over images."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import torch
 
 from .imaging import decode_image
 from .network import ResidualAttentionNet
+from .render import reduce_mask
 from .weights import Weights
 
 
 def mask_figure(model: ResidualAttentionNet, weights: Weights, images: list[Path], out: Path,
-                cmap: str = "viridis", max_pixels: int = 40_000_000) -> list[dict]:
-    """Rows: images; columns: the crop the model sees, then each module's channel-mean mask
-    (own colour scale, range in the title), then the top prediction. Returns per-mask statistics.
+                cmap: str = "viridis", max_pixels: int = 40_000_000, reduction: str = "mean") -> list[dict]:
+    """Rows: images; columns: the crop the model sees, then each module's mask reduced by ``reduction``
+    (``mean`` over channels, or ``added``: the mean of M * |T|; own colour scale, range in the title),
+    with the top prediction over the crop. Returns per-mask statistics (``mean_*`` are the shown map's).
 
     Images are decoded as the app decodes uploads (EXIF orientation, transparency on white, first
     frame) and preprocessed by the weights' own transforms, so the figure shows what the app shows.
@@ -40,11 +42,11 @@ def mask_figure(model: ResidualAttentionNet, weights: Weights, images: list[Path
         axes[row, 0].imshow(crop)
         axes[row, 0].set_title(f"{path.name}\n→ {weights.classes[top]} {100 * float(probs[top]):.0f}%", fontsize=8)
         for col, a in enumerate(result.attention, start=1):
-            mean = a.mask[0].mean(0).numpy()
+            mean = reduce_mask(a.mask[0].numpy(), reduction, trunk=a.trunk[0].numpy())
             ax = axes[row, col]
             ax.imshow(crop, extent=(0, 1, 1, 0))
             im = ax.imshow(mean, cmap=cmap, alpha=0.6, interpolation="bilinear", extent=(0, 1, 1, 0))
-            ax.set_title(f"{a.name} {a.resolution[0]}x{a.resolution[1]}\n{mean.min():.3f}–{mean.max():.3f}",
+            ax.set_title(f"{a.name} {a.resolution[0]}x{a.resolution[1]} {reduction}\n{mean.min():.3f}–{mean.max():.3f}",
                          fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
             full = a.mask[0].numpy()

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 COLORMAPS = ("viridis", "inferno", "magma", "plasma", "cividis", "gray", "jet")
-REDUCTIONS = ("mean", "max", "channel")
+REDUCTIONS = ("mean", "max", "channel", "added")
 
 
 @lru_cache
@@ -23,10 +23,20 @@ def colormap_lut(name: str) -> np.ndarray:
     return (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
-def reduce_mask(mask: np.ndarray, reduction: str = "mean", channel: int = 0) -> np.ndarray:
-    """(C, h, w) soft mask to one (h, w) map: channel mean, channel max, or one channel."""
+def reduce_mask(mask: np.ndarray, reduction: str = "mean", channel: int = 0,
+                trunk: np.ndarray | None = None) -> np.ndarray:
+    """(C, h, w) soft mask to one (h, w) map: channel mean, channel max, one channel, or ``added``.
+
+    ``added`` is each position's mean over channels of M * |T|, the part ``(1 + M) * T`` adds to the
+    trunk's magnitude: where the mask changes the features, which the plain mean hides (a high M on a
+    channel that is silent there changes nothing). It needs the trunk output ``trunk``.
+    """
     if mask.ndim != 3:
         raise ValueError(f"mask must be (C, h, w), got shape {mask.shape}")
+    if reduction == "added":
+        if trunk is None or trunk.shape != mask.shape:
+            raise ValueError(f"reduction 'added' needs the trunk output of the mask's shape {mask.shape}")
+        return (mask * np.abs(trunk)).mean(axis=0)
     if reduction == "mean":
         return mask.mean(axis=0)
     if reduction == "max":

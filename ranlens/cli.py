@@ -264,9 +264,10 @@ def _figure(args: argparse.Namespace) -> None:
     from ranlens.model.figures import mask_figure
 
     model, weights = _load(args)
-    stats = mask_figure(model, weights, [Path(p) for p in args.images], Path(args.out), max_pixels=args.max_pixels)
+    stats = mask_figure(model, weights, [Path(p) for p in args.images], Path(args.out), max_pixels=args.max_pixels,
+                        reduction=args.reduction)
     for row in stats:
-        print(f"{row['image']:<24} {row['module']:<16} channel-mean {row['mean_min']:.3f}..{row['mean_max']:.3f}"
+        print(f"{row['image']:<24} {row['module']:<16} {args.reduction} {row['mean_min']:.3f}..{row['mean_max']:.3f}"
               f"  all channels {row['all_min']:.3f}..{row['all_max']:.3f} (std {row['all_std']:.3f})")
     print(f"figure written to {args.out}")
 
@@ -413,11 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="how many predictions to print per image")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
 
-    f = command("figure", "a PNG of every module's channel-mean mask over some images", _figure)
+    f = command("figure", "a PNG of every module's mask (channel mean, or what it adds) over some images", _figure)
     f.add_argument("images", nargs="+", help="image files, one row each")
     f.add_argument("--out", required=True, help="the PNG to write")
     _add_weights_args(f)
     f.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
+    f.add_argument("--reduction", choices=["mean", "added"], default="mean",
+                   help="channel mean of M, or added: each position's mean of M * |T|")
 
     c = command("curves", "training curves of one run or a chain of warm-started runs, as a PNG", _curves)
     c.add_argument("runs", nargs="+", help="run folders or metrics JSON files, oldest first")

@@ -102,6 +102,26 @@ def test_predict_with_overlays_and_masks(client):
         assert overlay.size == (256, 256)
 
 
+def test_added_reduction_is_the_mean_of_mask_times_trunk_magnitude(client):
+    import torch
+
+    from ranlens.model import get_model
+    from ranlens.model.weights import get_weights
+
+    body = post(client, corpus.png(corpus.photo()), reduction="added", masks="true").json()
+    weights = client.get("/api/v1/models").json()["models"][0]["weights"]
+    model = get_model("attention56_cifar", weights=weights)
+    preprocess = get_weights("attention56_cifar", weights).transforms()
+    with torch.no_grad():
+        out = model.forward_intermediates(preprocess(corpus.photo()).unsqueeze(0))
+    for entry, a in zip(body["attention"], out.attention):
+        expected = (a.mask[0] * a.trunk[0].abs()).mean(0).numpy()
+        assert entry["reduction"] == "added"
+        np.testing.assert_allclose(np.array(entry["mask"]), expected, atol=1e-4)
+        # not the channel mean of M: the two maps differ
+        assert not np.allclose(expected, a.mask[0].mean(0).numpy(), atol=1e-3)
+
+
 def test_channel_reduction(client):
     body = post(client, corpus.png(corpus.photo()), reduction="channel", channel=5, masks="true").json()
     assert all(a["reduction"] == "channel 5" for a in body["attention"])

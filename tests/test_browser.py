@@ -239,7 +239,10 @@ def test_upload_photo_see_modules_classes_and_display_controls(server, browser, 
     assert panels.count() == 3
     assert [panels.nth(i).locator("h3").inner_text() for i in range(3)] == MODULES
     assert "32×32" in panels.nth(0).inner_text() and "8×8" in panels.nth(2).inner_text()
-    assert page.inner_text("#module-stage1-module1 .shows") == "Shows mean over 64 channels."
+    # the page opens on what the mask adds (README: the channel mean reads as "avoids the object")
+    assert page.input_value("#reduction") == "added"
+    assert page.inner_text("#module-stage1-module1 .shows") == \
+        "Shows what the mask adds: mean of M·|T| over 64 channels."
     assert page.inner_text("#input-size") == "(centre crop, 32×32)"
 
     # five predictions, all among the model's classes, largest first, bars as wide as their numbers
@@ -253,7 +256,7 @@ def test_upload_photo_see_modules_classes_and_display_controls(server, browser, 
     assert rows[0]["label"] == "cat", rows
     assert all(c in page.inner_text("#predictions-note") for c in CLASSES)
     label = page.get_attribute("canvas.overlay >> nth=0", "aria-label")
-    assert "stage1.module1" in label and "mean over 64 channels" in label and " to " in label
+    assert "stage1.module1" in label and "mean of M·|T| over 64 channels" in label and " to " in label
 
     wait_for_ablation(page)
     run_axe(page)
@@ -298,6 +301,15 @@ def test_upload_photo_see_modules_classes_and_display_controls(server, browser, 
     assert _overlay_pixels(page, 2) != ch200
     page.select_option("#channel-module", "0")
     assert page.get_attribute("#channel", "max") == "63" and page.input_value("#channel") == "0"
+
+    # what the mask adds: a map of its own, named in each panel, with the channel box off again
+    page.select_option("#reduction", "mean")
+    mean_shown = _overlay_pixels(page, 1)
+    page.select_option("#reduction", "added")
+    assert page.is_disabled("#channel")
+    assert page.inner_text("#module-stage2-module1 .shows") == \
+        "Shows what the mask adds: mean of M·|T| over 128 channels."
+    assert _overlay_pixels(page, 1) != mean_shown
     watch.check()
     page.close()
 

@@ -78,7 +78,8 @@ Colormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
 
 
 class DisplayQuery(BaseModel):
-    reduction: Reduction = Field("mean", description="mean or max over channels, or one channel (then give channel)")
+    reduction: Reduction = Field("mean", description="mean or max over channels, one channel (then give channel), or added: "
+                                               "each position's mean over channels of M * |T|, what (1 + M) * T adds")
     channel: int | None = Field(None, ge=0, description="the channel to show; required with reduction=channel, "
                                                         "below the fewest channels of any module")
     colormap: Colormap = Field("viridis", description="matplotlib colormap of the overlays")

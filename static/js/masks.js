@@ -12,10 +12,16 @@ export function decodeMask(entry) {
   return out;
 }
 
-/** One (h, w) map: the mean or max over channels, or a single channel. */
+/** One (h, w) map: the mean or max over channels, a single channel, or "added": the mean over channels
+ * of M * |T|. Since M > 0, (1 + M) * |T| - |T| = M * |T|, so it is the trunk magnitude after (1 + M)
+ * minus before, both of which the server sends per position. */
 export function reduce(mask, entry, reduction, channel) {
   const [h, w] = entry.shape, n = h * w, c = entry.channels;
   if (reduction === "channel") return mask.slice(channel * n, (channel + 1) * n);
+  if (reduction === "added") {
+    const before = entry.trunk_before.flat(), after = entry.trunk_after.flat();
+    return Float32Array.from(after, (v, i) => v - before[i]);
+  }
   const out = new Float32Array(n);
   if (reduction === "max") out.fill(-Infinity);
   for (let k = 0; k < c; k++) {

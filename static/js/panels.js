@@ -46,6 +46,7 @@ export function createPanel(entry, { onPng, onNpy }) {
 /** What a panel's map is, in words: "mean over 64 channels", "channel 17 of 256". */
 export function describeMap(entry, reduction, channel) {
   if (reduction === "channel") return `channel ${channel} of ${entry.channels}`;
+  if (reduction === "added") return `what the mask adds: mean of M·|T| over ${entry.channels} channels`;
   return `${reduction} over ${entry.channels} channels`;
 }
 

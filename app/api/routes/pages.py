@@ -15,13 +15,21 @@ EXAMPLES = json.loads(files("ranlens.static").joinpath("examples", "examples.jso
 # The option values are the ones the API accepts (render.COLORMAPS, render.REDUCTIONS), so the page can
 # never offer a colormap the server has no lookup table for; only the wording lives here.
 COLORMAP_NOTES = {"jet": "not perceptually uniform"}
-REDUCTION_LABELS = {"mean": "mean over channels", "max": "max over channels", "channel": "one channel"}
+REDUCTION_LABELS = {"mean": "mean over channels", "max": "max over channels", "channel": "one channel",
+                    "added": "what the mask adds (mean of M·|T|)"}
+
+# The page opens on what the mask adds (mean of M * |T|), not on the channel mean of M: in the mean
+# the object usually comes out darker than its background, which reads as "attention avoids the
+# cat", while M * |T| shows where (1 + M) * T changes the features (README, docs/masks*.png).
+# The API keeps "mean" as its default: clients rely on it.
+PAGE_REDUCTION = "added"
 
 router = APIRouter(include_in_schema=False)
 
 
-def _options(values: tuple[str, ...], label) -> list[dict]:
-    return [{"value": v, "label": label(v)} for v in values]
+def _options(values: tuple[str, ...], label, selected: str | None = None) -> list[dict]:
+    selected = selected or values[0]
+    return [{"value": v, "label": label(v), "selected": v == selected} for v in values]
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -33,5 +41,5 @@ def index(request: Request) -> HTMLResponse:
         "load_error": getattr(request.app.state, "load_error", None),
         "colormaps": _options(render.COLORMAPS,
                               lambda v: f"{v} ({COLORMAP_NOTES[v]})" if v in COLORMAP_NOTES else v),
-        "reductions": _options(render.REDUCTIONS, lambda v: REDUCTION_LABELS.get(v, v)),
+        "reductions": _options(render.REDUCTIONS, lambda v: REDUCTION_LABELS.get(v, v), PAGE_REDUCTION),
     })
