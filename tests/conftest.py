@@ -60,19 +60,20 @@ def _isolated_from_the_caller(tmp_path_factory) -> Iterator[None]:
 
 
 @contextmanager
-def running_server(command: list[str], **env: str) -> Iterator[str]:
+def running_server(command: list[str], base_env: dict[str, str] | None = None, **env: str) -> Iterator[str]:
     """Run ``command --fd N`` (uvicorn, or ``ranlens serve``) on a socket this process bound, until
     ``/readyz`` answers 200; yield its base URL.
 
     Binding here and handing the socket over leaves no moment in which another process could take
     the port (a port picked, released, then bound by the server can be). The server runs in an
-    empty working directory, so no .env is read.
+    empty working directory, so no .env is read; its environment is ``base_env`` (default: this
+    process's) plus ``env``.
     """
     with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryFile() as log:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         # a file, not a pipe: nobody reads the server's log while it runs, and a full pipe would block it
-        proc = subprocess.Popen([*command, "--fd", str(sock.fileno())], cwd=cwd, env={**os.environ, **env},
+        proc = subprocess.Popen([*command, "--fd", str(sock.fileno())], cwd=cwd, env={**(os.environ if base_env is None else base_env), **env},
                                 stdout=log, stderr=subprocess.STDOUT, pass_fds=[sock.fileno()])
         url = f"http://127.0.0.1:{port}/"
 

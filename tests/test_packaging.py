@@ -11,12 +11,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
-import time
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -29,7 +26,7 @@ import pytest
 
 from ranlens.model.weights import DEFAULT_WEIGHTS
 
-from .conftest import PHOTOS, ROOT
+from .conftest import PHOTOS, ROOT, running_server
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 DIST_INFO = f"{PROJECT['name']}-{PROJECT['version']}.dist-info"
@@ -175,39 +172,12 @@ def _module_imports(js: str) -> list[str]:
     return re.findall(r"""(?:\bfrom\s*|\bimport\s*\(?\s*)["'](\.{1,2}/[^"']+)["']""", js)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(installed, tmp_path_factory) -> Iterator[str]:
-    """``ranlens serve`` of the clean venv, started from an empty directory outside the repository."""
-    cwd = tmp_path_factory.mktemp("elsewhere")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([str(installed / "bin" / "ranlens"), "serve", "--host", "127.0.0.1", "--port",
-                                 str(port)], cwd=cwd, env=_clean_env(), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            answer = None
-            while answer is None and proc.poll() is None and time.monotonic() < deadline:
-                try:
-                    # uvicorn answers only once startup (loading the weights) is over: any answer is final
-                    answer = httpx.get(url + "readyz", timeout=2)
-                except httpx.HTTPError:
-                    time.sleep(0.3)
-            if answer is None or answer.status_code != 200:
-                log.seek(0)
-                detail = answer.text if answer is not None else f"no answer, exit code {proc.poll()}"
-                pytest.fail(f"the installed server is not ready ({detail}):\n"
-                            + log.read().decode(errors="replace")[-3000:])
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+def served(installed) -> Iterator[str]:
+    """``ranlens serve`` of the clean venv, run from an empty directory outside the repository on a
+    socket the test bound (conftest's one server starter), with nothing leading back to the repository."""
+    with running_server([str(installed / "bin" / "ranlens"), "serve"], base_env=_clean_env()) as url:
+        yield url
 
 
 def test_installed_server_is_ready_with_the_default_weights(served):
