@@ -90,17 +90,27 @@ def load_split(data: str | Path, split: str, size: int = 32, source: str = "fold
 
 
 def augment(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
-    """Random crop with zero padding and random horizontal flip, for a uint8 batch."""
-    n, _, h, w = images.shape
+    """Random crop with zero padding and random horizontal flip, for a uint8 batch on any device.
+
+    The draws come from ``generator`` (a CPU generator), so a batch's crops are the same on CPU and GPU;
+    the crop itself is one gather, with no per-image Python work for a GPU to wait on.
+    """
+    n, c, h, w = images.shape
+    device = images.device
     padded = torch.nn.functional.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    out = torch.empty_like(images)
-    for i in range(n):
-        crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
-        out[i] = crop.flip(-1) if flip[i] else crop
-    return out
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+    ys = torch.arange(h, device=device)
+    xs = torch.arange(w, device=device)
+    rows = dy[:, None] + ys  # (n, h)
+    cols = dx[:, None] + torch.where(flip[:, None], w - 1 - xs, xs)  # (n, w): a flip reads columns backwards
+    return padded[
+        torch.arange(n, device=device)[:, None, None, None],
+        torch.arange(c, device=device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
 
 
 def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
@@ -113,10 +123,11 @@ def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     if size == 0:
         return images
     n, _, h, w = images.shape
-    cy = torch.randint(0, h, (n, 1, 1), generator=generator)
-    cx = torch.randint(0, w, (n, 1, 1), generator=generator)
-    ys = torch.arange(h).view(1, h, 1)
-    xs = torch.arange(w).view(1, 1, w)
+    device = images.device
+    cy = torch.randint(0, h, (n, 1, 1), generator=generator).to(device)
+    cx = torch.randint(0, w, (n, 1, 1), generator=generator).to(device)
+    ys = torch.arange(h, device=device).view(1, h, 1)
+    xs = torch.arange(w, device=device).view(1, 1, w)
     low, high = size // 2, size - size // 2
     hole = (ys >= cy - low) & (ys < cy + high) & (xs >= cx - low) & (xs < cx + high)
     return images.clone().masked_fill_(hole.unsqueeze(1), 0.0)  # clone keeps channels_last
@@ -124,6 +135,6 @@ def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 (N, 3, H, W) to normalised float32 in channels_last memory format."""
-    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std).view(1, 3, 1, 1) * 255
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
     return ((images.float() - m) / s).contiguous(memory_format=torch.channels_last)

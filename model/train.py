@@ -1,4 +1,7 @@
-"""Trains a CIFAR-layout Residual Attention Network on 2 CPU cores, resumably.
+"""Trains a CIFAR-layout Residual Attention Network, resumably, on CPU cores or one GPU.
+
+The whole data set lives as uint8 tensors on the training device and is augmented there per batch,
+so neither a 2-core CPU nor a GPU waits on per-image Python work.
 
 One-cycle-style schedule (linear warm-up, cosine decay to zero) stepped per batch and computed
 from the global step, so a resumed run lands on exactly the learning rate it stopped at.
@@ -57,22 +60,39 @@ class TrainConfig:
     stop_after: int = _setting(0, "stop this invocation after N more epochs (resume later); 0 = run to the end")
     init: str = _setting("", "start from these weights (a .safetensors file), e.g. to continue a shipped model")
     amp: str = _setting("auto", "bf16: autocast forward and loss to bfloat16; off: float32; "
-                        "auto: bf16 where the CPU has native bfloat16", choices=["auto", "bf16", "off"])
+                        "auto: bf16 where the device has native bfloat16", choices=["auto", "bf16", "off"])
+    device: str = _setting("auto", "where to train: cpu, cuda, or auto (cuda where a GPU is visible)",
+                           choices=["auto", "cpu", "cuda"])
 
 
-def resolve_amp(amp: str) -> str:
-    """``auto`` becomes ``bf16`` on CPUs with native bfloat16 (AVX-512 BF16 or AMX), else ``off``."""
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` where PyTorch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
+    if device not in {"auto", "cpu", "cuda"}:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but PyTorch sees no GPU here; use --device cpu")
+    return device
+
+
+def resolve_amp(amp: str, device: str = "cpu") -> str:
+    """``auto`` becomes ``bf16`` where the device computes bfloat16 natively (CPUs with AVX-512 BF16
+    or AMX; GPUs that support it), else ``off``."""
     if amp not in {"auto", "bf16", "off"}:
         raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
     if amp != "auto":
         return amp
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if device == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return "bf16" if native else "off"
 
 
 # Settings that only say where a run lives or how fast it goes; every other setting shapes what a
 # run learns, so a resume refuses to change it.
-RESUMABLE_SETTINGS = ("out", "data", "threads", "stop_after")
+RESUMABLE_SETTINGS = ("out", "data", "threads", "stop_after", "device")
 # What a run recorded before a setting existed means: it trained in float32 (no --amp yet).
 LEGACY_SETTINGS = {"amp": "off"}
 
@@ -90,7 +110,10 @@ def cpu_model() -> str:
 
 def machine(cfg: TrainConfig) -> dict:
     """The facts of the machine a run trains on, recorded in its config.json for the manifest."""
+    gpu = torch.cuda.get_device_name() if cfg.device == "cuda" else None
     return {
+        "device": cfg.device,
+        **({"gpu": gpu} if gpu else {}),
         "cpu": cpu_model(),
         "logical_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": cfg.threads,
@@ -130,7 +153,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                label_smoothing: float = 0.0, amp: str = "off") -> tuple[Tensor, Tensor]:
     """One optimisation step on a batch; returns the batch's logits and loss (detached)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -158,12 +181,14 @@ def subset(split: Split, limit: int, seed: int) -> Split:
 def evaluate_split(
     model: ResidualAttentionNet, split: Split, mean, std, batch_size: int = 500, desc: str = "eval"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (logits (N, K), labels (N,)) in eval mode."""
+    """Returns (logits (N, K), labels (N,)) in eval mode, on the CPU, whatever device the model is on."""
     model.eval()
+    device = next(model.parameters()).device
     outs = []
     for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
-        outs.append(model(normalize(split.images[start : start + batch_size], mean, std)))
-    return torch.cat(outs), split.labels
+        batch = split.images[start : start + batch_size].to(device, non_blocking=True)
+        outs.append(model(normalize(batch, mean, std)).float().cpu())
+    return torch.cat(outs), split.labels.cpu()
 
 
 def _set_seed(seed: int) -> None:
@@ -201,22 +226,29 @@ def train(cfg: TrainConfig) -> list[dict]:
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {cfg.arch!r}")
     torch.set_num_threads(cfg.threads)
-    cfg = replace(cfg, amp=resolve_amp(cfg.amp))  # the run records what it did, not "auto"
+    device = resolve_device(cfg.device)
+    cfg = replace(cfg, device=device, amp=resolve_amp(cfg.amp, device))  # the run records what it did, not "auto"
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _set_seed(cfg.seed)
 
     state_path = out / "last.pt"
-    state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
+    # read onto the CPU: a run may resume on another device than the one it stopped on
+    state = torch.load(state_path, weights_only=True, map_location="cpu") if state_path.is_file() else None
     if state is not None:
         check_resumable(state["config"], cfg, state_path)  # before any work: a refusal is immediate
 
     arch = ARCHITECTURES[cfg.arch]
     train_split = subset(load_split(cfg.data, "train", arch.reference_size, cfg.source), cfg.limit_train, cfg.seed)
     test_split = subset(load_split(cfg.data, "test", arch.reference_size, cfg.source), cfg.limit_test, cfg.seed)
-    model = ResidualAttentionNet(arch, num_classes=len(train_split.classes)).to(memory_format=torch.channels_last)
+    model = ResidualAttentionNet(arch, num_classes=len(train_split.classes))
     if cfg.init and state is None:
         load_state_checked(model, read_checkpoint(Path(cfg.init), expected_arch=cfg.arch), source=cfg.init)
+    model = model.to(device, memory_format=torch.channels_last)
+    # the data set lives where the model trains: 150 MB of uint8 for CIFAR-10, no loader to wait on
+    train_images, train_labels = train_split.images.to(device), train_split.labels.to(device)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = len(train_split) // cfg.batch_size
     total_steps = steps_per_epoch * cfg.epochs
@@ -225,7 +257,7 @@ def train(cfg: TrainConfig) -> list[dict]:
     start_epoch = 0
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # moves the momentum buffers to the model's device
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]
         history = json.loads((out / "metrics.json").read_text())[:start_epoch]
@@ -243,9 +275,10 @@ def train(cfg: TrainConfig) -> list[dict]:
     for epoch in range(start_epoch, end_epoch):
         # each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
         generator.manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(train_split), generator=generator)
+        order = torch.randperm(len(train_split), generator=generator).to(device)
         model.train()
-        seen, correct, loss_sum, t0 = 0, 0, 0.0, time.time()
+        # running sums stay on the device: reading them every step would make a GPU wait for the CPU
+        seen, correct, loss_sum, t0 = 0, torch.zeros((), device=device), torch.zeros((), device=device), time.time()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
         for i in bar:
             step = epoch * steps_per_epoch + i
@@ -253,15 +286,17 @@ def train(cfg: TrainConfig) -> list[dict]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = normalize(augment(train_split.images[index], generator), CIFAR_MEAN, CIFAR_STD)
+            x = normalize(augment(train_images[index], generator), CIFAR_MEAN, CIFAR_STD)
             x = cutout(x, cfg.cutout, generator)
-            y = train_split.labels[index]
+            y = train_labels[index]
             logits, loss = train_step(model, optimizer, x, y, cfg.label_smoothing, cfg.amp)
             seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss) * len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3f}",
-                            ips=f"{seen / (time.time() - t0):.0f}")
+            correct += (logits.argmax(1) == y).sum()
+            loss_sum += loss.float() * len(y)
+            if i % 20 == 19 or i == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
+                                lr=f"{lr:.3f}", ips=f"{seen / (time.time() - t0):.0f}")
+        loss_sum, correct = float(loss_sum), int(correct)  # waits for the device's last step
         train_time = time.time() - t0
         logits, labels = evaluate_split(model, test_split, CIFAR_MEAN, CIFAR_STD)
         record = {
@@ -283,5 +318,6 @@ def train(cfg: TrainConfig) -> list[dict]:
                     "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, tmp)
         tmp.replace(state_path)  # atomic: a run killed mid-save keeps the previous checkpoint
         (out / "metrics.json").write_text(json.dumps(history, indent=2))
-        plot_curves(history, out / "curves.png")
+        if device == "cpu" or epoch + 1 == end_epoch:  # a plot costs seconds, a GPU epoch not many more
+            plot_curves(history, out / "curves.png")
     return history

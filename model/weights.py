@@ -167,7 +167,7 @@ def load_state_checked(model: nn.Module, state: dict[str, Tensor], source: str) 
 
 def save_checkpoint(model: nn.Module, path: Path, arch: str, extra: dict[str, str] | None = None) -> str:
     """Writes the model's state as safetensors (fp32, contiguous) and returns its sha256."""
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {"arch": arch, **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=metadata)

@@ -67,6 +67,22 @@ def test_augment_keeps_shape_and_content():
     assert torch.equal(out, again)  # seeded, so a resumed run sees the same batches
 
 
+def test_augment_is_a_padded_crop_and_flip_per_image():
+    torch.manual_seed(1)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = augment(images, torch.Generator().manual_seed(3))
+    # the same draws, applied one image at a time as the definition says
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randint(0, 9, (16,), generator=g)
+    dx = torch.randint(0, 9, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(16):
+        crop = padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32]
+        assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop), i
+    assert flip.any() and not flip.all() and (dy != 4).any()  # the draws did move and flip images
+
+
 def test_cutout_zeroes_one_clipped_square_per_image():
     images = torch.ones(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     out = cutout(images, 8, torch.Generator().manual_seed(0))
