@@ -129,8 +129,10 @@ def _hardware(config: dict) -> tuple[str, dict]:
     cpus = f" ({machine['logical_cpus']} logical CPUs)" if machine.get("logical_cpus") else ""
     torch_version = f", torch {machine['torch']}" if machine.get("torch") else ""
     threads = f"{machine['threads']} thread" + ("s" if machine["threads"] != 1 else "")
-    text = (f"{machine['cpu']}{cpus}, {threads}, {machine['precision']}, "
-            f"{machine['memory_format']}{torch_version}")
+    where = f"{machine['cpu']}{cpus}, {threads}"
+    if machine.get("gpu"):  # the GPU does the work; the host CPU only launches it
+        where = f"{machine['gpu']} (CUDA), host {machine['cpu']}{cpus}"
+    text = f"{where}, {machine['precision']}, {machine['memory_format']}{torch_version}"
     return text, machine
 
 
