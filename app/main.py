@@ -17,7 +17,7 @@ from ranlens.app.api.routes import health, models, pages, predict, teach
 from ranlens.app.core.config import Settings, get_settings
 from ranlens.app.core.http import StaticAssets, install_transport
 from ranlens.app.core.problems import install_problem_handlers
-from ranlens.model.explainer import Explainer
+from ranlens.model.catalog import load_catalog
 
 log = logging.getLogger("ranlens")
 STATIC = files("ranlens.static")  # package data: found the same way in a wheel and in a source tree
@@ -31,12 +31,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.torch_threads)
         app.state.limiter = anyio.CapacityLimiter(settings.max_concurrent_inferences)
         try:
-            app.state.explainer = await anyio.to_thread.run_sync(Explainer.load, settings.arch, settings.weights)
-            log.info("loaded %s", app.state.explainer.weights.name)
+            catalog, errors = await anyio.to_thread.run_sync(
+                load_catalog, settings.weights, settings.arch, settings.default_model)
         except Exception as exc:  # keep serving: /readyz and the page say what went wrong
-            app.state.explainer = None
-            app.state.load_error = str(exc)
-            log.error("could not load the model: %s", exc)
+            catalog, errors = None, [str(exc)]
+        app.state.catalog = catalog
+        app.state.load_error = "; ".join(errors) or None
+        if catalog is not None:
+            log.info("serving %s (default %s)", ", ".join(e.weights.name for e in catalog), catalog.default_weights)
+        for error in errors:
+            log.error("could not load a model: %s", error)
         yield
 
     app = FastAPI(
@@ -48,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.explainer = None
+    app.state.catalog = None
     app.state.load_error = None
     install_problem_handlers(app)
     install_transport(app)

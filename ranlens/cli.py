@@ -306,8 +306,8 @@ def _serve(args: argparse.Namespace) -> None:
     # the path prefix belongs to the server (FastAPI deprecated its own root_path)
     config = uvicorn.Config("ranlens.app.main:app", root_path=settings.root_path, proxy_headers=True,
                             forwarded_allow_ips="127.0.0.1")
-    print(f"ranlens serving on http://{host}:{port}/ (loading {settings.arch} weights {settings.weights})",
-          flush=True)
+    only = f" of {settings.arch}" if settings.arch else ""
+    print(f"ranlens serving on http://{host}:{port}/ (loading weights {settings.weights}{only})", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -57,18 +57,58 @@ def test_health_and_ready(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["model"] == "attention56_cifar"
+    assert sorted(ready["models"]) == ["attention56_cifar.v6", "attention92_cifar.v1"]
 
 
 def test_models_metadata(client):
-    models = client.get("/api/v1/models").json()["models"]
-    assert len(models) == 1
+    listing = client.get("/api/v1/models").json()
+    models = {m["name"]: m for m in listing["models"]}
+    assert set(models) == {"attention56_cifar", "attention92_cifar"}  # every shipped default is served
+    # the default is the best recorded top-1
+    best = max(listing["models"], key=lambda m: m["metrics"]["top1"])
+    assert listing["default"] == best["weights"]
     meta = client.get("/api/v1/models/attention56_cifar").json()
-    assert meta == models[0]
+    assert meta == models["attention56_cifar"]
+    assert client.get(f"/api/v1/models/{meta['weights']}").json() == meta  # by weights name too
     assert meta["classes"][3] == "cat" and meta["input_size"] == [32, 32]
     assert [(m["module"], m["shape"]) for m in meta["modules"]] == [
         ("stage1.module1", [32, 32]), ("stage2.module1", [16, 16]), ("stage3.module1", [8, 8])]
-    assert 0 < meta["metrics"]["top1"] <= 1
+    assert [(m["module"], m["shape"]) for m in models["attention92_cifar"]["modules"]] == [
+        ("stage1.module1", [32, 32]), ("stage1.module2", [32, 32]), ("stage2.module1", [16, 16]),
+        ("stage2.module2", [16, 16]), ("stage3.module1", [8, 8]), ("stage3.module2", [8, 8])]
+    for m in models.values():
+        assert 0 < m["metrics"]["top1"] <= 1
     assert_problem(client.get("/api/v1/models/resnet50"), 404, "Unknown model", "'resnet50'")
+
+
+@pytest.mark.parametrize(("name", "modules"), [("attention56_cifar", 3), ("attention92_cifar", 6)])
+def test_model_parameter_selects_the_network(client, name, modules):
+    image = corpus.png(corpus.photo("chelsea.jpg"))
+    body = post(client, image, model=name).json()
+    assert body["model"] == name and len(body["attention"]) == modules
+    explained = client.post("/api/v1/explain", params={"model": name},
+                            files={"file": ("c.png", image, "image/png")}).json()
+    assert explained["model"] == name and len(explained["attention"]) == modules
+    ablated = client.post("/api/v1/ablate", params={"model": name},
+                          files={"file": ("c.png", image, "image/png")}).json()
+    assert ablated["model"] == name and len(ablated["per_module"]) == modules
+    arch = client.get(f"/api/v1/models/{name}/architecture").json()
+    assert sum(len(stage["modules"]) for stage in arch["stages"]) == modules
+
+
+def test_models_answer_differently(client):
+    image = corpus.png(corpus.photo("chelsea.jpg"))
+    a56, a92 = (post(client, image, model=m, top_k=10).json() for m in ("attention56_cifar", "attention92_cifar"))
+    assert a56["weights"] != a92["weights"]
+    assert [p["probability"] for p in a56["predictions"]] != [p["probability"] for p in a92["predictions"]]
+    default = post(client, image, top_k=10).json()
+    assert default["weights"] == client.get("/api/v1/models").json()["default"]
+
+
+def test_unknown_model_parameter_is_a_clear_422(client):
+    body = assert_problem(post(client, corpus.png(corpus.photo()), model="resnet50"), 422, "Invalid parameters")
+    assert "resnet50" in body["detail"] and "attention92_cifar" in body["detail"]
+    assert body["errors"][0]["loc"] == ["query", "model"]
 
 
 def test_predict_a_cat(client):
@@ -249,6 +289,39 @@ def test_not_ready_is_503(tmp_path):
         # the page says why, instead of a model line
         assert "The model is not loaded:" in page.text and "missing.json" in page.text
         assert 'id="model-line"' not in page.text
+
+
+def test_settings_choose_the_served_models(tmp_path):
+    # one weights name: that model alone, whatever else is shipped
+    with TestClient(create_app(Settings(weights="attention56_cifar.v5"))) as c:
+        listing = c.get("/api/v1/models").json()
+        assert [m["weights"] for m in listing["models"]] == ["attention56_cifar.v5"]
+        assert listing["default"] == "attention56_cifar.v5"
+        assert_problem(post(c, corpus.one_pixel(), model="attention92_cifar"), 422, "Invalid parameters",
+                       "attention56_cifar.v5")
+    # DEFAULT of one architecture
+    with TestClient(create_app(Settings(arch="attention92_cifar"))) as c:
+        assert [m["name"] for m in c.get("/api/v1/models").json()["models"]] == ["attention92_cifar"]
+        assert post(c, corpus.png(corpus.photo())).json()["model"] == "attention92_cifar"
+    # several, with a chosen default
+    with TestClient(create_app(Settings(weights="attention56_cifar.v5, DEFAULT",
+                                        default_model="attention92_cifar"))) as c:
+        listing = c.get("/api/v1/models").json()
+        assert [m["weights"] for m in listing["models"]] == [
+            "attention56_cifar.v5", "attention56_cifar.v6", "attention92_cifar.v1"]
+        assert listing["default"] == "attention92_cifar.v1"
+        assert post(c, corpus.png(corpus.photo())).json()["weights"] == "attention92_cifar.v1"
+        # an architecture name means the best loaded weights of it
+        assert post(c, corpus.png(corpus.photo()), model="attention56_cifar").json()["weights"] == "attention56_cifar.v6"
+        assert post(c, corpus.png(corpus.photo()), model="attention56_cifar.v5").json()["weights"] == "attention56_cifar.v5"
+        assert c.get("/readyz").json()["models"] == ["attention56_cifar.v5", "attention56_cifar.v6", "attention92_cifar.v1"]
+
+
+def test_a_model_that_fails_to_load_keeps_the_others_serving_but_not_ready(tmp_path):
+    with TestClient(create_app(Settings(weights=f"DEFAULT,{tmp_path / 'missing.json'}"))) as c:
+        assert_problem(c.get("/readyz"), 503, "Model not ready", "missing.json")
+        assert post(c, corpus.png(corpus.photo())).status_code == 200
+        assert len(c.get("/api/v1/models").json()["models"]) == 2
 
 
 def test_page_renders_with_relative_urls(client):

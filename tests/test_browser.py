@@ -529,6 +529,59 @@ def test_teaching_view_and_presenter_mode_by_keyboard(server, browser, shots):
     page.close()
 
 
+def _wait_text(page, selector: str, needle: str) -> None:
+    page.wait_for_function("([sel, needle]) => document.querySelector(sel)?.textContent.includes(needle)",
+                           arg=[selector, needle], timeout=SLOW)
+
+
+def test_model_switcher_and_side_by_side(server, browser, shots):
+    models = httpx.get(server + "api/v1/models").json()
+    by_name = {m["name"]: m["weights"] for m in models["models"]}
+    a56, a92 = by_name["attention56_cifar"], by_name["attention92_cifar"]
+    page, watch = open_page(browser, server, 1000)
+    assert page.eval_on_selector_all("#model option", "(os) => os.map((o) => o.value)") == [a56, a92]
+    assert page.input_value("#model") == models["default"]
+    page.wait_for_selector("#arch-svg svg g.att")
+    page.click("button.example[data-name='chelsea.jpg']")
+    wait_status(page, "chelsea.jpg:")
+    wait_for_ablation(page)
+    assert page.locator("#modules article").count() == 3
+
+    # another model: the same image again, its six modules, its architecture and its ablation
+    page.select_option("#model", a92)
+    _wait_text(page, "#status", f"by {a92}")
+    assert page.locator("#modules article").count() == 6
+    assert "attention92_cifar" in page.inner_text("#model-line") and "6 attention modules" in page.inner_text("#model-line")
+    page.wait_for_function("() => document.querySelectorAll('#arch-svg g.att').length === 6", timeout=SLOW)
+    assert page.eval_on_selector_all("#arch-svg g.att", "(gs) => gs.map((g) => g.dataset.module)") == [
+        "stage1.module1", "stage1.module2", "stage2.module1", "stage2.module2", "stage3.module1", "stage3.module2"]
+    page.wait_for_function("() => document.querySelectorAll('table.ablation-table thead th').length === 9",
+                           timeout=SLOW)
+
+    # side by side: rows by module name, A56's missing modules said in words
+    page.select_option("#compare", a56)
+    page.wait_for_selector("#compare-section:not([hidden])", timeout=SLOW)
+    assert page.inner_text("#compare-h") == f"Side by side: {a92} and {a56}"
+    heads = page.eval_on_selector_all("#compare-grid .col-head", "(ps) => ps.map((p) => p.textContent)")
+    assert heads == [a92, a56]
+    cells = page.eval_on_selector_all(
+        "#compare-grid > article, #compare-grid > p.absent", "(es) => es.map((e) => e.tagName === 'P' ? 'P:' + e.textContent : 'ARTICLE')")
+    assert len(cells) == 12  # six rows (A92's modules), two columns
+    assert sum(c.startswith("P:") for c in cells) == 3 and f"{a56} has no stage1.module2." in " ".join(cells)
+    titles = page.eval_on_selector_all("#compare-grid article h4", "(hs) => hs.map((h) => h.textContent)")
+    assert f"stage1.module1 · {a56}" in titles and f"stage3.module2 · {a92}" in titles
+    # both models' overlays are drawn, and differ
+    drawn = page.eval_on_selector_all("#compare-grid article canvas.overlay", "(cs) => cs.map((c) => c.toDataURL())")
+    assert len(drawn) == 9 and len(set(drawn)) == 9
+    page.locator("#compare-section").screenshot(path=str(shots / "compare.png"))
+    run_axe(page)
+    # back to one model: the side-by-side view goes away
+    page.select_option("#compare", "")
+    page.wait_for_selector("#compare-section[hidden]", state="attached", timeout=SLOW)
+    watch.check(failed_ok=r"/api/v1/ablate\?.*ERR_ABORTED")  # each new analysis cancels the last one's ablation
+    page.close()
+
+
 def test_page_behind_a_path_prefix(browser):
     """``ranlens serve`` with RANLENS_ROOT_PATH behind a proxy that strips the prefix: every request the
     page makes must go through the prefix and succeed."""

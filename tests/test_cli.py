@@ -254,7 +254,8 @@ def test_serve_loads_weights_named_in_the_environment(tmp_path):
     shutil.copyfile(WEIGHTS_DIR / manifest["file"], tmp_path / "copy.safetensors")
     (tmp_path / "copy.json").write_text(json.dumps({**manifest, "name": "copied.v4", "file": "copy.safetensors"}))
     with running_server([RANLENS, "serve"], RANLENS_WEIGHTS=str(tmp_path / "copy.json")) as url:
-        assert readyz(url) == {"status": "ready", "model": "attention56_cifar", "weights": "copied.v4"}
+        assert readyz(url) == {"status": "ready", "model": "attention56_cifar", "weights": "copied.v4",
+                               "models": ["copied.v4"]}
 
 
 def test_serve_behind_a_path_prefix():

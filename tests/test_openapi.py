@@ -136,7 +136,7 @@ def _parameters(spec: dict, path: str, method: str = "post") -> dict[str, dict]:
 
 
 def test_documented_limits_are_the_served_models(client, spec):
-    explainer = client.app.state.explainer
+    explainer = client.app.state.catalog.default
     classes = len(explainer.weights.classes)
     narrowest = min(m["channels"] for m in explainer.modules)
     for path in ("/api/v1/predict", "/api/v1/ablate"):

@@ -49,7 +49,7 @@ def test_architecture_routes(client):
 def test_ablation_matches_the_model_with_masks_zeroed(client):
     data = corpus.png(corpus.photo("chelsea.jpg"))
     body = client.post("/api/v1/ablate", files={"file": ("c.png", data, "image/png")}).json()
-    explainer = client.app.state.explainer
+    explainer = client.app.state.catalog.default
     x = explainer.preprocess(corpus.photo("chelsea.jpg")).unsqueeze(0)
     model = explainer.model
     with torch.no_grad():

@@ -1,5 +1,5 @@
-"""Shared route dependencies: settings, the loaded model, an inference slot, and the query options
-several routes share (top_k; the display options reduction, channel, colormap, alpha)."""
+"""Shared route dependencies: settings, the loaded models, the one a request names (``model=``), an
+inference slot, and the query options several routes share (top_k; reduction, channel, colormap, alpha)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ranlens.app.core.config import Settings
 from ranlens.app.core.payloads import DisplayOptions
 from ranlens.app.core.problems import Problem
 from ranlens.model import render
+from ranlens.model.catalog import Catalog, UnknownModel
 from ranlens.model.explainer import Explainer
 
 
@@ -20,40 +21,61 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_explainer(request: Request) -> Explainer:
-    explainer = getattr(request.app.state, "explainer", None)
-    if explainer is None:
-        error = getattr(request.app.state, "load_error", None) or "the model is still loading"
-        raise Problem(503, "Model not ready", f"The model is not loaded: {error}")
-    return explainer
+def get_catalog(request: Request) -> Catalog:
+    catalog = getattr(request.app.state, "catalog", None)
+    if catalog is None:
+        error = getattr(request.app.state, "load_error", None) or "the models are still loading"
+        raise Problem(503, "Model not ready", f"No model is loaded: {error}")
+    return catalog
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+
+
+def get_explainer(
+    catalog: CatalogDep,
+    model: Annotated[str | None, Query(description="the model to run, by architecture or weights name "
+                                                   "(GET /api/v1/models lists them); default: the server's default")] = None,
+) -> Explainer:
+    try:
+        return catalog.get(model)
+    except UnknownModel as exc:
+        raise _invalid("model", str(exc)) from None
+
+
 ExplainerDep = Annotated[Explainer, Depends(get_explainer)]
 
 
 def served_model(
-    name: Annotated[str, Path(description="the served model, by architecture or weights name",
-                              examples=["attention56_cifar", "attention56_cifar.v5"])],
-    explainer: ExplainerDep,
+    name: Annotated[str, Path(description="a served model, by architecture or weights name",
+                              examples=["attention56_cifar", "attention92_cifar.v1"])],
+    catalog: CatalogDep,
 ) -> Explainer:
-    """The loaded model, when the path names it by architecture or by weights."""
-    if name not in {explainer.name, explainer.weights.name}:
-        raise Problem(404, "Unknown model", f"This server serves {explainer.name!r}, not {name!r}.")
-    return explainer
+    """The loaded model the path names, by architecture or by weights."""
+    try:
+        return catalog.get(name)
+    except UnknownModel as exc:
+        raise Problem(404, "Unknown model", f"{exc}.") from None
 
 
 ServedModel = Annotated[Explainer, Depends(served_model)]
 
 
 def parameter_limits(explainer: Explainer) -> dict[str, int]:
-    """The largest valid value of each model-bound query parameter: the OpenAPI schema documents
-    these same numbers once the model is loaded (``ranlens.app.core.openapi``)."""
+    """The largest valid value of each model-bound query parameter for one model."""
     return {
         "top_k": len(explainer.weights.classes),
         # reduction=channel shows the same channel of every module, so the narrowest module bounds it
         "channel": min(m["channels"] for m in explainer.modules) - 1,
     }
+
+
+def catalog_limits(catalog: Catalog) -> dict[str, int]:
+    """The limits that hold whichever model a request names: what the OpenAPI schema documents
+    once the models are loaded (``ranlens.app.api.openapi``)."""
+    each = [parameter_limits(e) for e in catalog]
+    return {key: min(limits[key] for limits in each) for key in each[0]}
 
 
 def _invalid(parameter: str, message: str) -> Problem:

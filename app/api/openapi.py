@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ranlens.app.api.deps import parameter_limits
+from ranlens.app.api.deps import catalog_limits
 from ranlens.app.api.schemas import Problem
 from ranlens.app.core.problems import PROBLEM_JSON
 
@@ -52,6 +52,16 @@ UPLOAD_PROBLEMS = problems(400, 413, 415, 422, 503)
 MODEL_BOUND = ("top_k", "channel")
 
 
+def _model_choices(schema: dict, names: list[str], default: str) -> None:
+    """The ``model`` query parameter takes exactly the served names: the schema lists them."""
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "query" and parameter.get("name") == "model":
+                    parameter["schema"] = {"type": "string", "enum": names}
+                    parameter["description"] += f"; this server's default is {default}"
+
+
 def _bound_parameters(schema: dict, limits: dict[str, int]) -> None:
     for item in schema.get("paths", {}).values():
         for operation in item.values():
@@ -93,7 +103,8 @@ def _problems_as_problem_json(schema: dict) -> None:
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Serve an OpenAPI document whose top_k and channel maxima are the served model's real limits.
+    """Serve an OpenAPI document whose top_k and channel maxima are the served models' real limits
+    and whose ``model`` parameter lists the served models.
 
     The document is cached only once the model is loaded, so a schema fetched before then (or when
     loading failed) does not freeze unbounded limits.
@@ -105,9 +116,10 @@ def install_openapi(app: FastAPI) -> None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
                              description=app.description, routes=app.routes)
         _problems_as_problem_json(schema)
-        explainer = getattr(app.state, "explainer", None)
-        _bound_parameters(schema, parameter_limits(explainer) if explainer is not None else {})
-        if explainer is not None:
+        catalog = getattr(app.state, "catalog", None)
+        _bound_parameters(schema, catalog_limits(catalog) if catalog is not None else {})
+        if catalog is not None:
+            _model_choices(schema, catalog.names(), catalog.default_weights)
             app.openapi_schema = schema
         return schema
 

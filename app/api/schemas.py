@@ -36,8 +36,10 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: Literal["ready"]
-    model: str = Field(examples=["attention56_cifar"])
-    weights: str = Field(examples=["attention56_cifar.v5"])
+    model: str = Field(description="the default model's architecture", examples=["attention56_cifar"])
+    weights: str = Field(description="the default model's weights", examples=["attention56_cifar.v6"])
+    models: list[str] = Field(description="every loaded model's weights name",
+                              examples=[["attention56_cifar.v6", "attention92_cifar.v1"]])
 
 
 class PredictionOut(BaseModel):
@@ -227,6 +229,8 @@ class ModelInfo(BaseModel):
 
 
 class ModelList(BaseModel):
+    default: str = Field(description="the weights name of the model that answers requests naming none",
+                         examples=["attention56_cifar.v6"])
     models: list[ModelInfo]
 
 

@@ -11,8 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RANLENS_", env_file=".env", extra="ignore")
 
-    arch: str = "attention56_cifar"
-    weights: str = Field("DEFAULT", description="weights name, DEFAULT, or a path to a manifest .json")
+    weights: str = Field("DEFAULT", description="the models to serve, separated by commas: DEFAULT (every "
+                         "architecture's shipped default), weights names, or paths to manifest .json files")
+    arch: str = Field("", description="with weights=DEFAULT, serve only this architecture's default")
+    default_model: str = Field("", description="the model that answers requests that name none; "
+                               "empty: the loaded model with the best recorded top-1")
     host: str = "127.0.0.1"
     port: int = 8000
     # `ranlens serve` hands this to uvicorn: FastAPI deprecated taking it on the app

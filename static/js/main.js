@@ -6,13 +6,19 @@ import { failureText, getBlob, getJSON, isAbort, postImage } from "./api.js";
 import { architectureSvg } from "./architecture.js";
 import { decodeMask, range, reduce } from "./masks.js";
 import { npyBlob } from "./npy.js";
-import { createPanel, describeMap, drawInside, drawOverlay, panelId } from "./panels.js";
+import { createMiniPanel, createPanel, describeMap, drawInside, drawOverlay, panelId } from "./panels.js";
 import { currentModule, installPresenter, onModuleChange, setCurrentModule } from "./presenter.js";
 
 const $ = (id) => document.getElementById(id);
 
-// What is on screen: one analysed image. ``channels`` keeps the channel chosen for each module.
-const state = { name: null, payload: null, masks: [], display: null, channels: [], luts: null };
+// What is on screen: one analysed image. ``channels`` keeps the channel chosen for each module;
+// ``model`` is the weights the page asks for, ``compare`` a second model's answer for the same image,
+// ``source`` the image itself, so a change of model can analyse it again.
+const state = {
+  name: null, payload: null, masks: [], display: null, channels: [], luts: null,
+  model: document.body.dataset.model || null, compare: null, source: null,
+};
+let catalog = null;  // GET api/v1/models: every served model's metadata, for the model line
 let controller = null;  // the analysis in flight; a newer upload aborts it
 let lutsPromise = null;
 
@@ -51,6 +57,8 @@ function settings() {
   };
 }
 
+const sharedRange = (ranges) => [Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1]))];
+
 /** The overlays and colorbars: cheap, redrawn on every control change. */
 function drawOverlays() {
   const p = state.payload, s = settings();
@@ -59,12 +67,66 @@ function drawOverlays() {
   const lut = state.luts[s.cmap];
   const maps = p.attention.map((entry, i) => reduce(state.masks[i], entry, s.reduction, state.channels[i]));
   const ranges = maps.map(range);
-  const shared = [Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1]))];
+  const shared = sharedRange(ranges);
   p.attention.forEach((entry, i) => {
     const [lo, hi] = s.scale === "shared" ? shared : ranges[i];
     drawOverlay($("modules").children[i], entry, {
       values: maps[i], lo, hi, display: state.display, lut, opacity: s.opacity,
       what: describeMap(entry, s.reduction, state.channels[i]),
+    });
+  });
+  drawCompare(s, lut);
+}
+
+// ---- side by side: a second model's masks beside the first's, row by row for each module name
+function compareCells() {
+  const cells = [];
+  const sides = [
+    { payload: state.payload, masks: state.masks, channel: (i) => state.channels[i] },
+    { payload: state.compare.payload, masks: state.compare.masks, channel: () => 0 },
+  ];
+  for (const [column, side] of sides.entries()) {
+    side.payload.attention.forEach((entry, i) => cells.push({ column, entry, mask: side.masks[i], channel: side.channel(i) }));
+  }
+  return cells;
+}
+
+function showCompare() {
+  const c = state.compare, p = state.payload;
+  $("compare-section").hidden = !c;
+  if (!c) { $("compare-grid").replaceChildren(); return; }
+  const q = c.payload;
+  $("compare-h").textContent = `Side by side: ${p.weights} and ${q.weights}`;
+  const top = (x) => `${x.weights} says ${x.predictions[0].label} (${(100 * x.predictions[0].probability).toFixed(1)}%)`;
+  $("compare-summary").textContent = `${top(p)}; ${top(q)}. Modules with the same name sit in one row; ` +
+    "the display controls apply to both (single channels: the second model shows channel 0).";
+  const names = [...new Set([...p.attention, ...q.attention].map((a) => a.module))]
+    .sort((a, b) => a.localeCompare(b, "en", { numeric: true }));
+  const head = [p, q].map((x) => Object.assign(document.createElement("p"), { className: "col-head", textContent: x.weights }));
+  c.cells = compareCells();
+  const rows = names.flatMap((name) => [0, 1].map((column) => {
+    const cell = c.cells.find((k) => k.column === column && k.entry.module === name);
+    if (!cell) {
+      const model = column ? q.weights : p.weights;
+      return Object.assign(document.createElement("p"), { className: "absent", textContent: `${model} has no ${name}.` });
+    }
+    cell.el = createMiniPanel(cell.entry, column ? q.weights : p.weights);
+    return cell.el;
+  }));
+  $("compare-grid").replaceChildren(...head, ...rows);
+}
+
+function drawCompare(s, lut) {
+  const c = state.compare;
+  if (!c?.cells) return;
+  const maps = c.cells.map((k) => reduce(k.mask, k.entry, s.reduction, Math.min(k.channel, k.entry.channels - 1)));
+  const ranges = maps.map(range);
+  const shared = sharedRange(ranges);  // one scale across both models: the point is to compare them
+  c.cells.forEach((k, i) => {
+    const [lo, hi] = s.scale === "shared" ? shared : ranges[i];
+    drawOverlay(k.el, k.entry, {
+      values: maps[i], lo, hi, display: state.display, lut, opacity: s.opacity,
+      what: describeMap(k.entry, s.reduction, Math.min(k.channel, k.entry.channels - 1)),
     });
   });
 }
@@ -151,13 +213,20 @@ async function analyse(name, source) {
   setStatus(`Analysing ${name}…`);
   try {
     const blob = typeof source === "function" ? await source(ctl.signal) : source;
-    const [p, luts] = await Promise.all([postImage("api/v1/explain", blob, name, ctl.signal), colormaps()]);
+    const model = state.model, other = $("compare")?.value || "";
+    const [p, luts, q] = await Promise.all([
+      postImage(withModel("api/v1/explain", model), blob, name, ctl.signal), colormaps(),
+      other && other !== model ? postImage(withModel("api/v1/explain", other), blob, name, ctl.signal) : null,
+    ]);
     const masks = p.attention.map(decodeMask);
     const [display, input] = await Promise.all([loadImage(p.images.display), loadImage(p.images.model_input)]);
     if (ctl.signal.aborted) return;  // superseded while the images decoded
     state.luts = luts;
+    state.source = { name, blob };
+    state.compare = q ? { payload: q, masks: q.attention.map(decodeMask) } : null;
     show(name, p, masks, display, input);
-    setStatus(`${name}: ${p.predictions[0].label} (${(100 * p.predictions[0].probability).toFixed(1)}%).`);
+    setStatus(`${name}: ${p.predictions[0].label} (${(100 * p.predictions[0].probability).toFixed(1)}%) ` +
+              `by ${p.weights}.`);
     runAblation(blob, name, ctl.signal);
   } catch (err) {
     if (isAbort(err) || ctl.signal.aborted) return;
@@ -176,6 +245,7 @@ function show(name, p, masks, display, input) {
     onPng: () => downloadPng(i), onNpy: () => downloadNpy(i),
   })));
   fillModuleSelect(p);
+  showCompare();
   $("results").hidden = false;
   setCurrentModule(0);
   syncChannelBox();
@@ -190,7 +260,7 @@ async function runAblation(blob, name, signal) {
   const box = $("ablation");
   box.replaceChildren(hint("Running with attention off…"));
   try {
-    box.replaceChildren(...ablationTable(await postImage("api/v1/ablate?top_k=5", blob, name, signal)));
+    box.replaceChildren(...ablationTable(await postImage(withModel("api/v1/ablate?top_k=5", state.model), blob, name, signal)));
   } catch (err) {
     box.replaceChildren(isAbort(err) ? hint("Stopped: another image was chosen.")
                                      : hint(`Could not run with attention off: ${failureText(err)}`, "error"));
@@ -228,7 +298,7 @@ function selectModule(name) {
 }
 
 async function loadArchitecture() {
-  const name = document.body.dataset.model;
+  const name = state.model;
   if (!name) return;
   try {
     const arch = await getJSON(`api/v1/models/${encodeURIComponent(name)}/architecture`);
@@ -236,6 +306,33 @@ async function loadArchitecture() {
   } catch (err) {
     $("arch-svg").replaceChildren(hint(`Could not draw the architecture: ${failureText(err)}`, "error"));
   }
+}
+
+// ---- which model: the switcher re-analyses the image on screen and redraws the architecture
+function withModel(url, model) {
+  if (!model) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}model=${encodeURIComponent(model)}`;
+}
+
+function modelLine(m) {
+  const top1 = m.metrics?.top1 === undefined ? "" : `, top-1 ${(100 * m.metrics.top1).toFixed(1)}% on ${m.metrics.dataset}`;
+  const strong = Object.assign(document.createElement("strong"), { textContent: m.name });
+  return ["Model ", strong, ` (${m.weights}), ${m.classes.length} classes, input ${m.input_size[0]}×${m.input_size[1]}, ` +
+    `${m.modules.length} attention modules${top1}.`];
+}
+
+async function switchModel(weights) {
+  state.model = weights;
+  document.body.dataset.model = weights;
+  try {
+    catalog ??= await getJSON("api/v1/models");
+    const m = catalog.models.find((x) => x.weights === weights);
+    if (m) $("model-line").replaceChildren(...modelLine(m));
+  } catch (err) {
+    setStatus(`Could not read the models' details: ${failureText(err)}`, true);
+  }
+  loadArchitecture();
+  if (state.source) analyse(state.source.name, state.source.blob);
 }
 
 // ---- wiring
@@ -274,4 +371,6 @@ onModuleChange((i) => {
   syncChannelBox();
 });
 installPresenter(() => state.payload !== null);
+$("model")?.addEventListener("change", (e) => switchModel(e.target.value));
+$("compare")?.addEventListener("change", () => { if (state.source) analyse(state.source.name, state.source.blob); });
 loadArchitecture();

@@ -43,6 +43,23 @@ export function createPanel(entry, { onPng, onNpy }) {
   return el;
 }
 
+const MINI = `
+  <h4></h4>
+  <p class="meta"></p>
+  <p class="shows"></p>
+  <canvas class="overlay" width="256" height="256" role="img" tabindex="0"></canvas>
+  <div class="colorbar"><span class="lo"></span><canvas width="256" height="1" aria-hidden="true"></canvas><span class="hi"></span></div>`;
+
+/** A smaller panel for the side-by-side view: the overlay and its colorbar, titled with the model. */
+export function createMiniPanel(entry, model) {
+  const el = document.createElement("article");
+  el.className = "module mini";
+  el.innerHTML = MINI;
+  el.querySelector("h4").textContent = `${entry.module} · ${model}`;
+  el.querySelector(".meta").textContent = `mask ${entry.shape[0]}×${entry.shape[1]} · ${entry.channels} channels`;
+  return el;
+}
+
 /** What a panel's map is, in words: "mean over 64 channels", "channel 17 of 256". */
 export function describeMap(entry, reduction, channel) {
   if (reduction === "channel") return `channel ${channel} of ${entry.channels}`;

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ranlens.app.api.deps import ExplainerDep
+from fastapi import Request
+
+from ranlens.app.api.deps import CatalogDep
+from ranlens.app.core.problems import Problem
 from ranlens.app.api.openapi import problems
 from ranlens.app.api.schemas import Health, Ready
 
@@ -15,6 +18,11 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", response_model=Ready, responses=problems(503),
-            summary="The weights are loaded and the model answers")
-def readyz(explainer: ExplainerDep) -> dict:
-    return {"status": "ready", "model": explainer.name, "weights": explainer.weights.name}
+            summary="Every configured model is loaded")
+def readyz(request: Request, catalog: CatalogDep) -> dict:
+    # a model that failed to load is a deployment error: not ready, even while the others serve
+    if request.app.state.load_error:
+        raise Problem(503, "Model not ready", f"Not every model is loaded: {request.app.state.load_error}")
+    default = catalog.default
+    return {"status": "ready", "model": default.name, "weights": default.weights.name,
+            "models": [e.weights.name for e in catalog]}

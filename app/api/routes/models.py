@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ranlens.app.api.deps import ExplainerDep, ServedModel
+from ranlens.app.api.deps import CatalogDep, ServedModel
 from ranlens.app.api.openapi import problems
 from ranlens.app.api.schemas import ModelInfo, ModelList
 
@@ -10,9 +10,9 @@ router = APIRouter(prefix="/api/v1", tags=["models"])
 
 
 @router.get("/models", response_model=ModelList, responses=problems(503),
-            summary="The loaded model and its metadata")
-def list_models(explainer: ExplainerDep) -> dict:
-    return {"models": [explainer.metadata()]}
+            summary="Every loaded model and its metadata, and which one is the default")
+def list_models(catalog: CatalogDep) -> dict:
+    return {"default": catalog.default_weights, "models": [e.metadata() for e in catalog]}
 
 
 @router.get("/models/{name}", response_model=ModelInfo, responses=problems(404, 503),

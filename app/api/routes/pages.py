@@ -34,10 +34,11 @@ def _options(values: tuple[str, ...], label, selected: str | None = None) -> lis
 
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request) -> HTMLResponse:
-    explainer = getattr(request.app.state, "explainer", None)
+    catalog = getattr(request.app.state, "catalog", None)
     return templates.TemplateResponse(request, "index.html", {
         "examples": EXAMPLES,
-        "model": explainer.metadata() if explainer else None,
+        "model": catalog.default.metadata() if catalog else None,
+        "models": [e.metadata() for e in catalog] if catalog else [],
         "load_error": getattr(request.app.state, "load_error", None),
         "colormaps": _options(render.COLORMAPS,
                               lambda v: f"{v} ({COLORMAP_NOTES[v]})" if v in COLORMAP_NOTES else v),
