@@ -37,3 +37,23 @@ def test_amp_setting_is_checked():
     assert resolve_amp("auto") in {"off", "bf16"}
     with pytest.raises(ValueError, match="amp must be"):
         resolve_amp("fp16")
+
+
+def test_device_setting_is_checked_and_recorded(tmp_path):
+    import torch
+
+    from ranlens.model.train import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no GPU"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
+    cfg = TrainConfig(data=str(FIXTURES), out=str(tmp_path / "run"), epochs=1, batch_size=10, threads=1,
+                      device="auto", amp="off", limit_train=10, limit_test=10)
+    train(cfg)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    # what the run did, not "auto": a resume elsewhere may move it between devices without refusing
+    assert config["device"] == resolve_device("auto") and config["machine"]["device"] == config["device"]
