@@ -13,9 +13,11 @@ from fastapi import FastAPI
 from ranlens import __version__
 from ranlens.app.api.docs import install_docs
 from ranlens.app.api.openapi import install_openapi
-from ranlens.app.api.routes import health, models, pages, predict, teach
+from ranlens.app.api.routes import health, metrics as metrics_route, models, pages, predict, teach
 from ranlens.app.core.config import Settings, get_settings
+from ranlens.app.core.gate import InferenceGate
 from ranlens.app.core.http import StaticAssets, install_transport
+from ranlens.app.core.metrics import Metrics, RequestMetrics
 from ranlens.app.core.problems import install_problem_handlers
 from ranlens.model.catalog import load_catalog
 
@@ -29,7 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         torch.set_num_threads(settings.torch_threads)
-        app.state.limiter = anyio.CapacityLimiter(settings.max_concurrent_inferences)
+        gate = InferenceGate(settings.max_concurrent_inferences, settings.max_queued_inferences,
+                             settings.max_queue_wait_s)
+        app.state.gate = gate
+        metrics.queue_depth.set_function(lambda: gate.waiting)
+        metrics.running.set_function(lambda: gate.running)
         try:
             catalog, errors = await anyio.to_thread.run_sync(
                 load_catalog, settings.weights, settings.arch, settings.default_model)
@@ -37,6 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             catalog, errors = None, [str(exc)]
         app.state.catalog = catalog
         app.state.load_error = "; ".join(errors) or None
+        for explainer in catalog or ():
+            metrics.model_loaded.labels(explainer.name, explainer.weights.name).set(1)
+        metrics.load_errors.set(len(errors))
         if catalog is not None:
             log.info("serving %s (default %s)", ", ".join(e.weights.name for e in catalog), catalog.default_weights)
         for error in errors:
@@ -51,13 +60,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # install_docs serves Swagger UI from local files; ReDoc cannot run under the CSP
         redoc_url=None,
     )
+    metrics = Metrics()
     app.state.settings = settings
+    app.state.metrics = metrics
     app.state.catalog = None
     app.state.load_error = None
     install_problem_handlers(app)
     install_transport(app)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     install_openapi(app)
     app.include_router(health.router)
+    app.include_router(metrics_route.router)
     app.include_router(models.router)
     app.include_router(predict.router)
     app.include_router(teach.router)

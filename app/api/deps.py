@@ -3,6 +3,7 @@ inference slot, and the query options several routes share (top_k; reduction, ch
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 import anyio
@@ -10,6 +11,8 @@ from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from ranlens.app.core.config import Settings
+from ranlens.app.core.gate import Busy, InferenceGate
+from ranlens.app.core.metrics import Metrics
 from ranlens.app.core.payloads import DisplayOptions
 from ranlens.app.core.problems import Problem
 from ranlens.model import render
@@ -121,7 +124,18 @@ def display_options(query: Annotated[DisplayQuery, Query()], explainer: Explaine
 Display = Annotated[DisplayOptions, Depends(display_options)]
 
 
-async def run_inference(request: Request, fn, *args):
-    """Runs ``fn`` in a worker thread, at most ``max_concurrent_inferences`` at once."""
-    limiter: anyio.CapacityLimiter = request.app.state.limiter
-    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+async def run_inference(request: Request, fn, explainer: Explainer, *args):
+    """Runs ``fn(explainer, *args)`` in a worker thread once the gate gives a slot (at most
+    ``max_concurrent_inferences`` at once; a full queue or a long wait is a 503 with Retry-After)."""
+    gate: InferenceGate = request.app.state.gate
+    metrics: Metrics = request.app.state.metrics
+    try:
+        async with gate.slot():  # the gate bounds concurrency; the thread pool's own limit is far above it
+            started = time.perf_counter()
+            result = await anyio.to_thread.run_sync(fn, explainer, *args)
+    except Busy as exc:
+        metrics.rejected.labels(exc.reason).inc()
+        raise
+    metrics.inference.labels(explainer.weights.name).observe(time.perf_counter() - started)
+    metrics.batch_size.observe(1)  # one image per forward: each request runs its own
+    return result

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded-size limit against decompression bombs")
     torch_threads: int = Field(2, gt=0)
     max_concurrent_inferences: int = Field(2, gt=0)
+    max_queued_inferences: int = Field(32, ge=0, description="requests that may wait for an inference slot; "
+                                       "more are answered 503 with Retry-After at once")
+    max_queue_wait_s: float = Field(10.0, gt=0, description="the longest a request waits for a slot before 503")
     display_size: int = Field(256, ge=32, le=1024, description="side of the crop the page draws masks on")
 
 

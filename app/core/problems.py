@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ranlens.app.core.gate import Busy
 from ranlens.app.core.http import add_security_headers
 from ranlens.model.imaging import (
     CorruptImageError,
@@ -63,6 +64,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageError)
     async def _image(request: Request, exc: ImageError) -> JSONResponse:
         return problem_response(request, IMAGE_STATUS.get(type(exc), 400), exc.title, exc.detail)
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy) -> JSONResponse:
+        return problem_response(request, 503, "Server busy", exc.detail, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:

@@ -1,0 +1,70 @@
+"""Prometheus metrics: requests by route and status, latency, inference batches, queue and load state.
+
+Each app has its own registry, so several apps in one process (tests, a Ray replica) never share or
+collide on counters. Routes are labelled by their template (``/api/v1/models/{name}``), never by the
+raw path, so the label set stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("ranlens_http_requests", "HTTP requests answered", ["method", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("ranlens_http_request_duration_seconds", "time to answer, by route",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("ranlens_inference_batch_size", "images per model forward",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.inference = Histogram("ranlens_inference_seconds", "time in the model, by served model",
+                                   ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.queue_depth = Gauge("ranlens_inference_queue_depth", "requests waiting for an inference slot",
+                                 registry=self.registry)
+        self.running = Gauge("ranlens_inferences_running", "inferences running now", registry=self.registry)
+        self.rejected = Counter("ranlens_inference_rejected", "requests answered 503 by backpressure",
+                                ["reason"], registry=self.registry)
+        self.model_loaded = Gauge("ranlens_model_loaded", "1 if the model is loaded and serving",
+                                  ["model", "weights"], registry=self.registry)
+        self.load_errors = Gauge("ranlens_model_load_errors", "configured models that failed to load",
+                                 registry=self.registry)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class RequestMetrics:
+    """ASGI middleware: counts and times every HTTP answer under its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            # unmatched paths share one label: a scanner's thousand URLs must not become a thousand series
+            template = getattr(route, "path", None) or ("/static" if scope["path"].startswith("/static/") else "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

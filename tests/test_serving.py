@@ -1,0 +1,147 @@
+"""Serving under load: Prometheus metrics and backpressure (a bounded queue that answers 503 at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from ranlens.app.core.config import Settings
+from ranlens.app.core.gate import Busy, InferenceGate
+from ranlens.app.main import create_app
+
+from . import corpus
+from .live import live_server
+
+PROBLEM = "application/problem+json"
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus' text format, or None if absent."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, value = line.rsplit(" ", 1)
+        found = dict(re.findall(r'(\w+)="([^"]*)"', head))
+        if head.split("{")[0] == name and found == labels:
+            return float(value)
+    return None
+
+
+def test_metrics_count_requests_by_route_and_report_models_and_queue():
+    with TestClient(create_app(Settings())) as c:
+        image = corpus.png(corpus.photo())
+        for model in ("attention56_cifar", "attention92_cifar"):
+            assert c.post("/api/v1/predict", params={"model": model},
+                          files={"file": ("c.png", image, "image/png")}).status_code == 200
+        c.get("/api/v1/models/attention92_cifar")
+        c.get("/api/v1/models/nothing")
+        c.get("/no/such/page")
+        response = c.get("/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        text = response.text
+    assert sample(text, "ranlens_http_requests_total", method="POST", route="/api/v1/predict", status="200") == 2
+    # routes by template, not by raw path: the name a client sent is no label
+    assert sample(text, "ranlens_http_requests_total", method="GET", route="/api/v1/models/{name}", status="200") == 1
+    assert sample(text, "ranlens_http_requests_total", method="GET", route="/api/v1/models/{name}", status="404") == 1
+    assert sample(text, "ranlens_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert "nothing" not in text and "/no/such/page" not in text
+    assert sample(text, "ranlens_http_request_duration_seconds_count", method="POST", route="/api/v1/predict") == 2
+    assert sample(text, "ranlens_inference_batch_size_count") == 2
+    for weights in ("attention56_cifar.v6", "attention92_cifar.v1"):
+        assert sample(text, "ranlens_inference_seconds_count", model=weights) == 1
+    assert sample(text, "ranlens_model_loaded", model="attention92_cifar", weights="attention92_cifar.v1") == 1
+    assert sample(text, "ranlens_model_load_errors") == 0
+    assert sample(text, "ranlens_inference_queue_depth") == 0 and sample(text, "ranlens_inferences_running") == 0
+
+
+def test_gate_rejects_at_once_when_full_and_after_the_wait_limit():
+    async def scenario() -> list[str]:
+        gate = InferenceGate(concurrency=1, max_waiting=1, max_wait_s=0.3)
+        events: list[str] = []
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with gate.slot():
+                events.append("running")
+                await release.wait()
+
+        async def wait_for_slot() -> None:
+            started = time.perf_counter()
+            try:
+                async with gate.slot():
+                    events.append("served")
+            except Busy as exc:
+                events.append(f"{exc.reason} after {time.perf_counter() - started:.1f}s, retry {exc.retry_after}")
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(wait_for_slot())
+        await asyncio.sleep(0.01)
+        await wait_for_slot()  # the queue holds one: this one is turned away at once
+        await waiter  # and the waiting one gives up at the limit
+        release.set()
+        await holder
+        await wait_for_slot()  # free again
+        assert gate.waiting == 0 and gate.running == 0 and gate.rejected == 2
+        return events
+
+    events = asyncio.run(scenario())
+    assert events == ["running", "queue_full after 0.0s, retry 1", "wait_timeout after 0.3s, retry 1", "served"]
+    with pytest.raises(ValueError, match="concurrency"):
+        InferenceGate(0, 1, 1.0)
+
+
+def test_more_clients_than_the_bound_get_503_with_retry_after_and_the_server_stays_ready():
+    """A live server with one inference slot and room for two waiting: a burst of slow requests must
+    be answered (served, or 503 with Retry-After) within the wait limit plus one request's work, and
+    /readyz must answer throughout."""
+    wait_limit = 2.0
+    big = corpus.png(corpus.photo().resize((1600, 1200)))  # decoding in the slot makes each request slow
+    with live_server(RANLENS_MAX_CONCURRENT_INFERENCES="1", RANLENS_MAX_QUEUED_INFERENCES="2",
+                     RANLENS_MAX_QUEUE_WAIT_S=str(wait_limit)) as url:
+        def ablate(client: httpx.Client) -> httpx.Response:
+            return client.post(url + "api/v1/ablate", params={"model": "attention92_cifar"},
+                               files={"file": ("big.png", big, "image/png")})
+
+        with httpx.Client(timeout=120) as client:
+            started = time.perf_counter()
+            assert ablate(client).status_code == 200
+            alone = time.perf_counter() - started
+
+        async def burst(n: int) -> tuple[list[tuple[int, float, dict]], list[int]]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                async def one() -> tuple[int, float, dict]:
+                    t0 = time.perf_counter()
+                    r = await client.post(url + "api/v1/ablate", params={"model": "attention92_cifar"},
+                                          files={"file": ("big.png", big, "image/png")})
+                    body = r.json() if r.headers["content-type"].startswith(PROBLEM) else {}
+                    return r.status_code, time.perf_counter() - t0, {**body, "retry": r.headers.get("retry-after")}
+
+                async def ready_checks() -> list[int]:
+                    codes = []
+                    for _ in range(5):
+                        await asyncio.sleep(0.2)
+                        codes.append((await client.get(url + "readyz")).status_code)
+                    return codes
+
+                results, ready = await asyncio.gather(asyncio.gather(*(one() for _ in range(10))), ready_checks())
+                return list(results), ready
+
+        results, ready = asyncio.run(burst(10))
+        metrics = httpx.get(url + "metrics").text
+    statuses = [s for s, _, _ in results]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1 and statuses.count(503) >= 5, statuses
+    for status, elapsed, body in results:
+        # nobody waits past the limit: a slot within wait_limit, then at most a couple of requests' work
+        assert elapsed < wait_limit + 3 * alone + 2.0, (status, elapsed, alone)
+        if status == 503:
+            assert body["title"] == "Server busy" and body["retry"] and int(body["retry"]) >= 1, body
+    assert ready == [200] * 5
+    rejected = sum(sample(metrics, "ranlens_inference_rejected_total", reason=r) or 0
+                   for r in ("queue_full", "wait_timeout"))
+    assert rejected == statuses.count(503)
