@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.resources import files
 
 import anyio
@@ -19,6 +20,7 @@ from ranlens.app.core.gate import InferenceGate
 from ranlens.app.core.http import StaticAssets, install_transport
 from ranlens.app.core.metrics import Metrics, RequestMetrics
 from ranlens.app.core.problems import install_problem_handlers
+from ranlens.model.batching import Batcher
 from ranlens.model.catalog import load_catalog
 
 log = logging.getLogger("ranlens")
@@ -50,7 +52,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("serving %s (default %s)", ", ".join(e.weights.name for e in catalog), catalog.default_weights)
         for error in errors:
             log.error("could not load a model: %s", error)
+        app.state.direct = anyio.CapacityLimiter(settings.max_direct_forwards)
+        app.state.batchers = {
+            e.weights.name: Batcher(e, settings.max_batch_size, settings.batch_window_ms / 1000,
+                                    on_batch=partial(metrics.record_batch, e.weights.name))
+            for e in catalog or ()
+        }
         yield
+        for batcher in app.state.batchers.values():
+            batcher.close()
 
     app = FastAPI(
         title="ranlens",

@@ -124,18 +124,21 @@ def display_options(query: Annotated[DisplayQuery, Query()], explainer: Explaine
 Display = Annotated[DisplayOptions, Depends(display_options)]
 
 
-async def run_inference(request: Request, fn, explainer: Explainer, *args):
-    """Runs ``fn(explainer, *args)`` in a worker thread once the gate gives a slot (at most
-    ``max_concurrent_inferences`` at once; a full queue or a long wait is a 503 with Retry-After)."""
+async def run_inference(request: Request, fn, explainer: Explainer, *args, batched: bool = True):
+    """Runs ``fn`` in a worker thread once the gate gives a slot (a full queue or a long wait is a 503
+    with Retry-After). ``batched``: ``fn(explain, *args)``, where ``explain(picture)`` joins the model's
+    dynamic batch; otherwise ``fn(explainer, *args)`` runs its own forwards, a few at once."""
     gate: InferenceGate = request.app.state.gate
     metrics: Metrics = request.app.state.metrics
     try:
-        async with gate.slot():  # the gate bounds concurrency; the thread pool's own limit is far above it
+        async with gate.slot():
+            if batched:
+                with request.app.state.batchers[explainer.weights.name].ticket() as ticket:
+                    return await anyio.to_thread.run_sync(fn, ticket.explain, *args)
             started = time.perf_counter()
-            result = await anyio.to_thread.run_sync(fn, explainer, *args)
+            result = await anyio.to_thread.run_sync(fn, explainer, *args, limiter=request.app.state.direct)
+            metrics.inference.labels(explainer.weights.name).observe(time.perf_counter() - started)
+            return result
     except Busy as exc:
         metrics.rejected.labels(exc.reason).inc()
         raise
-    metrics.inference.labels(explainer.weights.name).observe(time.perf_counter() - started)
-    metrics.batch_size.observe(1)  # one image per forward: each request runs its own
-    return result

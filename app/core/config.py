@@ -23,7 +23,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded-size limit against decompression bombs")
     torch_threads: int = Field(2, gt=0)
-    max_concurrent_inferences: int = Field(2, gt=0)
+    max_concurrent_inferences: int = Field(16, gt=0, description="requests decoded, run and rendered at once; "
+                                           "those that arrive together share one forward (dynamic batching)")
+    max_batch_size: int = Field(16, gt=0, description="the most pictures one forward takes")
+    batch_window_ms: float = Field(5.0, ge=0, description="how long a forward waits for requests still decoding; "
+                                   "a lone request never waits")
+    max_direct_forwards: int = Field(2, gt=0, description="unbatched forwards (the ablation) at once")
     max_queued_inferences: int = Field(32, ge=0, description="requests that may wait for an inference slot; "
                                        "more are answered 503 with Retry-After at once")
     max_queue_wait_s: float = Field(10.0, gt=0, description="the longest a request waits for a slot before 503")

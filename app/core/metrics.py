@@ -37,6 +37,11 @@ class Metrics:
         self.load_errors = Gauge("ranlens_model_load_errors", "configured models that failed to load",
                                  registry=self.registry)
 
+    def record_batch(self, weights: str, size: int, seconds: float) -> None:
+        """A batcher's report of one forward (called from its thread; prometheus-client is thread-safe)."""
+        self.batch_size.observe(size)
+        self.inference.labels(weights).observe(seconds)
+
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 

@@ -7,14 +7,20 @@ are the ones ``ranlens.app.api.schemas`` documents.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from ranlens.model import render
 from ranlens.model.explainer import Explainer, Explanation
 from ranlens.model.imaging import decode_image
 from ranlens.model.preprocess import center_crop
+
+
+# a decoded picture to its Explanation: the model's dynamic batch (app) or Explainer.explain itself
+Explain = Callable[[Image.Image], Explanation]
 
 
 @dataclass(frozen=True)
@@ -40,13 +46,13 @@ def _ood(result: Explanation) -> dict:
             "out_of_distribution": result.out_of_distribution}
 
 
-def predict(explainer: Explainer, image: bytes, content_type: str, *, max_pixels: int, display_size: int,
+def predict(explain: Explain, image: bytes, content_type: str, *, max_pixels: int, display_size: int,
             top_k: int, overlays: bool, masks: bool, display: DisplayOptions, started: float) -> dict:
     """Top-k classes and, per module, the channel-reduced mask's range, optionally drawn and listed."""
     t0 = time.perf_counter()
     picture = decode_image(image, max_pixels, content_type)
     t1 = time.perf_counter()
-    result = explainer.explain(picture)
+    result = explain(picture)
     t2 = time.perf_counter()
     backdrop = center_crop(picture, display_size) if overlays else None
     attention = []
@@ -70,13 +76,13 @@ def predict(explainer: Explainer, image: bytes, content_type: str, *, max_pixels
     }
 
 
-def explain(explainer: Explainer, image: bytes, content_type: str, *, max_pixels: int, display_size: int,
+def explain(explain: Explain, image: bytes, content_type: str, *, max_pixels: int, display_size: int,
             started: float) -> dict:
     """Everything the page draws: all probabilities, each module's full mask (quantised), pictures."""
     t0 = time.perf_counter()
     picture = decode_image(image, max_pixels, content_type)
     t1 = time.perf_counter()
-    result = explainer.explain(picture)
+    result = explain(picture)
     display = center_crop(picture, display_size)
     thumbnail = picture.copy()
     thumbnail.thumbnail((640, 640))

@@ -49,4 +49,4 @@ def model_architecture(explainer: ServedModel) -> dict:
 async def ablate(request: Request, explainer: ExplainerDep, settings: SettingsDep, top_k: TopK) -> dict:
     upload = await read_upload(request, settings.max_upload_bytes)
     build = partial(payloads.ablate, max_pixels=settings.max_image_pixels, top_k=top_k)
-    return await run_inference(request, build, explainer, upload.data, upload.content_type)
+    return await run_inference(request, build, explainer, upload.data, upload.content_type, batched=False)

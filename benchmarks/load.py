@@ -1,0 +1,139 @@
+"""Throughput and latency of POST /api/v1/predict under concurrent clients, against the bare model.
+
+    python benchmarks/load.py --clients 16 --seconds 30
+
+In one run on one machine: (a) the bare model's batched throughput (the same preprocessing, then one
+forward per ``--clients`` pictures); (b) a real ``ranlens serve`` with dynamic batching (the defaults)
+and (c) with batching off (``RANLENS_MAX_BATCH_SIZE=1``, two requests at once: the server before
+batching), each under ``--clients`` clients posting a photo for ``--seconds``, then one client alone.
+Prints img/s, p50/p99 latency and errors, and the ratios the issue sets goals on: (b)/(a) throughput,
+(b)/(c) p99 and single-client latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import torch
+
+from ranlens.model.explainer import Explainer
+from ranlens.model.imaging import decode_image
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "static" / "examples" / "chelsea.jpg"
+
+
+@contextmanager
+def server(**env: str):
+    with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        proc = subprocess.Popen([sys.executable, "-m", "ranlens", "serve", "--fd", str(sock.fileno())], cwd=cwd,
+                                env={**os.environ, **env}, pass_fds=[sock.fileno()],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(240):
+                try:
+                    with urllib.request.urlopen(url + "readyz", timeout=2):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def bare(batch: int, seconds: float, data: bytes) -> float:
+    explainer = Explainer.load("attention56_cifar", "DEFAULT")
+    pictures = [decode_image(data, 40_000_000) for _ in range(batch)]
+    explainer.explain_batch(pictures)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        explainer.explain_batch(pictures)
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+async def load(url: str, clients: int, seconds: float, data: bytes) -> tuple[list[float], int, float]:
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients)) as client:
+        deadline = time.perf_counter() + seconds
+
+        async def one_client() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url + "api/v1/predict", files={"file": ("chelsea.jpg", data, "image/jpeg")})
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        return latencies, errors, time.perf_counter() - started
+
+
+def single(url: str, repeats: int, data: bytes) -> float:
+    with httpx.Client(timeout=60) as client:
+        times = []
+        for _ in range(repeats + 3):
+            t0 = time.perf_counter()
+            client.post(url + "api/v1/predict", files={"file": ("chelsea.jpg", data, "image/jpeg")}).raise_for_status()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[3:])
+
+
+def pct(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--single", type=int, default=30, help="requests of the lone client")
+    parser.add_argument("--threads", default="2", help="torch threads, in the bare run and the servers")
+    args = parser.parse_args()
+    data = PHOTO.read_bytes()
+    torch.set_num_threads(int(args.threads))
+    rate_bare = bare(args.clients, min(args.seconds, 15), data)
+    print(f"bare model, batch {args.clients}: {rate_bare:.1f} img/s", flush=True)
+    results = {}
+    for name, env in (("batching", {}), ("no batching", {"RANLENS_MAX_BATCH_SIZE": "1",
+                                                         "RANLENS_MAX_CONCURRENT_INFERENCES": "2"})):
+        with server(RANLENS_TORCH_THREADS=args.threads, **env) as url:
+            single(url, 3, data)  # warm
+            latencies, errors, wall = asyncio.run(load(url, args.clients, args.seconds, data))
+            alone = single(url, args.single, data)
+        rate = len(latencies) / wall
+        results[name] = (rate, pct(latencies, 0.5), pct(latencies, 0.99), errors, alone)
+        print(f"{name:>12}: {args.clients} clients {rate:6.1f} img/s ({rate / rate_bare:.2f}x bare), "
+              f"p50 {1000 * results[name][1]:.0f} ms, p99 {1000 * results[name][2]:.0f} ms, {errors} errors; "
+              f"one client alone: median {1000 * alone:.1f} ms", flush=True)
+    on, off = results["batching"], results["no batching"]
+    print(f"batching / bare throughput: {on[0] / rate_bare:.2f}x (goal >= 0.85), errors {on[3]}")
+    print(f"p99 batching / no batching: {on[2] / off[2]:.2f}x (goal <= 1)")
+    print(f"single client batching / no batching: {on[4] / off[4]:.2f}x (goal <= 1.1)")
+
+
+if __name__ == "__main__":
+    main()
