@@ -146,7 +146,8 @@ def _hardware(config: dict) -> tuple[str, dict]:
     threads = f"{machine['threads']} thread" + ("s" if machine["threads"] != 1 else "")
     where = f"{machine['cpu']}{cpus}, {threads}"
     if machine.get("gpu"):  # the GPU does the work; the host CPU only launches it
-        where = f"{machine['gpu']} (CUDA), host {machine['cpu']}{cpus}"
+        gpus = f"{machine['processes']} x " if machine.get("processes", 1) > 1 else ""
+        where = f"{gpus}{machine['gpu']} (CUDA), host {machine['cpu']}{cpus}"
     text = f"{where}, {machine['precision']}, {machine['memory_format']}{torch_version}"
     return text, machine
 
