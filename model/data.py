@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .imaging import decode_image
 from .preprocess import center_crop
 
-__all__ = ["Split", "augment", "cutout", "load_split"]
+__all__ = ["Split", "augment", "cutout", "load_split", "split_directory"]
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ranlens"
 MAX_PIXELS = 40_000_000  # as the app's default: a data set is no place for decompression bombs either
@@ -64,9 +64,22 @@ def _torchvision_split(root: Path, train: bool) -> Split:
     return Split(images, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes))
 
 
+def split_directory(data: str | Path, split: str) -> Path:
+    """``data/<split>``; for the test split ``data/val`` where there is no ``data/test`` (the ImageNet
+    layout); else ``data`` itself, a folder of class folders."""
+    if split not in {"train", "test"}:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    data = Path(data)
+    for name in (split, "val") if split == "test" else (split,):
+        if (data / name).is_dir():
+            return data / name
+    return data
+
+
 def load_split(data: str | Path, split: str, size: int = 32, source: str = "folder") -> Split:
-    """``source="folder"``: ``data/<split>/<class>/*`` (or ``data`` itself when it holds class
-    folders); ``source="torchvision"``: CIFAR-10 downloaded into ``data``."""
+    """``source="folder"``: ``data/<split>/<class>/*`` (``data/val`` for the test split where there is
+    no ``data/test``, or ``data`` itself when it holds class folders); ``source="torchvision"``:
+    CIFAR-10 downloaded into ``data``."""
     if split not in {"train", "test"}:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     data = Path(data)
@@ -74,7 +87,7 @@ def load_split(data: str | Path, split: str, size: int = 32, source: str = "fold
         return _torchvision_split(data, train=split == "train")
     if source != "folder":
         raise ValueError(f"source must be 'folder' or 'torchvision', got {source!r}")
-    directory = data / split if (data / split).is_dir() else data
+    directory = split_directory(data, split)
     # folder modification times change when files are added, removed or renamed: a changed data set
     # gets a new cache entry instead of the old arrays
     stamps = [(p.name, p.stat().st_mtime_ns) for p in [directory, *sorted(directory.iterdir())] if p.is_dir()]
@@ -85,22 +98,41 @@ def load_split(data: str | Path, split: str, size: int = 32, source: str = "fold
             return Split(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]), tuple(z["classes"].tolist()))
     result = _folder_split(directory, size)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, images=result.images.numpy(), labels=result.labels.numpy(), classes=np.array(result.classes))
+    # written aside and renamed: another process (a torchrun rank, a second run) never reads half a file
+    partial = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    with open(partial, "wb") as fh:
+        np.savez(fh, images=result.images.numpy(), labels=result.labels.numpy(), classes=np.array(result.classes))
+    partial.replace(cache)
     return result
 
 
-def augment(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+def _draw_rows(n: int, share: tuple[Tensor, int] | None) -> tuple[int, Tensor | slice]:
+    """Random draws are made for the whole global batch and each process keeps the rows of its own
+    images (``share``: their positions in the global batch, and its size), so the draws an image gets
+    do not depend on how many processes share the batch."""
+    if share is None:
+        return n, slice(None)
+    rows, total = share
+    if len(rows) != n:
+        raise ValueError(f"{n} images but {len(rows)} positions in the global batch")
+    return total, rows
+
+
+def augment(images: Tensor, generator: torch.Generator, padding: int = 4,
+            share: tuple[Tensor, int] | None = None) -> Tensor:
     """Random crop with zero padding and random horizontal flip, for a uint8 batch on any device.
 
     The draws come from ``generator`` (a CPU generator), so a batch's crops are the same on CPU and GPU;
-    the crop itself is one gather, with no per-image Python work for a GPU to wait on.
+    the crop itself is one gather, with no per-image Python work for a GPU to wait on. ``share=(rows,
+    size)``: ``images`` are the rows ``rows`` (CPU positions) of a global batch of ``size`` images.
     """
     n, c, h, w = images.shape
     device = images.device
     padded = torch.nn.functional.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+    total, mine = _draw_rows(n, share)
+    dy = torch.randint(0, 2 * padding + 1, (total,), generator=generator)[mine].to(device)
+    dx = torch.randint(0, 2 * padding + 1, (total,), generator=generator)[mine].to(device)
+    flip = (torch.rand(total, generator=generator) < 0.5)[mine].to(device)
     ys = torch.arange(h, device=device)
     xs = torch.arange(w, device=device)
     rows = dy[:, None] + ys  # (n, h)
@@ -113,10 +145,11 @@ def augment(images: Tensor, generator: torch.Generator, padding: int = 4) -> Ten
     ]
 
 
-def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+def cutout(images: Tensor, size: int, generator: torch.Generator, share: tuple[Tensor, int] | None = None) -> Tensor:
     """Zero one ``size`` x ``size`` square per image (DeVries & Taylor 2017), clipped at the border.
 
-    Applied after normalisation, so zero is the data-set mean colour rather than black.
+    Applied after normalisation, so zero is the data-set mean colour rather than black. ``share``: as
+    for ``augment``.
     """
     if size < 0:
         raise ValueError(f"cutout size must be >= 0, got {size}")
@@ -124,8 +157,9 @@ def cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
         return images
     n, _, h, w = images.shape
     device = images.device
-    cy = torch.randint(0, h, (n, 1, 1), generator=generator).to(device)
-    cx = torch.randint(0, w, (n, 1, 1), generator=generator).to(device)
+    total, mine = _draw_rows(n, share)
+    cy = torch.randint(0, h, (total, 1, 1), generator=generator)[mine].to(device)
+    cx = torch.randint(0, w, (total, 1, 1), generator=generator)[mine].to(device)
     ys = torch.arange(h, device=device).view(1, h, 1)
     xs = torch.arange(w, device=device).view(1, 1, w)
     low, high = size // 2, size - size // 2

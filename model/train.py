@@ -1,7 +1,11 @@
-"""Trains a CIFAR-layout Residual Attention Network, resumably, on CPU cores or one GPU.
+"""Trains a Residual Attention Network, resumably, on CPU cores, one GPU, or several under torchrun.
 
-The whole data set lives as uint8 tensors on the training device and is augmented there per batch,
-so neither a 2-core CPU nor a GPU waits on per-image Python work.
+Small images (CIFAR, up to 64 pixels): the whole data set lives as uint8 tensors on the training device
+and is augmented there per batch, so neither a 2-core CPU nor a GPU waits on per-image Python work.
+Larger ones (ImageNet): streamed from the ImageFolder tree by DataLoader workers (``stream.py``).
+
+Under torchrun (``WORLD_SIZE`` > 1) every process trains on its share of every global batch in
+DistributedDataParallel, with batch norm over the global batch; see ``distributed.py``.
 
 One-cycle-style schedule (linear warm-up, cosine decay to zero) stepped per batch and computed
 from the global step, so a resumed run lands on exactly the learning rate it stopped at.
@@ -15,6 +19,8 @@ import os
 import platform
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -24,13 +30,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from . import distributed
 from .data import Split, augment, cutout, load_split, normalize
+from .distributed import Processes
 from .network import ResidualAttentionNet
 from .registry import ARCHITECTURES
 from .weights import load_state_checked, read_checkpoint, save_checkpoint
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# ImageNet-layout networks normalise with ImageNet's statistics, CIFAR-layout ones with CIFAR-10's
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# the largest image side kept in memory by default; larger ones stream from disk
+MEMORY_MAX_SIZE = 64
 
 
 def _setting(default, help: str, **argparse_extra):
@@ -63,6 +76,52 @@ class TrainConfig:
                         "auto: bf16 where the device has native bfloat16", choices=["auto", "bf16", "off"])
     device: str = _setting("auto", "where to train: cpu, cuda, or auto (cuda where a GPU is visible)",
                            choices=["auto", "cpu", "cuda"])
+    image_size: int = _setting(0, "side of the square training image; 0 = the architecture's reference size")
+    loader: str = _setting("auto", "memory: decode the data set once into uint8 tensors on the device "
+                           "(padded crop + flip); stream: ImageFolder + DataLoader workers (random resized "
+                           "crop + flip); auto: memory up to 64 pixels, stream above",
+                           choices=["auto", "memory", "stream"])
+    workers: int = _setting(8, "DataLoader worker processes per training process (stream loader)")
+    accumulate: int = _setting(1, "split each process's share of a batch into N micro-steps (less memory; "
+                               "batch norm then sees the micro-batches)")
+    compile: bool = _setting(False, "torch.compile the network (minutes of compiling, faster steps on GPUs)")
+    preset: str = _setting("none", "a published recipe: imagenet = SGD momentum 0.9, weight decay 1e-4, "
+                           "batch 256, lr 0.1, 90 epochs, cosine (options given explicitly win)",
+                           choices=["none", "imagenet"])
+
+
+# What a preset sets. Applied where the settings are gathered (``with_preset``), so config.json and
+# last.pt record the values the run used, and a resume compares those.
+PRESETS: dict[str, dict] = {
+    # Wang et al. 2017 trained ImageNet with SGD, momentum 0.9, weight decay 1e-4, batch 256, lr 0.1;
+    # cosine decay and a short warm-up replace their step schedule (ours is per batch, as for CIFAR)
+    "imagenet": {"epochs": 90, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                 "warmup": 0.05, "label_smoothing": 0.1, "cutout": 0},
+}
+
+
+def with_preset(cfg: TrainConfig, given: Iterable[str] = ()) -> TrainConfig:
+    """``cfg`` with its preset's values, except for the settings named in ``given`` (options the
+    person typed, which win)."""
+    if cfg.preset == "none":
+        return cfg
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
+    keep = set(given)
+    return replace(cfg, **{k: v for k, v in PRESETS[cfg.preset].items() if k not in keep})
+
+
+def resolve_loader(loader: str, image_size: int) -> str:
+    if loader not in {"auto", "memory", "stream"}:
+        raise ValueError(f"loader must be 'auto', 'memory' or 'stream', got {loader!r}")
+    if loader != "auto":
+        return loader
+    return "memory" if image_size <= MEMORY_MAX_SIZE else "stream"
+
+
+def statistics(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a network of ``arch`` normalises its input with."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if ARCHITECTURES[arch].stem == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
 
 
 def resolve_device(device: str) -> str:
@@ -91,10 +150,15 @@ def resolve_amp(amp: str, device: str = "cpu") -> str:
 
 
 # Settings that only say where a run lives or how fast it goes; every other setting shapes what a
-# run learns, so a resume refuses to change it.
-RESUMABLE_SETTINGS = ("out", "data", "threads", "stop_after", "device")
-# What a run recorded before a setting existed means: it trained in float32 (no --amp yet).
-LEGACY_SETTINGS = {"amp": "off"}
+# run learns, so a resume refuses to change it. The process count (torchrun's WORLD_SIZE, recorded as
+# "world_size") is no setting and may change too: with the global batch, its sampling and batch norm
+# the same whatever the count, the processes compute what one would (the stream loader's sampler and
+# worker seeds do depend on it; see README).
+RESUMABLE_SETTINGS = ("out", "data", "threads", "stop_after", "device", "workers", "compile")
+# What a run recorded before a setting existed means: it trained in float32 (no --amp yet), in memory
+# at the architecture's reference size, in one step per batch, with no preset.
+LEGACY_SETTINGS = {"amp": "off", "loader": "memory", "accumulate": 1, "preset": "none",
+                   "image_size": lambda saved: ARCHITECTURES[saved.get("arch", _DEFAULT_ARCH)].reference_size}
 
 
 def cpu_model() -> str:
@@ -108,12 +172,13 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine(cfg: TrainConfig) -> dict:
+def machine(cfg: TrainConfig, world_size: int = 1) -> dict:
     """The facts of the machine a run trains on, recorded in its config.json for the manifest."""
     gpu = torch.cuda.get_device_name() if cfg.device == "cuda" else None
     return {
         "device": cfg.device,
         **({"gpu": gpu} if gpu else {}),
+        "processes": world_size,
         "cpu": cpu_model(),
         "logical_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": cfg.threads,
@@ -124,6 +189,7 @@ def machine(cfg: TrainConfig) -> dict:
 
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+_DEFAULT_ARCH = _DEFAULTS["arch"]
 
 
 def check_resumable(saved: dict, cfg: TrainConfig, source: Path) -> None:
@@ -132,7 +198,8 @@ def check_resumable(saved: dict, cfg: TrainConfig, source: Path) -> None:
     for key, value in current.items():
         if key in RESUMABLE_SETTINGS:
             continue
-        before = saved.get(key, LEGACY_SETTINGS.get(key, _DEFAULTS[key]))
+        legacy = LEGACY_SETTINGS.get(key, _DEFAULTS[key])
+        before = saved.get(key, legacy(saved) if callable(legacy) else legacy)
         if before != value:
             raise ValueError(
                 f"{source} was made with {key}={before!r}; resuming with {key}={value!r} would change the run. "
@@ -151,15 +218,26 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               label_smoothing: float = 0.0, amp: str = "off") -> tuple[Tensor, Tensor]:
-    """One optimisation step on a batch; returns the batch's logits and loss (detached)."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+               label_smoothing: float = 0.0, amp: str = "off", micro_steps: int = 1) -> tuple[Tensor, Tensor]:
+    """One optimisation step on a batch, in ``micro_steps`` equal parts whose gradients add up
+    before the update; returns the batch's logits and mean loss (detached)."""
+    if len(x) % micro_steps:
+        raise ValueError(f"a batch of {len(x)} does not split into {micro_steps} equal micro-steps")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    logits_parts, losses = [], []
+    for j, (xj, yj) in enumerate(zip(x.chunk(micro_steps), y.chunk(micro_steps))):
+        # DDP averages gradients across processes in backward; the micro-steps before the last
+        # only accumulate locally, so the exchange happens once per batch
+        last = j == micro_steps - 1
+        with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+                logits = model(xj)
+                loss = F.cross_entropy(logits, yj, label_smoothing=label_smoothing)
+            (loss / micro_steps if micro_steps > 1 else loss).backward()
+        logits_parts.append(logits.detach())
+        losses.append(loss.detach())
     optimizer.step()
-    return logits.detach(), loss.detach()
+    return torch.cat(logits_parts), torch.stack(losses).mean()
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -179,16 +257,29 @@ def subset(split: Split, limit: int, seed: int) -> Split:
 
 @torch.no_grad()
 def evaluate_split(
-    model: ResidualAttentionNet, split: Split, mean, std, batch_size: int = 500, desc: str = "eval"
+    model: ResidualAttentionNet, split: Split, mean, std, batch_size: int = 500, desc: str = "eval",
+    show: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (logits (N, K), labels (N,)) in eval mode, on the CPU, whatever device the model is on."""
     model.eval()
     device = next(model.parameters()).device
-    outs = []
-    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
+    outs = [torch.zeros((0, model.num_classes))]
+    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=not show):
         batch = split.images[start : start + batch_size].to(device, non_blocking=True)
         outs.append(model(normalize(batch, mean, std)).float().cpu())
     return torch.cat(outs), split.labels.cpu()
+
+
+@torch.no_grad()
+def evaluate_loader(model: ResidualAttentionNet, loader, mean, std, show: bool = True) -> tuple[Tensor, Tensor]:
+    """As ``evaluate_split``, for batches of uint8 images from a DataLoader."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs, labels = [torch.zeros((0, model.num_classes))], [torch.zeros(0, dtype=torch.int64)]
+    for images, y in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not show):
+        outs.append(model(normalize(images.to(device, non_blocking=True), mean, std)).float().cpu())
+        labels.append(y)
+    return torch.cat(outs), torch.cat(labels)
 
 
 def _set_seed(seed: int) -> None:
@@ -222,17 +313,101 @@ def plot_curves(history: list[dict], path: Path, restarts: tuple[float, ...] = (
     plt.close(fig)
 
 
+@dataclass
+class _Data:
+    """A run's data, whichever loader reads it, as this process sees it."""
+
+    classes: tuple[str, ...]
+    train_images: int
+    test_images: int
+    steps_per_epoch: int
+    # epoch -> this process's share of each global batch: (normalised images, labels) on the device
+    batches: Callable[[int], Iterator[tuple[Tensor, Tensor]]]
+    # (network, show progress) -> logits and labels of this process's strided share of the test split
+    evaluate: Callable[[nn.Module, bool], tuple[Tensor, Tensor]]
+
+
+def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean, std, per: int) -> _Data:
+    # rank 0 decodes (or downloads) and caches first; the others then read its cache instead of
+    # decoding the same images at the same time
+    if not procs.main:
+        distributed.barrier()
+    train_split = subset(load_split(cfg.data, "train", cfg.image_size, cfg.source), cfg.limit_train, cfg.seed)
+    test_split = subset(load_split(cfg.data, "test", cfg.image_size, cfg.source), cfg.limit_test, cfg.seed)
+    if procs.main:
+        distributed.barrier()
+    # the data set lives where the model trains: 150 MB of uint8 for CIFAR-10, no loader to wait on
+    images, labels = train_split.images.to(device), train_split.labels.to(device)
+    batch = cfg.batch_size
+    rows = distributed.batch_rows(batch, procs, cfg.accumulate)
+    share, mine = (rows, batch), rows.to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    def batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        # each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches;
+        # every process draws the same global order and augmentation and keeps its own rows of each
+        # batch, so the global batch is the same whatever the process count
+        generator.manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(train_split), generator=generator).to(device)
+        for i in range(len(train_split) // batch):
+            index = order[i * batch : (i + 1) * batch][mine]
+            x = normalize(augment(images[index], generator, share=share), mean, std)
+            yield cutout(x, cfg.cutout, generator, share), labels[index]
+
+    part = slice(procs.rank, None, procs.world_size)
+    test_part = Split(test_split.images[part], test_split.labels[part], test_split.classes)
+    return _Data(train_split.classes, len(train_split), len(test_split), len(train_split) // batch, batches,
+                 lambda net, show: evaluate_split(net, test_part, mean, std, show=show))
+
+
+def _stream_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean, std, per: int) -> _Data:
+    from . import stream  # DataLoader workers and torchvision datasets only where they are used
+
+    if cfg.source != "folder":
+        raise ValueError(f"the stream loader reads ImageFolder trees (--source folder), not {cfg.source!r}")
+    train_folder = stream.image_folder(cfg.data, "train", stream.train_transform(cfg.image_size))
+    test_folder = stream.image_folder(cfg.data, "test", stream.eval_transform(cfg.image_size))
+    train_set = stream.limited(train_folder, cfg.limit_train, cfg.seed)
+    test_set = stream.limited(test_folder, cfg.limit_test, cfg.seed)
+    pin = device.type == "cuda"
+    loader = stream.train_loader(train_set, per, procs.rank, procs.world_size, cfg.seed, cfg.workers, pin)
+    # the loader's batches are this process's own; cutout draws as for the memory loader
+    generator, share = torch.Generator(), (distributed.batch_rows(cfg.batch_size, procs, cfg.accumulate), cfg.batch_size)
+
+    def batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        loader.sampler.set_epoch(epoch)  # the order follows (seed, epoch)
+        # the workers' seeds come from the loader's generator: their crops follow (seed, epoch, rank)
+        loader.generator.manual_seed((cfg.seed * 1000 + epoch) * 1000 + procs.rank)
+        generator.manual_seed(cfg.seed * 1000 + epoch)
+        for images, labels in loader:
+            x = normalize(images.to(device, non_blocking=True), mean, std)
+            yield cutout(x, cfg.cutout, generator, share), labels.to(device, non_blocking=True)
+
+    test_loader = stream.eval_loader(test_set, range(procs.rank, len(test_set), procs.world_size), per,
+                                     cfg.workers, pin)
+    return _Data(tuple(train_folder.classes), len(train_set), len(test_set), len(loader), batches,
+                 lambda net, show: evaluate_loader(net, test_loader, mean, std, show=show))
+
+
 def train(cfg: TrainConfig) -> list[dict]:
+    """Trains as ``cfg`` says (its preset already applied, see ``with_preset``); under torchrun, as one
+    of ``WORLD_SIZE`` processes. Returns the per-epoch records."""
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {cfg.arch!r}")
+    if cfg.image_size < 0:
+        raise ValueError(f"image size must be positive (or 0 for the architecture's own), got {cfg.image_size}")
+    procs = distributed.processes_from_env()
+    size = cfg.image_size or ARCHITECTURES[cfg.arch].reference_size
+    device_type = resolve_device(cfg.device)
+    # the run records what it did, not "auto" or 0
+    cfg = replace(cfg, device=device_type, amp=resolve_amp(cfg.amp, device_type), image_size=size,
+                  loader=resolve_loader(cfg.loader, size))
+    per = distributed.per_process_batch(cfg.batch_size, procs.world_size, cfg.accumulate)
     torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    cfg = replace(cfg, device=device, amp=resolve_amp(cfg.amp, device))  # the run records what it did, not "auto"
-    if device == "cuda":
+    if device_type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _set_seed(cfg.seed)
 
     state_path = out / "last.pt"
     # read onto the CPU: a run may resume on another device than the one it stopped on
@@ -240,65 +415,79 @@ def train(cfg: TrainConfig) -> list[dict]:
     if state is not None:
         check_resumable(state["config"], cfg, state_path)  # before any work: a refusal is immediate
 
+    device = distributed.start(procs, device_type)
+    try:
+        return _train(cfg, procs, device, state, per)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict | None, per: int) -> list[dict]:
+    out, state_path = Path(cfg.out), Path(cfg.out) / "last.pt"
+    _set_seed(cfg.seed)  # the same initial weights in every process
     arch = ARCHITECTURES[cfg.arch]
-    train_split = subset(load_split(cfg.data, "train", arch.reference_size, cfg.source), cfg.limit_train, cfg.seed)
-    test_split = subset(load_split(cfg.data, "test", arch.reference_size, cfg.source), cfg.limit_test, cfg.seed)
-    model = ResidualAttentionNet(arch, num_classes=len(train_split.classes))
+    mean, std = statistics(cfg.arch)
+    data = (_memory_data if cfg.loader == "memory" else _stream_data)(cfg, procs, device, mean, std, per)
+    if data.steps_per_epoch == 0:
+        raise ValueError(f"{data.train_images} training images make no full batch of {cfg.batch_size}")
+    net = ResidualAttentionNet(arch, num_classes=len(data.classes))
     if cfg.init and state is None:
-        load_state_checked(model, read_checkpoint(Path(cfg.init), expected_arch=cfg.arch), source=cfg.init)
-    model = model.to(device, memory_format=torch.channels_last)
-    # the data set lives where the model trains: 150 MB of uint8 for CIFAR-10, no loader to wait on
-    train_images, train_labels = train_split.images.to(device), train_split.labels.to(device)
-    optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = len(train_split) // cfg.batch_size
-    total_steps = steps_per_epoch * cfg.epochs
+        load_state_checked(net, read_checkpoint(Path(cfg.init), expected_arch=cfg.arch), source=cfg.init)
+    if state is not None:
+        net.load_state_dict(state["model"])  # the unwrapped network's state: any process count resumes it
+    net = net.to(device, memory_format=torch.channels_last)
+    model: nn.Module = net
+    if procs.distributed:
+        # batch norm over the global batch, not each process's share: what one process would compute
+        net = distributed.convert_sync_batchnorm(net, device.type)
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = make_optimizer(net, cfg)
+    total_steps = data.steps_per_epoch * cfg.epochs
 
     history: list[dict] = []
     start_epoch = 0
     if state is not None:
-        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])  # moves the momentum buffers to the model's device
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]
         history = json.loads((out / "metrics.json").read_text())[:start_epoch]
-        print(f"resuming {cfg.arch} at epoch {start_epoch}/{cfg.epochs}")
-    else:
+        if procs.main:
+            print(f"resuming {cfg.arch} at epoch {start_epoch}/{cfg.epochs} in {procs.world_size} process(es)")
+    elif procs.main:
         # what `ranlens export` writes into the manifest: the facts of this run, not assumptions
         (out / "config.json").write_text(json.dumps({
-            **asdict(cfg), "classes": list(train_split.classes), "input_size": arch.reference_size,
-            "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD), "train_images": len(train_split),
-            "test_images": len(test_split), "machine": machine(cfg),
+            **asdict(cfg), "world_size": procs.world_size, "classes": list(data.classes),
+            "input_size": cfg.image_size, "mean": list(mean), "std": list(std), "train_images": data.train_images,
+            "test_images": data.test_images, "machine": machine(cfg, procs.world_size),
         }, indent=2))
 
-    generator = torch.Generator().manual_seed(cfg.seed)
     end_epoch = cfg.epochs if not cfg.stop_after else min(cfg.epochs, start_epoch + cfg.stop_after)
     for epoch in range(start_epoch, end_epoch):
-        # each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
-        generator.manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(train_split), generator=generator).to(device)
         model.train()
         # running sums stay on the device: reading them every step would make a GPU wait for the CPU
         seen, correct, loss_sum, t0 = 0, torch.zeros((), device=device), torch.zeros((), device=device), time.time()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
-        for i in bar:
-            step = epoch * steps_per_epoch + i
+        bar = tqdm(data.batches(epoch), total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="batch", disable=not procs.main)
+        for i, (x, y) in enumerate(bar):
+            step = epoch * data.steps_per_epoch + i
             lr = lr_at(step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = normalize(augment(train_images[index], generator), CIFAR_MEAN, CIFAR_STD)
-            x = cutout(x, cfg.cutout, generator)
-            y = train_labels[index]
-            logits, loss = train_step(model, optimizer, x, y, cfg.label_smoothing, cfg.amp)
+            logits, loss = train_step(model, optimizer, x, y, cfg.label_smoothing, cfg.amp, cfg.accumulate)
             seen += len(y)
             correct += (logits.argmax(1) == y).sum()
             loss_sum += loss.float() * len(y)
-            if i % 20 == 19 or i == steps_per_epoch - 1:
+            if procs.main and (i % 20 == 19 or i == data.steps_per_epoch - 1):  # rank 0's share of the batches
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
-                                lr=f"{lr:.3f}", ips=f"{seen / (time.time() - t0):.0f}")
-        loss_sum, correct = float(loss_sum), int(correct)  # waits for the device's last step
+                                lr=f"{lr:.3f}", ips=f"{procs.world_size * seen / (time.time() - t0):.0f}")
+        # the whole global batch's sums (waits for the device's last step)
+        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
         train_time = time.time() - t0
-        logits, labels = evaluate_split(model, test_split, CIFAR_MEAN, CIFAR_STD)
+        logits, labels = data.evaluate(net, procs.main)
+        logits = distributed.gather_strided(logits, data.test_images, procs, device)
+        labels = distributed.gather_strided(labels, data.test_images, procs, device)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen,
@@ -308,16 +497,19 @@ def train(cfg: TrainConfig) -> list[dict]:
             "lr_end": lr,
             "train_img_per_s": seen / train_time,
             "epoch_seconds": time.time() - t0,
+            "world_size": procs.world_size,
         }
         history.append(record)
+        if not procs.main:
+            continue  # rank 0 alone logs and writes; the next epoch's first exchange waits for it
         print(json.dumps(record), flush=True)
-        save_checkpoint(model, out / f"epoch{epoch + 1:03d}.safetensors", cfg.arch,
+        save_checkpoint(net, out / f"epoch{epoch + 1:03d}.safetensors", cfg.arch,
                         {"epoch": str(epoch + 1), "test_acc": f"{record['test_acc']:.4f}"})
         tmp = out / "last.pt.tmp"
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                    "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, tmp)
+        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                    "torch_rng": torch.get_rng_state(), "config": asdict(cfg), "world_size": procs.world_size}, tmp)
         tmp.replace(state_path)  # atomic: a run killed mid-save keeps the previous checkpoint
         (out / "metrics.json").write_text(json.dumps(history, indent=2))
-        if device == "cpu" or epoch + 1 == end_epoch:  # a plot costs seconds, a GPU epoch not many more
+        if device.type == "cpu" or epoch + 1 == end_epoch:  # a plot costs seconds, a GPU epoch not many more
             plot_curves(history, out / "curves.png")
     return history

@@ -22,10 +22,23 @@ class CommandError(Exception):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ranlens.model.train import TrainConfig, train
+    from ranlens.model.train import TrainConfig, train, with_preset
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    train(cfg)
+    # a preset's values stand in for the defaults; the options typed on the command line win
+    train(with_preset(cfg, given=getattr(args, "given", ())))
+
+
+def _remembered(action: type[argparse.Action]) -> type[argparse.Action]:
+    """``action`` that also notes its option in ``namespace.given`` when it appears on the command line
+    (argparse calls actions only for options present), so a preset can tell typed values from defaults."""
+
+    class Remembered(action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+    return Remembered
 
 
 def _load(args: argparse.Namespace):
@@ -105,8 +118,10 @@ def _train_command(config: dict) -> str:
     """The ``ranlens train`` line that reproduces a run: every setting that differs from the default."""
     from ranlens.model.train import TrainConfig
 
-    flags = [f"--{f.name.replace('_', '-')} {config[f.name]}" for f in fields(TrainConfig)
-             if f.name not in ("out", "data", "threads", "stop_after") and config[f.name] != f.default]
+    flags = [f"--{f.name.replace('_', '-')}" + ("" if isinstance(f.default, bool) else f" {config[f.name]}")
+             for f in fields(TrainConfig)
+             if f.name not in ("out", "data", "threads", "stop_after", "workers") and f.name in config
+             and config[f.name] != f.default]
     return " ".join(["ranlens train", *flags])
 
 
@@ -131,7 +146,8 @@ def _hardware(config: dict) -> tuple[str, dict]:
     threads = f"{machine['threads']} thread" + ("s" if machine["threads"] != 1 else "")
     where = f"{machine['cpu']}{cpus}, {threads}"
     if machine.get("gpu"):  # the GPU does the work; the host CPU only launches it
-        where = f"{machine['gpu']} (CUDA), host {machine['cpu']}{cpus}"
+        gpus = f"{machine['processes']} x " if machine.get("processes", 1) > 1 else ""
+        where = f"{gpus}{machine['gpu']} (CUDA), host {machine['cpu']}{cpus}"
     text = f"{where}, {machine['precision']}, {machine['memory_format']}{torch_version}"
     return text, machine
 
@@ -174,7 +190,9 @@ def _export(args: argparse.Namespace) -> None:
         "epochs_completed": epochs_done,
         "optimizer": "SGD, Nesterov momentum; no weight decay on BN and biases",
         "schedule": "linear warm-up then cosine decay to zero, per batch",
-        "augmentation": f"random crop {input_size} with 4-pixel zero padding, horizontal flip"
+        "augmentation": (f"random resized crop {input_size} (8-100% of the area), horizontal flip"
+                         if config.get("loader") == "stream" else
+                         f"random crop {input_size} with 4-pixel zero padding, horizontal flip")
         + (f", cutout {config['cutout']}x{config['cutout']}" if config["cutout"] else ""),
         "train_data": _train_data(config),
         "hardware": hardware,
@@ -372,9 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    t = command("train", "train a CIFAR-layout model; resumes from OUT/last.pt", _train)
+    t = command("train", "train a model; resumes from OUT/last.pt; runs as is under torchrun", _train)
     for f in fields(TrainConfig):
-        t.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, **f.metadata)
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):  # a switch: present means on
+            t.add_argument(flag, action=_remembered(argparse._StoreTrueAction), default=f.default, **f.metadata)
+        else:
+            t.add_argument(flag, action=_remembered(argparse._StoreAction), type=type(f.default), default=f.default,
+                           **f.metadata)
 
     e = command("evaluate", "top-1/top-5/per-class accuracy of weights on a data split", _evaluate)
     _add_weights_args(e)
