@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from ranlens import __version__
 from ranlens.app.api.docs import install_docs
 from ranlens.app.api.openapi import install_openapi
-from ranlens.app.api.routes import health, metrics as metrics_route, models, pages, predict, teach
+from ranlens.app.api.routes import health, metrics as metrics_route, models, pages, predict, teach, v2
 from ranlens.app.core.config import Settings, get_settings
 from ranlens.app.core.gate import InferenceGate
 from ranlens.app.core.http import StaticAssets, install_transport
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(predict.router)
     app.include_router(teach.router)
+    app.include_router(v2.router)
     app.include_router(pages.router)
     install_docs(app)
     app.mount("/static", StaticAssets(directory=str(STATIC)), name="static")

@@ -167,6 +167,17 @@ class Explainer:
             ))
         return results
 
+    def infer(self, x: torch.Tensor, masks: bool = False) -> dict[str, np.ndarray]:
+        """Raw outputs for a preprocessed batch (N, 3, H, W): logits, probabilities and, with
+        ``masks``, each module's soft mask (N, C, h, w) under ``mask:<module>``."""
+        with torch.inference_mode():
+            out = self.model.forward_intermediates(x.contiguous(memory_format=torch.channels_last))
+            logits = out.logits.float()
+            result = {"logits": logits.numpy(), "probabilities": torch.softmax(logits, dim=1).numpy()}
+            if masks:
+                result.update({f"mask:{a.name}": a.mask.float().numpy() for a in out.attention})
+        return result
+
     def ablate(self, image: Image.Image, top_k: int = 5) -> dict:
         """Predictions with attention on, with every mask set to zero, and with one module's mask
         at a time set to zero (M = 0 turns a module into its trunk path)."""

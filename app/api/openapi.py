@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from ranlens.app.api.deps import catalog_limits
-from ranlens.app.api.schemas import Problem
+from ranlens.app.api.schemas import InferRequest, Problem
 from ranlens.app.core.problems import PROBLEM_JSON
 
 IMAGE_TYPES = ["image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/tiff"]
@@ -102,6 +102,14 @@ def _problems_as_problem_json(schema: dict) -> None:
         components.update(problem_schema.pop("$defs", {}), Problem=problem_schema)
 
 
+def _add_body_schemas(schema: dict) -> None:
+    """Bodies read by hand (the inference request may carry binary tensors after its JSON) are
+    documented by reference; their models must be in the components."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    infer = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(infer.pop("$defs", {}), InferRequest=infer)
+
+
 def install_openapi(app: FastAPI) -> None:
     """Serve an OpenAPI document whose top_k and channel maxima are the served models' real limits
     and whose ``model`` parameter lists the served models.
@@ -116,6 +124,7 @@ def install_openapi(app: FastAPI) -> None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
                              description=app.description, routes=app.routes)
         _problems_as_problem_json(schema)
+        _add_body_schemas(schema)
         catalog = getattr(app.state, "catalog", None)
         _bound_parameters(schema, catalog_limits(catalog) if catalog is not None else {})
         if catalog is not None:

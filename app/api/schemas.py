@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -243,3 +243,75 @@ Colormaps = create_model(
     __doc__="Each colormap as a 256-entry lookup table of [r, g, b], 0..255.",
     **{name: (LookupTable, ...) for name in render.COLORMAPS},
 )
+
+
+# ---- Open Inference Protocol (KServe v2), as its REST specification names things
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1: any size")
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class InferInput(BaseModel):
+    name: Literal["image", "input"] = Field(description="image: encoded pictures (BYTES, shape [N]); "
+                                                        "input: preprocessed tensors (FP32, shape [N, 3, H, W])")
+    shape: list[Annotated[int, Field(ge=0, le=1_000_000)]] = Field(min_length=1, max_length=4)
+    datatype: Literal["BYTES", "FP32"]
+    data: list[Any] | None = Field(None, description="JSON data; BYTES elements as base64 strings. Absent "
+                                                     "when the tensor follows the JSON header in binary")
+    parameters: dict[str, Any] | None = None
+
+
+class InferOutputRequest(BaseModel):
+    name: str = Field(description="logits, probabilities, or mask:<module> (e.g. mask:stage2.module1)")
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput] = Field(min_length=1, max_length=1)
+    outputs: list[InferOutputRequest] | None = Field(
+        None, description="the outputs to return; default logits and probabilities")
+
+
+class InferOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Literal["FP32"]
+    data: list[float]
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferOutput]

@@ -1,0 +1,160 @@
+"""The Open Inference Protocol (KServe v2) REST API beside ranlens' own, so Triton's and KServe's
+clients and tooling can call the served models: health, metadata, readiness and inference."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Path, Request
+
+from ranlens import __version__
+from ranlens.app.api.deps import CatalogDep, SettingsDep, run_inference
+from ranlens.app.api.openapi import problems
+from ranlens.app.api.schemas import (
+    InferRequest,
+    InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+)
+from ranlens.app.core import oip
+from ranlens.app.core.problems import Problem
+from ranlens.model.catalog import UnknownModel
+from ranlens.model.explainer import Explainer
+from ranlens.model.imaging import ImageError, decode_image
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+ModelName = Annotated[str, Path(description="a served model, by architecture or weights name",
+                                examples=["attention56_cifar", "attention92_cifar.v1"])]
+
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON, or JSON followed by binary tensors (the binary tensor data extension: the JSON's "
+                       "length in the Inference-Header-Content-Length header, each binary input's size in "
+                       "parameters.binary_data_size)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}},
+    }
+}
+
+
+def _model(catalog, name: str) -> Explainer:
+    try:
+        return catalog.get(name)
+    except UnknownModel as exc:
+        raise oip.problem(404, "Unknown model", f"{exc}.") from None
+
+
+@router.get("/health/live", response_model=V2Live, summary="The server is alive")
+def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready", response_model=V2Ready, responses=problems(503), summary="Every model is loaded")
+def ready(request: Request, catalog: CatalogDep) -> dict:
+    if request.app.state.load_error:
+        raise oip.problem(503, "Model not ready", f"Not every model is loaded: {request.app.state.load_error}")
+    return {"ready": True}
+
+
+@router.get("", response_model=V2ServerMetadata, summary="Server metadata")
+def server_metadata() -> dict:
+    return {"name": "ranlens", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/models/{name}", response_model=V2ModelMetadata, responses=problems(404, 503),
+            summary="A model's inputs and outputs")
+def model_metadata(name: ModelName, catalog: CatalogDep) -> dict:
+    explainer = _model(catalog, name)
+    size, classes = explainer.weights.input_size, len(explainer.weights.classes)
+    masks = [{"name": f"mask:{m['module']}", "datatype": "FP32", "shape": [-1, m["channels"], *m["shape"]]}
+             for m in explainer.modules]
+    return {
+        "name": explainer.name, "versions": [explainer.weights.name], "platform": "pytorch_ranlens",
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
+                   {"name": "input", "datatype": "FP32", "shape": [-1, 3, size, size]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}, *masks],
+    }
+
+
+@router.get("/models/{name}/ready", response_model=V2ModelReady, responses=problems(404, 503),
+            summary="Whether a model is ready")
+def model_ready(name: ModelName, catalog: CatalogDep) -> dict:
+    return {"name": _model(catalog, name).name, "ready": True}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise oip.problem(413, "Request too large", f"The request is over the limit of {limit:,} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise oip.problem(413, "Request too large", f"The request is over the limit of {limit:,} bytes.")
+    return bytes(body)
+
+
+def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], max_pixels: int) -> dict:
+    tensor = request.inputs[0]
+    size = explainer.weights.input_size
+    raw = binary.get(tensor.name)
+    if tensor.name == "image":
+        if tensor.datatype != "BYTES":
+            raise oip.problem(400, "Malformed inference request", "input 'image' is BYTES: encoded pictures")
+        images = oip.bytes_elements(raw, "image") if raw is not None else oip.json_bytes_elements(tensor.data or [], "image")
+        if len(tensor.shape) != 1 or tensor.shape[0] != len(images) or not images:
+            raise oip.problem(400, "Malformed inference request",
+                              f"input 'image' has shape {tensor.shape} but {len(images)} elements")
+        try:
+            pictures = [decode_image(data, max_pixels) for data in images]
+        except ImageError as exc:
+            raise oip.problem(400, exc.title, exc.detail) from None
+        x = torch.stack([explainer.prepare(p)[1] for p in pictures])
+    else:
+        if tensor.datatype != "FP32" or len(tensor.shape) != 4 or tensor.shape[1:] != [3, size, size] \
+                or tensor.shape[0] < 1:
+            raise oip.problem(400, "Malformed inference request",
+                              f"input 'input' is FP32 of shape [N, 3, {size}, {size}], got {tensor.datatype} {tensor.shape}")
+        x = torch.from_numpy(oip.fp32_tensor(tensor.data, raw, tensor.shape, "input").copy())
+    wanted = [o.name for o in request.outputs] if request.outputs else ["logits", "probabilities"]
+    available = ["logits", "probabilities", *(f"mask:{m['module']}" for m in explainer.modules)]
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise oip.problem(400, "Unknown output", f"no output {unknown[0]!r}; this model has {', '.join(available)}")
+    result = explainer.infer(x, masks=any(name.startswith("mask:") for name in wanted))
+    outputs = [{"name": name, "datatype": "FP32", "shape": list(result[name].shape),
+                "data": np.round(result[name].astype(np.float64), 7).ravel().tolist()} for name in wanted]
+    return {"model_name": explainer.name, "model_version": explainer.weights.name, "id": request.id,
+            "outputs": outputs}
+
+
+MAX_BATCH = 64  # pictures (or tensors) in one inference request
+
+
+@router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True,
+             openapi_extra=INFER_BODY, responses=problems(400, 404, 413, 422, 503),
+             summary="Run a model: encoded pictures (BYTES) or preprocessed tensors (FP32) in; logits, "
+                     "probabilities and, on request, soft masks out")
+async def infer(name: ModelName, request: Request, catalog: CatalogDep, settings: SettingsDep) -> dict:
+    explainer = _model(catalog, name)
+    body = await _read_body(request, settings.max_upload_bytes + 64 * 1024)
+    parsed, binary = oip.parse_request(body, request.headers.get("inference-header-content-length"))
+    if parsed.inputs[0].shape and parsed.inputs[0].shape[0] > MAX_BATCH:
+        raise oip.problem(413, "Request too large", f"at most {MAX_BATCH} pictures per request")
+
+    def run(model: Explainer) -> dict:
+        return _run(model, parsed, binary, settings.max_image_pixels)
+
+    try:
+        return await run_inference(request, lambda model: run(model), explainer, batched=False)
+    except Problem as exc:
+        if "error" not in exc.extra:
+            exc.extra["error"] = exc.detail
+        raise

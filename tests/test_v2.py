@@ -1,0 +1,97 @@
+"""The Open Inference Protocol (KServe v2) REST API, called with Triton's own HTTP client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from ranlens.model import get_weights
+
+from .live import live_server
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cifar10-test"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with live_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = triton.InferenceServerClient(url=server.removeprefix("http://").rstrip("/"))
+    yield c
+    c.close()
+
+
+def test_health_metadata_and_readiness(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    for name, modules in (("attention56_cifar", 3), ("attention92_cifar", 6)):
+        assert client.is_model_ready(name)
+        meta = client.get_model_metadata(name)
+        assert meta["name"] == name and meta["versions"][0].startswith(name + ".v")
+        assert {t["name"]: t["datatype"] for t in meta["inputs"]} == {"image": "BYTES", "input": "FP32"}
+        assert [o["name"] for o in meta["outputs"]][:2] == ["logits", "probabilities"]
+        assert sum(o["name"].startswith("mask:") for o in meta["outputs"]) == modules
+    with pytest.raises(InferenceServerException, match="no model 'resnet50'"):
+        client.get_model_metadata("resnet50")
+
+
+def test_pictures_as_bytes_give_the_same_answer_as_the_rest_api(client, server):
+    files = [FIXTURES / "cat" / "0000.jpg", FIXTURES / "ship" / "0000.jpg", FIXTURES / "horse" / "0001.jpg"]
+    pictures = np.array([f.read_bytes() for f in files], dtype=np.object_)
+    image = triton.InferInput("image", [len(files)], "BYTES")
+    image.set_data_from_numpy(pictures, binary_data=True)  # the binary tensor extension, as Triton sends it
+    wanted = [triton.InferRequestedOutput(n) for n in ("logits", "probabilities", "mask:stage2.module1")]
+    result = client.infer("attention92_cifar", [image], outputs=wanted, request_id="r1")
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (3, 10) and result.get_response()["id"] == "r1"
+    assert result.get_response()["model_version"].startswith("attention92_cifar.v")
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+    logits = result.as_numpy("logits")
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probabilities, atol=1e-5)
+    assert result.as_numpy("mask:stage2.module1").shape == (3, 128, 16, 16)
+    for f, row in zip(files, probabilities):
+        rest = httpx.post(server + "api/v1/predict", params={"model": "attention92_cifar", "top_k": 10},
+                          files={"file": (f.name, f.read_bytes(), "image/jpeg")}, timeout=60).json()
+        by_label = {p["label"]: p["probability"] for p in rest["predictions"]}
+        np.testing.assert_allclose(row, [by_label[c] for c in CLASSES], atol=1e-4)
+    assert [CLASSES[i] for i in probabilities.argmax(1)][:2] == ["cat", "ship"]
+
+
+def test_a_preprocessed_tensor_in_fp32(client):
+    weights = get_weights("attention56_cifar", "DEFAULT")
+    from PIL import Image
+
+    x = weights.transforms()(Image.open(FIXTURES / "cat" / "0001.jpg").convert("RGB")).unsqueeze(0).numpy()
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x.astype(np.float32), binary_data=False)  # JSON numbers this time
+    result = client.infer("attention56_cifar", [tensor])
+    assert CLASSES[int(result.as_numpy("probabilities").argmax())] == "cat"
+    assert result.as_numpy("logits").shape == (1, 10)
+
+
+def test_bad_requests_are_clear_errors(client, server):
+    junk = triton.InferInput("image", [1], "BYTES")
+    junk.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="(?i)image"):
+        client.infer("attention56_cifar", [junk])
+    wrong = triton.InferInput("input", [1, 3, 16, 16], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(InferenceServerException, match=r"\[N, 3, 32, 32\]"):
+        client.infer("attention56_cifar", [wrong])
+    image = triton.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([(FIXTURES / "cat" / "0000.jpg").read_bytes()], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="no output 'mask:stage9'"):
+        client.infer("attention56_cifar", [image], outputs=[triton.InferRequestedOutput("mask:stage9")])
+    r = httpx.post(server + "v2/models/attention56_cifar/infer", content=b"{not json", timeout=30)
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json")
+    assert "not JSON" in r.json()["error"]
