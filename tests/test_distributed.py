@@ -180,3 +180,40 @@ def test_cli_applies_the_preset_except_typed_options(monkeypatch):
     cfg = seen["cfg"]
     assert cfg.batch_size == 128 and cfg.lr == 0.1 and cfg.epochs == 90 and cfg.compile is True
     assert cfg.preset == "imagenet"
+
+
+def test_an_exported_imagenet_layout_run_is_served_with_its_classes_and_masks_at_56_28_14(tmp_path):
+    """What a user who trained attention56 on their own ImageFolder at 224 pixels does next: export it
+    and point the app at the manifest. One tiny step of training; the layout is what is tested."""
+    import httpx
+
+    from .conftest import running_server
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for name in ("ant", "bee", "cow"):
+            folder = tmp_path / "photos" / split / name
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    run = tmp_path / "run"
+    ranlens_train(tmp_path, 1, "--arch", "attention56", "--image-size", "224", "--loader", "stream", "--workers", "0",
+                  "--data", str(tmp_path / "photos"), "--out", str(run), "--batch-size", "2", "--epochs", "1",
+                  "--lr", "0.001")
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    subprocess.run([sys.executable, "-m", "ranlens", "export", str(run), "--name", "attention56.tiny",
+                    "--weights-dir", str(weights_dir)], check=True, capture_output=True, cwd=tmp_path)
+    manifest = json.loads((weights_dir / "attention56.tiny.json").read_text())
+    assert manifest["classes"] == ["ant", "bee", "cow"] and manifest["input_size"] == 224
+    with running_server([sys.executable, "-m", "ranlens", "serve"], RANLENS_TORCH_THREADS="1",
+                        RANLENS_WEIGHTS=str(weights_dir / "attention56.tiny.json")) as url:
+        photo = tmp_path / "photos" / "val" / "bee" / "0.jpg"
+        response = httpx.post(url + "api/v1/predict", files={"file": ("bee.jpg", photo.read_bytes(), "image/jpeg")},
+                              timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "attention56" and body["weights"] == "attention56.tiny"
+    assert {p["label"] for p in body["predictions"]} == {"ant", "bee", "cow"}
+    assert [(a["module"], a["shape"]) for a in body["attention"]] == [
+        ("stage1.module1", [56, 56]), ("stage2.module1", [28, 28]), ("stage3.module1", [14, 14])]

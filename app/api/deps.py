@@ -86,11 +86,17 @@ def _invalid(parameter: str, message: str) -> Problem:
                    errors=[{"loc": ["query", parameter], "msg": message}])
 
 
+DEFAULT_TOP_K = 5
+
+
 def top_k_option(
     explainer: ExplainerDep,
-    top_k: Annotated[int, Query(ge=1, description="how many classes to return, at most the number of classes")] = 5,
+    top_k: Annotated[int | None, Query(ge=1, description="how many classes to return, at most the number of "
+                                                         "classes; default 5, or every class of a model with fewer")] = None,
 ) -> int:
     limit = parameter_limits(explainer)["top_k"]
+    if top_k is None:  # a 3-class model answers its 3 rather than refusing the default
+        return min(DEFAULT_TOP_K, limit)
     if top_k > limit:
         raise _invalid("top_k", f"must be in [1, {limit}] (the model has {limit} classes); got {top_k}")
     return top_k

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ranlens.app.api.deps import catalog_limits
+from ranlens.app.api.deps import DEFAULT_TOP_K, catalog_limits
 from ranlens.app.api.schemas import InferRequest, Problem
 from ranlens.app.core.problems import PROBLEM_JSON
 
@@ -78,6 +78,8 @@ def _bound_parameters(schema: dict, limits: dict[str, int]) -> None:
                     parameter["description"] = "; ".join(filter(None, [parameter.get("description"), limit]))
                 if old.get("default") is not None:
                     new["default"] = old["default"]
+                elif parameter["name"] == "top_k":  # None in Python: 5, or every class of a smaller model
+                    new["default"] = min(DEFAULT_TOP_K, limits.get("top_k", DEFAULT_TOP_K))
                 parameter["schema"] = new
 
 
