@@ -168,7 +168,8 @@ def _export(args: argparse.Namespace) -> None:
     # a run made before a setting existed trained with what that setting meant then: no cutout, float32,
     # CIFAR-10 classes and statistics at the architecture's reference size
     recorded = json.loads((run / "config.json").read_text())
-    config = {**asdict(TrainConfig()), **LEGACY_SETTINGS, "classes": list(CIFAR10_CLASSES),
+    legacy = {key: value(recorded) if callable(value) else value for key, value in LEGACY_SETTINGS.items()}
+    config = {**asdict(TrainConfig()), **legacy, "classes": list(CIFAR10_CLASSES),
               "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD), **recorded}
     if config["arch"] not in ARCHITECTURES:
         raise CommandError(f"{run / 'config.json'} names an unknown architecture {config['arch']!r}")

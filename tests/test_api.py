@@ -18,10 +18,12 @@ from PIL import Image
 
 from ranlens.app.core.config import Settings
 from ranlens.app.main import create_app
+from ranlens.model.weights import DEFAULT_WEIGHTS
 
 from . import corpus
 from .conftest import running_server
 
+A56, A92 = DEFAULT_WEIGHTS["attention56_cifar"], DEFAULT_WEIGHTS["attention92_cifar"]
 PROBLEM = "application/problem+json"
 CLASSES = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
 
@@ -57,7 +59,7 @@ def test_health_and_ready(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["model"] == "attention56_cifar"
-    assert sorted(ready["models"]) == ["attention56_cifar.v6", "attention92_cifar.v1"]
+    assert sorted(ready["models"]) == [A56, A92]
 
 
 def test_models_metadata(client):
@@ -308,13 +310,13 @@ def test_settings_choose_the_served_models(tmp_path):
                                         default_model="attention92_cifar"))) as c:
         listing = c.get("/api/v1/models").json()
         assert [m["weights"] for m in listing["models"]] == [
-            "attention56_cifar.v5", "attention56_cifar.v6", "attention92_cifar.v1"]
-        assert listing["default"] == "attention92_cifar.v1"
-        assert post(c, corpus.png(corpus.photo())).json()["weights"] == "attention92_cifar.v1"
+            "attention56_cifar.v5", A56, A92]
+        assert listing["default"] == A92
+        assert post(c, corpus.png(corpus.photo())).json()["weights"] == A92
         # an architecture name means the best loaded weights of it
-        assert post(c, corpus.png(corpus.photo()), model="attention56_cifar").json()["weights"] == "attention56_cifar.v6"
+        assert post(c, corpus.png(corpus.photo()), model="attention56_cifar").json()["weights"] == A56
         assert post(c, corpus.png(corpus.photo()), model="attention56_cifar.v5").json()["weights"] == "attention56_cifar.v5"
-        assert c.get("/readyz").json()["models"] == ["attention56_cifar.v5", "attention56_cifar.v6", "attention92_cifar.v1"]
+        assert c.get("/readyz").json()["models"] == ["attention56_cifar.v5", A56, A92]
 
 
 def test_a_model_that_fails_to_load_keeps_the_others_serving_but_not_ready(tmp_path):

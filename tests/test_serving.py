@@ -13,10 +13,12 @@ from fastapi.testclient import TestClient
 from ranlens.app.core.config import Settings
 from ranlens.app.core.gate import Busy, InferenceGate
 from ranlens.app.main import create_app
+from ranlens.model.weights import DEFAULT_WEIGHTS
 
 from . import corpus
 from .live import live_server
 
+A56, A92 = DEFAULT_WEIGHTS["attention56_cifar"], DEFAULT_WEIGHTS["attention92_cifar"]
 PROBLEM = "application/problem+json"
 
 
@@ -52,9 +54,9 @@ def test_metrics_count_requests_by_route_and_report_models_and_queue():
     assert "nothing" not in text and "/no/such/page" not in text
     assert sample(text, "ranlens_http_request_duration_seconds_count", method="POST", route="/api/v1/predict") == 2
     assert sample(text, "ranlens_inference_batch_size_count") == 2
-    for weights in ("attention56_cifar.v6", "attention92_cifar.v1"):
+    for weights in (A56, A92):
         assert sample(text, "ranlens_inference_seconds_count", model=weights) == 1
-    assert sample(text, "ranlens_model_loaded", model="attention92_cifar", weights="attention92_cifar.v1") == 1
+    assert sample(text, "ranlens_model_loaded", model="attention92_cifar", weights=A92) == 1
     assert sample(text, "ranlens_model_load_errors") == 0
     assert sample(text, "ranlens_inference_queue_depth") == 0 and sample(text, "ranlens_inferences_running") == 0
 

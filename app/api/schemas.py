@@ -39,7 +39,7 @@ class Ready(BaseModel):
     model: str = Field(description="the default model's architecture", examples=["attention56_cifar"])
     weights: str = Field(description="the default model's weights", examples=["attention56_cifar.v6"])
     models: list[str] = Field(description="every loaded model's weights name",
-                              examples=[["attention56_cifar.v6", "attention92_cifar.v1"]])
+                              examples=[["attention56_cifar.v6", "attention92_cifar.v2"]])
 
 
 class PredictionOut(BaseModel):
