@@ -315,6 +315,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     from ranlens.app.core.config import get_settings
 
+    if args.workers < 1:
+        raise CommandError(f"--workers must be at least 1, not {args.workers}")
     settings = get_settings()
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)  # bound by whoever started us (systemd, a test)
@@ -326,7 +328,14 @@ def _serve(args: argparse.Namespace) -> None:
     config = uvicorn.Config("ranlens.app.main:app", root_path=settings.root_path, proxy_headers=True,
                             forwarded_allow_ips="127.0.0.1")
     only = f" of {settings.arch}" if settings.arch else ""
-    print(f"ranlens serving on http://{host}:{port}/ (loading weights {settings.weights}{only})", flush=True)
+    workers = f", {args.workers} worker processes" if args.workers > 1 else ""
+    print(f"ranlens serving on http://{host}:{port}/ (loading weights {settings.weights}{only}{workers})", flush=True)
+    if args.workers > 1:
+        # uvicorn's supervisor hands the bound socket to each worker; every worker imports the app, so
+        # each loads its own models and runs its own batcher (memory and loading time grow with N)
+        uvicorn.run("ranlens.app.main:app", fd=sock.fileno(), workers=args.workers, root_path=settings.root_path,
+                    proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+        return
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -483,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to listen on (default: RANLENS_HOST, else 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to listen on (default: RANLENS_PORT, else 8000)")
     s.add_argument("--fd", type=int, help="serve on this already-bound socket (systemd, tests) instead of host:port")
+    s.add_argument("--workers", type=int, default=1, help="worker processes sharing the socket, each with its "
+                   "own models; on a small machine set RANLENS_TORCH_THREADS to cores / workers")
 
     r = command("serve-ray", "deploy the web app as replicas on a running Ray cluster (ray start --head) and "
                 "return; needs pip install 'ranlens[serve]'", _serve_ray)
