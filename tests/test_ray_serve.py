@@ -58,7 +58,10 @@ def cluster():
     process group and then by its own processes' ids, never with ``ray stop`` (which stops every Ray
     on the machine)."""
     gcs, client, node_manager, object_manager, agent, agent_grpc, runtime_env, metrics = free_ports(8)
-    low = free_ports(1)[0]
+    ports = {gcs, client, node_manager, object_manager, agent, agent_grpc, runtime_env, metrics}
+    # workers take ports from a range of their own: one that holds none of the ports above
+    low = next(p for p in iter(lambda: free_ports(1)[0], None)
+               if p + 200 < 65536 and not any(p <= q <= p + 200 for q in ports))
     # short: Ray puts Unix sockets under it, and their paths have a length limit
     temp = tempfile.mkdtemp(prefix="rl-ray-", dir="/tmp")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
