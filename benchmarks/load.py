@@ -8,6 +8,11 @@ and (c) with batching off (``RANLENS_MAX_BATCH_SIZE=1``, two requests at once: t
 batching), each under ``--clients`` clients posting a photo for ``--seconds``, then one client alone.
 Prints img/s, p50/p99 latency and errors, and the ratios the issue sets goals on: (b)/(a) throughput,
 (b)/(c) p99 and single-client latency.
+
+    python benchmarks/load.py --url http://127.0.0.1:8000/ --clients 16 --seconds 20
+
+measures only a server that is already running (``ranlens serve --workers N``, ``ranlens serve-ray``):
+the same clients, then one client alone.
 """
 
 from __future__ import annotations
@@ -112,8 +117,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--single", type=int, default=30, help="requests of the lone client")
     parser.add_argument("--threads", default="2", help="torch threads, in the bare run and the servers")
+    parser.add_argument("--url", help="measure only this running server (its base URL) instead")
     args = parser.parse_args()
     data = PHOTO.read_bytes()
+    if args.url:
+        url = args.url.rstrip("/") + "/"
+        single(url, 3, data)  # warm
+        latencies, errors, wall = asyncio.run(load(url, args.clients, args.seconds, data))
+        alone = single(url, args.single, data)
+        print(f"{url}: {args.clients} clients {len(latencies) / wall:6.1f} img/s, p50 {1000 * pct(latencies, 0.5):.0f} "
+              f"ms, p99 {1000 * pct(latencies, 0.99):.0f} ms, {errors} errors; one client alone: median "
+              f"{1000 * alone:.1f} ms")
+        return
     torch.set_num_threads(int(args.threads))
     rate_bare = bare(args.clients, min(args.seconds, 15), data)
     print(f"bare model, batch {args.clients}: {rate_bare:.1f} img/s", flush=True)

@@ -1,4 +1,5 @@
-"""The ``ranlens`` command: train, evaluate, calibrate-ood, export, explain, figure, curves, serve.
+"""The ``ranlens`` command: train, evaluate, calibrate-ood, export, explain, figure, curves, serve,
+serve-ray.
 
 It sits above both sides: it uses ``ranlens.model`` and starts ``ranlens.app``; neither imports it.
 """
@@ -315,6 +316,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     from ranlens.app.core.config import get_settings
 
+    if args.workers < 1:
+        raise CommandError(f"--workers must be at least 1, not {args.workers}")
     settings = get_settings()
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)  # bound by whoever started us (systemd, a test)
@@ -326,8 +329,41 @@ def _serve(args: argparse.Namespace) -> None:
     config = uvicorn.Config("ranlens.app.main:app", root_path=settings.root_path, proxy_headers=True,
                             forwarded_allow_ips="127.0.0.1")
     only = f" of {settings.arch}" if settings.arch else ""
-    print(f"ranlens serving on http://{host}:{port}/ (loading weights {settings.weights}{only})", flush=True)
+    workers = f", {args.workers} worker processes" if args.workers > 1 else ""
+    print(f"ranlens serving on http://{host}:{port}/ (loading weights {settings.weights}{only}{workers})", flush=True)
+    if args.workers > 1:
+        # uvicorn's supervisor hands the bound socket to each worker; every worker imports the app, so
+        # each loads its own models and runs its own batcher (memory and loading time grow with N)
+        uvicorn.run("ranlens.app.main:app", fd=sock.fileno(), workers=args.workers, root_path=settings.root_path,
+                    proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+        return
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _serve_ray(args: argparse.Namespace) -> None:
+    """Deploys the app on a Ray cluster (``ranlens.app.serve_ray``) and returns; the cluster keeps it."""
+    from ranlens.app.core.config import get_settings
+
+    try:
+        from ranlens.app import serve_ray
+    except ImportError as exc:
+        raise CommandError(_one_line(exc)) from exc
+    if args.down:
+        serve_ray.undeploy(args.address)
+        print(f"ranlens removed from the Ray cluster at {args.address}")
+        return
+    settings = get_settings()
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    print(f"deploying {args.replicas} replica(s) to the Ray cluster at {args.address} "
+          f"(each loads weights {settings.weights})", flush=True)
+    try:
+        serve_ray.deploy(settings, args.address, args.replicas, args.replica_cpus, host, port)
+    except RuntimeError as exc:  # Serve's errors (a replica that cannot start, a cluster too small)
+        raise CommandError(f"deployment failed: {_one_line(exc)}") from exc
+    shown = f"[{host}]" if ":" in host else host
+    print(f"ranlens serving on http://{shown}:{port}/ through Ray Serve; "
+          f"remove it with: ranlens serve-ray --address {args.address} --down", flush=True)
 
 
 def _add_weights_args(parser: argparse.ArgumentParser) -> None:
@@ -457,6 +493,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to listen on (default: RANLENS_HOST, else 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to listen on (default: RANLENS_PORT, else 8000)")
     s.add_argument("--fd", type=int, help="serve on this already-bound socket (systemd, tests) instead of host:port")
+    s.add_argument("--workers", type=int, default=1, help="worker processes sharing the socket, each with its "
+                   "own models; on a small machine set RANLENS_TORCH_THREADS to cores / workers")
+
+    r = command("serve-ray", "deploy the web app as replicas on a running Ray cluster (ray start --head) and "
+                "return; needs pip install 'ranlens[serve]'", _serve_ray)
+    r.add_argument("--address", default="auto", help="the cluster: auto (the one started on this machine) "
+                   "or HEAD_IP:6379")
+    r.add_argument("--replicas", type=int, default=2, help="copies of the app, each with its own models")
+    r.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves for each replica")
+    r.add_argument("--host", help="address Serve's HTTP proxy listens on, cluster-wide and fixed when Serve "
+                   "first starts there (default: RANLENS_HOST, else 127.0.0.1)")
+    r.add_argument("--port", type=int, help="port of Serve's HTTP proxy (default: RANLENS_PORT, else 8000)")
+    r.add_argument("--down", action="store_true", help="remove the app from the cluster instead")
     return parser
 
 

@@ -1,0 +1,112 @@
+"""The same FastAPI app on Ray Serve: several replicas, in several processes, on one machine or many.
+
+    ray start --head && ranlens serve-ray --address auto --replicas 2 --port 8000
+
+Each replica is the whole app that ``uvicorn ranlens.app.main:app`` runs, built by ``create_app`` in
+the replica's own process: the same routes, errors, limits and /metrics (per replica). Serve runs the
+app's lifespan when a replica starts, so every replica loads the catalog and starts its batchers
+before Serve sends it a request; a deployment counts as running only once that has happened.
+
+Batching stays the app's own (``ranlens.model.batching``), inside each replica, rather than
+``@serve.batch``: the routes decode, crop and render each picture in a worker thread and only the
+forward is shared, while ``serve.batch`` batches calls of an async deployment method, so the routes
+would have to become Ray-specific and the uvicorn app would lose its batching. The app's batcher also
+waits only for requests it knows are still decoding (a lone request runs at once), where
+``serve.batch`` waits out a fixed timeout. Ray's part is what the app cannot do: spread requests over
+replicas and machines, and restart a replica that dies.
+
+Settings are read once, where the command runs (``RANLENS_*`` variables and ``.env``), and travel to
+every replica as ``RANLENS_*`` environment variables (a replica on another machine has neither the
+caller's environment nor its working directory). ``root_path`` is not applied: put a path-stripping
+proxy in front of Serve's HTTP port instead.
+"""
+
+from __future__ import annotations
+
+import socket
+
+try:
+    import ray
+    from ray import serve
+except ImportError as exc:  # the optional extra: say how to get it in one line
+    raise ImportError("Ray Serve is not installed: pip install 'ranlens[serve]'") from exc
+
+from ranlens.app.core.config import Settings
+
+APP_NAME = "ranlens"
+
+
+def build_app():
+    """Runs in each replica when it starts, so the app and its models live in the replica's process;
+    its settings are the replica's ``RANLENS_*`` variables (``settings_env``)."""
+    from ranlens.app.main import create_app
+
+    return create_app(Settings())
+
+
+@serve.deployment(name=APP_NAME)
+@serve.ingress(build_app)  # a builder, not an app: an app holds locks and metrics that cannot be pickled
+class Ranlens:
+    """One replica of the app; Serve's HTTP proxy sends it requests, the app does the rest."""
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the ``RANLENS_*`` variables that make ``Settings()`` read them back unchanged."""
+    return {f"RANLENS_{name.upper()}": str(value) for name, value in settings.model_dump().items()}
+
+
+def application(settings: Settings, replicas: int = 2, replica_cpus: float = 1.0) -> serve.Application:
+    if replicas < 1 or replica_cpus <= 0:
+        raise ValueError(f"need at least one replica and some CPU for each; got {replicas}, {replica_cpus}")
+    # Serve's own cap on a replica's requests (default 5) would queue requests in the proxy before the
+    # app's batcher and gate see them: let through what the app admits (running, waiting) and a little
+    # more for /readyz and /metrics, so the app's own backpressure (503 with Retry-After) decides.
+    ongoing = settings.max_concurrent_inferences + settings.max_queued_inferences + 8
+    return Ranlens.options(
+        num_replicas=replicas,
+        max_ongoing_requests=ongoing,
+        ray_actor_options={"num_cpus": replica_cpus, "runtime_env": {"env_vars": settings_env(settings)}},
+    ).bind()
+
+
+def connect(address: str) -> None:
+    try:
+        if address not in ("auto", "local") and "://" not in address:
+            # ray.init retries an address where nothing listens for minutes: ask the port first
+            host, _, port = address.rpartition(":")
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, OSError, ValueError) as exc:
+        raise ConnectionError(f"no Ray cluster at {address!r} ({' '.join(str(exc).split())[:200]}): start one "
+                              "with `ray start --head`, or pass its address with --address") from exc
+
+
+def deploy(settings: Settings, address: str, replicas: int, replica_cpus: float, host: str, port: int) -> None:
+    """Deploys (or updates) the app on the cluster at ``address`` and returns once every replica has
+    loaded its models; the application outlives this process (Serve's controller is detached)."""
+    app = application(settings, replicas, replica_cpus)
+    connect(address)
+    try:
+        # HTTP options belong to the whole cluster and are fixed when Serve first starts on it
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    finally:
+        ray.shutdown()  # this driver only; the cluster and the application stay
+
+
+def undeploy(address: str) -> None:
+    connect(address)
+    try:
+        serve.delete(APP_NAME)
+    finally:
+        ray.shutdown()
+
+
+def replica_states(address: str) -> dict[str, int]:
+    """How many replicas of the app are in each state, e.g. ``{"RUNNING": 2}``."""
+    connect(address)
+    try:
+        status = serve.status().applications[APP_NAME]
+        return dict(status.deployments[APP_NAME].replica_states)
+    finally:
+        ray.shutdown()

@@ -1,0 +1,51 @@
+"""``ranlens serve --workers 2``: uvicorn's worker processes on the socket the caller bound (``--fd``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from . import corpus
+from .conftest import RANLENS
+
+
+def worker_processes(pid: int) -> list[str]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    lines = [Path(f"/proc/{c}/cmdline").read_bytes().replace(b"\0", b" ").decode() for c in children]
+    return [line for line in lines if "multiprocessing.spawn" in line]  # not the resource tracker
+
+
+def test_two_workers_share_the_socket_and_each_loads_the_models():
+    with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryFile() as log:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        proc = subprocess.Popen([RANLENS, "serve", "--workers", "2", "--fd", str(sock.fileno())], cwd=cwd,
+                                env={**os.environ, "RANLENS_TORCH_THREADS": "1"}, stdout=log,
+                                stderr=subprocess.STDOUT, pass_fds=[sock.fileno()])
+        try:
+            deadline, started = time.time() + 180, 0
+            with httpx.Client(base_url=url, timeout=60) as client:
+                # /readyz answers from whichever worker accepts: ready means both have said so in the log
+                while started < 2 and proc.poll() is None and time.time() < deadline:
+                    time.sleep(1)
+                    log.seek(0)
+                    started = log.read().count(b"Application startup complete")
+                log.seek(0)
+                assert started == 2, log.read().decode(errors="replace")[-2000:]
+                assert len(worker_processes(proc.pid)) == 2
+                image = corpus.png(corpus.photo("chelsea.jpg"))
+                for _ in range(4):
+                    assert client.get("/readyz").json()["status"] == "ready"
+                    r = client.post("/api/v1/predict", params={"model": "attention92_cifar"},
+                                    files={"file": ("cat.png", image, "image/png")})
+                    assert r.status_code == 200, r.text
+                    assert r.json()["predictions"][0]["label"] == "cat" and len(r.json()["attention"]) == 6
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
