@@ -1,20 +1,34 @@
-"""The one preprocessing path: what the app, the CLI, the figures and evaluation feed the model."""
+"""The one preprocessing path: what the app, the CLI, the figures and evaluation feed the model.
+
+Pillow and torch only: torchvision's functional transforms do the same arithmetic, but importing them
+imports all of torchvision (models, ops, torch._dynamo), which cost the server about 2 s of its start.
+``tests/test_preprocess.py`` holds this to torchvision's ``resize``/``center_crop``/``to_tensor``/
+``normalize``, value for value.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import functional as TF
 
 __all__ = ["Preprocess", "center_crop"]
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """RGB, shorter side resized to ``size`` (antialiased), centre square of ``size``."""
-    image = TF.resize(image.convert("RGB"), size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    return TF.center_crop(image, [size, size])
+    """RGB, shorter side resized to ``size`` (bilinear; Pillow antialiases), centre square of ``size``."""
+    image = image.convert("RGB")
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)  # as torchvision rounds: down
+    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
 
 
 @dataclass(frozen=True)
@@ -32,7 +46,11 @@ class Preprocess:
         return center_crop(image, self.size)
 
     def to_tensor(self, cropped: Image.Image) -> Tensor:
-        return TF.normalize(TF.to_tensor(cropped), list(self.mean), list(self.std))
+        x = torch.from_numpy(np.asarray(cropped.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+        x = x.float().div(255)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
+        return (x - mean) / std
 
     def __call__(self, image: Image.Image) -> Tensor:
         return self.to_tensor(self.crop(image))

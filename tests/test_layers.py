@@ -48,3 +48,13 @@ def test_the_model_side_loads_without_the_web_side():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_server_does_not_import_what_only_training_needs():
+    """Start time: all of torchvision (with torch._dynamo) cost the server about 2 s; training-only
+    code (DataLoader workers, distributed, plotting) has no place in it either."""
+    code = ("import sys, ranlens.app.main; "
+            "print(sorted(m for m in ('torchvision', 'torch._dynamo', 'matplotlib.pyplot', 'torch.distributed.run', "
+            "'ranlens.model.train', 'ranlens.model.stream') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

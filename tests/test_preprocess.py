@@ -1,0 +1,36 @@
+"""The app's preprocessing equals torchvision's resize, centre crop, to_tensor and normalize, which it
+replaced so that the server does not import all of torchvision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from ranlens.model.preprocess import Preprocess, center_crop
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (31, 47), (47, 31), (640, 427), (427, 640), (33, 1000), (1, 1)])
+@pytest.mark.parametrize("target", [32, 224])
+def test_same_as_torchvision(size, target):
+    rng = np.random.default_rng(sum(size) + target)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    expected = TF.center_crop(TF.resize(image, target, interpolation=TF.InterpolationMode.BILINEAR, antialias=True),
+                              [target, target])
+    got = center_crop(image, target)
+    assert got.size == expected.size == (target, target)
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+    tensor = Preprocess(target, MEAN, STD)(image)
+    reference = TF.normalize(TF.to_tensor(expected), list(MEAN), list(STD))
+    assert tensor.shape == reference.shape and tensor.dtype == torch.float32
+    torch.testing.assert_close(tensor, reference, rtol=0, atol=1e-6)
+
+
+def test_other_modes_are_made_rgb():
+    gray = Image.new("L", (40, 30), 128)
+    assert center_crop(gray, 32).mode == "RGB"
+    assert Preprocess(32, MEAN, STD)(gray).shape == (3, 32, 32)
