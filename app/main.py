@@ -21,6 +21,7 @@ from ranlens.app.core.http import StaticAssets, install_transport
 from ranlens.app.core.metrics import Metrics, RequestMetrics
 from ranlens.app.core.problems import install_problem_handlers
 from ranlens.model.batching import Batcher
+from ranlens.model.torch_thread import TorchThread
 from ranlens.model.catalog import load_catalog
 
 log = logging.getLogger("ranlens")
@@ -32,14 +33,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        torch.set_num_threads(settings.torch_threads)
+        torch_thread = TorchThread()  # every forward and model load, on one thread (model/torch_thread.py)
+        app.state.torch = torch_thread
+        torch_thread.call(torch.set_num_threads, settings.torch_threads)
         gate = InferenceGate(settings.max_concurrent_inferences, settings.max_queued_inferences,
                              settings.max_queue_wait_s)
         app.state.gate = gate
         metrics.queue_depth.set_function(lambda: gate.waiting)
         metrics.running.set_function(lambda: gate.running)
         try:
-            catalog, errors = await anyio.to_thread.run_sync(
+            catalog, errors = await torch_thread.acall(
                 load_catalog, settings.weights, settings.arch, settings.default_model)
         except Exception as exc:  # keep serving: /readyz and the page say what went wrong
             catalog, errors = None, [str(exc)]
@@ -52,15 +55,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("serving %s (default %s)", ", ".join(e.weights.name for e in catalog), catalog.default_weights)
         for error in errors:
             log.error("could not load a model: %s", error)
-        app.state.direct = anyio.CapacityLimiter(settings.max_direct_forwards)
         app.state.batchers = {
             e.weights.name: Batcher(e, settings.max_batch_size, settings.batch_window_ms / 1000,
-                                    on_batch=partial(metrics.record_batch, e.weights.name))
+                                    on_batch=partial(metrics.record_batch, e.weights.name), run=torch_thread.call)
             for e in catalog or ()
         }
         yield
         for batcher in app.state.batchers.values():
             batcher.close()
+        torch_thread.shutdown()
 
     app = FastAPI(
         title="ranlens",

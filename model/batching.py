@@ -42,10 +42,27 @@ class Ticket:
         t0 = time.perf_counter()
         prepared = self._batcher.explainer.prepare(image)  # in the caller's thread, beside other batches
         preprocess_ms = 1000 * (time.perf_counter() - t0)
+        batcher = self._batcher
+        with batcher._lock:
+            # alone (nobody queued, preparing or running): run now, without a hop through the batch thread
+            alone = batcher._preparing == 1 and batcher._queue.empty() and not batcher._running
+            if alone:
+                batcher._running = True
+        if alone:
+            self.close()
+            try:
+                result = batcher.run(batcher.explainer.run_prepared, [image], [prepared])[0]
+            finally:
+                with batcher._lock:
+                    batcher._running = False
+            if batcher.on_batch is not None:
+                batcher.on_batch(1, result.timing_ms["inference"] / 1000)
+            result.timing_ms["preprocess"] = preprocess_ms
+            return result
         future: Future = Future()
         # withdrawn before it is queued: a batcher that finds it must not wait for it as well
         self.close()
-        self._batcher._queue.put(_Item(image, prepared, future))
+        batcher._queue.put(_Item(image, prepared, future))
         result = future.result()
         result.timing_ms["preprocess"] = preprocess_ms
         return result
@@ -60,14 +77,19 @@ class Ticket:
 
 class Batcher:
     def __init__(self, explainer: Explainer, max_batch: int = 16, window_s: float = 0.005,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None,
+                 run: Callable | None = None) -> None:
+        """``run(fn, *args)`` runs the forward where the caller wants it (a server's one torch thread,
+        ``model/torch_thread.py``); by default, in the batcher's own thread."""
         if max_batch < 1 or window_s < 0:
             raise ValueError(f"need max_batch >= 1 and window_s >= 0; got {max_batch}, {window_s}")
         self.explainer, self.max_batch, self.window_s = explainer, max_batch, window_s
         self.on_batch = on_batch
+        self.run = run or (lambda fn, *args: fn(*args))
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
         self._preparing = 0
+        self._running = False  # a forward (batch or lone) is under way
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{explainer.weights.name}", daemon=True)
         self._thread.start()
 
@@ -120,12 +142,17 @@ class Batcher:
                 return
             batch = self._collect(first)
             started = time.perf_counter()
+            with self._lock:
+                self._running = True
             try:
-                results = self.explainer.run_prepared([b.image for b in batch], [b.prepared for b in batch])
+                results = self.run(self.explainer.run_prepared, [b.image for b in batch], [b.prepared for b in batch])
             except Exception as exc:  # every caller in the batch learns what went wrong
                 for b in batch:
                     b.future.set_exception(exc)
                 continue
+            finally:
+                with self._lock:
+                    self._running = False
             for b, result in zip(batch, results):
                 b.future.set_result(result)
             if self.on_batch is not None:

@@ -133,7 +133,7 @@ Display = Annotated[DisplayOptions, Depends(display_options)]
 async def run_inference(request: Request, fn, explainer: Explainer, *args, batched: bool = True):
     """Runs ``fn`` in a worker thread once the gate gives a slot (a full queue or a long wait is a 503
     with Retry-After). ``batched``: ``fn(explain, *args)``, where ``explain(picture)`` joins the model's
-    dynamic batch; otherwise ``fn(explainer, *args)`` runs its own forwards, a few at once."""
+    dynamic batch; otherwise ``fn(explainer, *args)`` runs whole on the server's torch thread."""
     gate: InferenceGate = request.app.state.gate
     metrics: Metrics = request.app.state.metrics
     try:
@@ -142,7 +142,7 @@ async def run_inference(request: Request, fn, explainer: Explainer, *args, batch
                 with request.app.state.batchers[explainer.weights.name].ticket() as ticket:
                     return await anyio.to_thread.run_sync(fn, ticket.explain, *args)
             started = time.perf_counter()
-            result = await anyio.to_thread.run_sync(fn, explainer, *args, limiter=request.app.state.direct)
+            result = await request.app.state.torch.acall(fn, explainer, *args)
             metrics.inference.labels(explainer.weights.name).observe(time.perf_counter() - started)
             return result
     except Busy as exc:

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, gt=0, description="the most pictures one forward takes")
     batch_window_ms: float = Field(5.0, ge=0, description="how long a forward waits for requests still decoding; "
                                    "a lone request never waits")
-    max_direct_forwards: int = Field(2, gt=0, description="unbatched forwards (the ablation) at once")
+
     max_queued_inferences: int = Field(32, ge=0, description="requests that may wait for an inference slot; "
                                        "more are answered 503 with Retry-After at once")
     max_queue_wait_s: float = Field(10.0, gt=0, description="the longest a request waits for a slot before 503")

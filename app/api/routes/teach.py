@@ -26,18 +26,19 @@ def _architecture_of(name: str) -> dict:
 
 @router.get("/architectures/{arch}", response_model=Architecture, responses=problems(404),
             summary="Any registered layout, described from a freshly built model")
-def describe_architecture(
+async def describe_architecture(
+    request: Request,
     arch: Annotated[str, Path(description="a registered architecture", examples=sorted(ARCHITECTURES))],
 ) -> dict:
     if arch not in ARCHITECTURES:
         raise Problem(404, "Unknown architecture", f"{arch!r} is not one of {list_models()}")
-    return _architecture_of(arch)
+    return await request.app.state.torch.acall(_architecture_of, arch)
 
 
 @router.get("/models/{name}/architecture", response_model=Architecture, responses=problems(404, 503),
             summary="The served model's layout: stem, stages, modules, head")
-def model_architecture(explainer: ServedModel) -> dict:
-    return architecture(explainer.model, explainer.weights.input_size)
+async def model_architecture(request: Request, explainer: ServedModel) -> dict:
+    return await request.app.state.torch.acall(architecture, explainer.model, explainer.weights.input_size)
 
 
 @router.post(
