@@ -439,7 +439,7 @@ def test_a_newer_upload_cancels_the_older_one(server, browser):
         else:
             route.fallback()
 
-    page.route("**/api/v1/explain", hold_first)
+    page.route("**/api/v1/explain*", hold_first)
     page.set_input_files("#file", str(PHOTOS / "chelsea.jpg"))
     wait_status(page, "Analysing chelsea.jpg")
     for _ in range(200):
@@ -473,7 +473,7 @@ def test_failed_requests_show_a_message_not_a_spinner(server, browser):
     text = page.inner_text("#ablation")
     assert text.startswith("Could not run with attention off: the server could not be reached") and "Running" not in text
 
-    page.route("**/api/v1/explain", lambda route: route.abort("connectionrefused"))
+    page.route("**/api/v1/explain*", lambda route: route.abort("connectionrefused"))
     page.set_input_files("#file", str(PHOTOS / "coffee.jpg"))
     wait_status(page, error=True)
     assert page.inner_text("#status").startswith("Could not analyse coffee.jpg: the server could not be reached")
@@ -619,6 +619,6 @@ def test_page_behind_a_path_prefix(browser):
     assert all(status == 200 for _, _, status in seen), [s for s in seen if s[2] != 200]
     paths = {path for _, path, _ in seen}
     for needed in ("/", "/static/style.css", "/static/js/main.js", "/static/js/api.js", "/api/v1/colormaps",
-                   "/api/v1/models/attention56_cifar/architecture", "/static/examples/coffee.jpg",
+                   "/api/v1/models/attention56_cifar.v6/architecture", "/static/examples/coffee.jpg",
                    "/api/v1/explain", "/api/v1/ablate"):
         assert prefix + needed in paths, f"{prefix + needed} was never requested: {sorted(paths)}"

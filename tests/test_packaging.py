@@ -182,7 +182,8 @@ def served(installed) -> Iterator[str]:
 
 def test_installed_server_is_ready_with_the_default_weights(served):
     ready = httpx.get(served + "readyz").json()
-    assert ready == {"status": "ready", "model": "attention56_cifar", "weights": DEFAULT_WEIGHTS["attention56_cifar"]}
+    assert ready == {"status": "ready", "model": "attention56_cifar", "weights": DEFAULT_WEIGHTS["attention56_cifar"],
+                     "models": sorted(DEFAULT_WEIGHTS.values())}
 
 
 def test_installed_server_predicts(served):
