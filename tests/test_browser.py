@@ -539,6 +539,7 @@ def test_model_switcher_and_side_by_side(server, browser, shots):
     by_name = {m["name"]: m["weights"] for m in models["models"]}
     a56, a92 = by_name["attention56_cifar"], by_name["attention92_cifar"]
     page, watch = open_page(browser, server, 1000)
+    assert not page.is_visible("#topbar")  # nothing analysed yet: no empty bar (hidden beats .topbar's flex)
     assert page.eval_on_selector_all("#model option", "(os) => os.map((o) => o.value)") == [a56, a92]
     assert page.input_value("#model") == models["default"]
     page.wait_for_selector("#arch-svg svg g.att")
@@ -573,7 +574,11 @@ def test_model_switcher_and_side_by_side(server, browser, shots):
     # both models' overlays are drawn, and differ
     drawn = page.eval_on_selector_all("#compare-grid article canvas.overlay", "(cs) => cs.map((c) => c.toDataURL())")
     assert len(drawn) == 9 and len(set(drawn)) == 9
+    # the sticky top bar would sit across the middle of an element screenshot
+    page.eval_on_selector("#topbar", "(bar) => { bar.hidden = true; }")
+    assert not page.is_visible("#topbar")
     page.locator("#compare-section").screenshot(path=str(shots / "compare.png"))
+    page.eval_on_selector("#topbar", "(bar) => { bar.hidden = false; }")
     run_axe(page)
     # back to one model: the side-by-side view goes away
     page.select_option("#compare", "")
