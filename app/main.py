@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 from importlib.resources import files
 
-import anyio
 import torch
 from fastapi import FastAPI
 

@@ -48,22 +48,14 @@ class Ticket:
             alone = batcher._preparing == 1 and batcher._queue.empty() and not batcher._running
             if alone:
                 batcher._running = True
-        if alone:
-            self.close()
-            try:
-                result = batcher.run(batcher.explainer.run_prepared, [image], [prepared])[0]
-            finally:
-                with batcher._lock:
-                    batcher._running = False
-            if batcher.on_batch is not None:
-                batcher.on_batch(1, result.timing_ms["inference"] / 1000)
-            result.timing_ms["preprocess"] = preprocess_ms
-            return result
-        future: Future = Future()
-        # withdrawn before it is queued: a batcher that finds it must not wait for it as well
+        # withdrawn before it runs or is queued: a batcher that finds it must not wait for it as well
         self.close()
-        batcher._queue.put(_Item(image, prepared, future))
-        result = future.result()
+        if alone:
+            result = batcher._forward([image], [prepared])[0]
+        else:
+            future: Future = Future()
+            batcher._queue.put(_Item(image, prepared, future))
+            result = future.result()
         result.timing_ms["preprocess"] = preprocess_ms
         return result
 
@@ -141,19 +133,25 @@ class Batcher:
             if first is None:
                 return
             batch = self._collect(first)
-            started = time.perf_counter()
-            with self._lock:
-                self._running = True
             try:
-                results = self.run(self.explainer.run_prepared, [b.image for b in batch], [b.prepared for b in batch])
+                results = self._forward([b.image for b in batch], [b.prepared for b in batch])
             except Exception as exc:  # every caller in the batch learns what went wrong
                 for b in batch:
                     b.future.set_exception(exc)
                 continue
-            finally:
-                with self._lock:
-                    self._running = False
             for b, result in zip(batch, results):
                 b.future.set_result(result)
-            if self.on_batch is not None:
-                self.on_batch(len(batch), time.perf_counter() - started)
+
+    def _forward(self, images: list[Image.Image], prepared: list[tuple]) -> list[Explanation]:
+        """One forward (a batch, or a lone caller's picture), marked as running and reported."""
+        started = time.perf_counter()
+        with self._lock:
+            self._running = True
+        try:
+            results = self.run(self.explainer.run_prepared, images, prepared)
+        finally:
+            with self._lock:
+                self._running = False
+        if self.on_batch is not None:
+            self.on_batch(len(images), time.perf_counter() - started)
+        return results
