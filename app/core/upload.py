@@ -6,12 +6,27 @@ uploads here must never touch the disk and an oversized body must be cut off ear
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from .problems import Problem
+
+
+async def body_within(request: Request, limit: int, too_large: Problem) -> AsyncIterator[bytes]:
+    """The body's chunks as they stream in; ``too_large`` is raised as soon as the declared length or
+    the bytes received pass ``limit``, so an oversized body is never read whole."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise too_large
+        yield chunk
 
 
 @dataclass(frozen=True)
@@ -26,11 +41,9 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "Unsupported media type",
                       f"Send the image as multipart/form-data with a field named {field!r}.")
-    declared = request.headers.get("content-length")
+    too_large = Problem(413, "Upload too large", f"The upload is over the limit of {max_bytes:,} bytes.")
     # the body also carries the multipart framing, so allow a little over the file limit
-    body_limit = max_bytes + 64 * 1024
-    if declared and declared.isdigit() and int(declared) > body_limit:
-        raise Problem(413, "Upload too large", f"The upload is over the limit of {max_bytes:,} bytes.")
+    body = body_within(request, max_bytes + 64 * 1024, too_large)
 
     parts: list[dict] = []
     current: dict = {}
@@ -54,7 +67,7 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if len(current["data"]) + (end - start) > max_bytes:
-            raise Problem(413, "Upload too large", f"The upload is over the limit of {max_bytes:,} bytes.")
+            raise too_large
         current["data"].extend(data[start:end])
 
     def on_part_end() -> None:
@@ -65,12 +78,8 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
         "on_header_value": on_header_value, "on_header_end": on_header_end,
         "on_part_data": on_part_data, "on_part_end": on_part_end,
     })
-    received = 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > body_limit:
-                raise Problem(413, "Upload too large", f"The upload is over the limit of {max_bytes:,} bytes.")
+        async for chunk in body:
             parser.write(chunk)
         parser.finalize()
     except ClientDisconnect as exc:

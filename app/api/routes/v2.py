@@ -23,6 +23,7 @@ from ranlens.app.api.schemas import (
 )
 from ranlens.app.core import oip
 from ranlens.app.core.problems import Problem
+from ranlens.app.core.upload import body_within
 from ranlens.model.catalog import UnknownModel
 from ranlens.model.explainer import Explainer
 from ranlens.model.imaging import ImageError, decode_image
@@ -90,15 +91,8 @@ def model_ready(name: ModelName, catalog: CatalogDep) -> dict:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise oip.problem(413, "Request too large", f"The request is over the limit of {limit:,} bytes.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise oip.problem(413, "Request too large", f"The request is over the limit of {limit:,} bytes.")
-    return bytes(body)
+    too_large = oip.problem(413, "Request too large", f"The request is over the limit of {limit:,} bytes.")
+    return b"".join([chunk async for chunk in body_within(request, limit, too_large)])
 
 
 def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], max_pixels: int) -> dict:
@@ -153,7 +147,7 @@ async def infer(name: ModelName, request: Request, catalog: CatalogDep, settings
         return _run(model, parsed, binary, settings.max_image_pixels)
 
     try:
-        return await run_inference(request, lambda model: run(model), explainer, batched=False)
+        return await run_inference(request, run, explainer, batched=False)
     except Problem as exc:
         if "error" not in exc.extra:
             exc.extra["error"] = exc.detail
