@@ -39,7 +39,8 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_bench(args: list[str], json_path: Path, log_path: Path, timeout: float) -> subprocess.Popen:
+def run_bench(args: list[str], json_path: Path, log_path: Path) -> subprocess.Popen:
+    """Starts benchmarks/throughput.py; the caller bounds it with ``wait``."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), *args, "--json", str(json_path)]
     return subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
@@ -115,7 +116,7 @@ def main() -> None:
     common = ["--device", args.device, "--precision", "bf16", "--mode", "train", "--batch", str(args.batch),
               "--steps", "5", "--warmup", "5", "--seconds", "12"]
     probes = {name: run_bench(["--models", name, *common], logs / f"probe-{name}.json",
-                              logs / f"probe-{name}.log", 90) for name in NETWORKS}
+                              logs / f"probe-{name}.log") for name in NETWORKS}
     rates = {}
     for name, proc in probes.items():
         wait(proc, 90)
@@ -124,7 +125,7 @@ def main() -> None:
     if args.imagenet_bench > 0:
         bench = run_bench(["--models", "attention56", "resnet50", "attention92", "resnet101", "--image-size", "224",
                            "--batch", "64", "--steps", "8", "--warmup", "3", "--device", args.device],
-                          logs / "throughput-224.json", logs / "throughput-224.log", args.imagenet_bench)
+                          logs / "throughput-224.json", logs / "throughput-224.log")
         if wait(bench, args.imagenet_bench) is None:
             log("224 px benchmark stopped at its time limit; see throughput-224.log for what it measured")
         log(f"224 px benchmark done; {left():.0f} s left")
