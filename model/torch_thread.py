@@ -2,8 +2,8 @@
 
 PyTorch's CPU kernels run on an OpenMP team that belongs to the thread that starts them. While one
 thread's team is alive, a second thread's forwards ran about 3 times slower on the 2-core development
-machine (40 ms against 12 ms for attention56_cifar; ``benchmarks/startup.py`` and the issue 14 note
-have the measurement), and a server has many threads: the loader, the batchers, the request workers.
+machine (40 ms against 12 ms per /api/v1/predict request for attention56_cifar, read from the answers'
+``timing_ms.inference``), and a server has many threads: the loader, the batchers, the request workers.
 So every forward, model load and architecture read goes through this one thread.
 """
 
