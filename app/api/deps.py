@@ -20,11 +20,11 @@ from ranlens.model.catalog import Catalog, UnknownModel
 from ranlens.model.explainer import Explainer
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     catalog = getattr(request.app.state, "catalog", None)
     if catalog is None:
         error = getattr(request.app.state, "load_error", None) or "the models are still loading"
@@ -36,7 +36,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 
 
-def get_explainer(
+async def get_explainer(
     catalog: CatalogDep,
     model: Annotated[str | None, Query(description="the model to run, by architecture or weights name "
                                                    "(GET /api/v1/models lists them); default: the server's default")] = None,
@@ -50,7 +50,7 @@ def get_explainer(
 ExplainerDep = Annotated[Explainer, Depends(get_explainer)]
 
 
-def served_model(
+async def served_model(
     name: Annotated[str, Path(description="a served model, by architecture or weights name",
                               examples=["attention56_cifar", "attention92_cifar.v2"])],
     catalog: CatalogDep,
@@ -89,7 +89,7 @@ def _invalid(parameter: str, message: str) -> Problem:
 DEFAULT_TOP_K = 5
 
 
-def top_k_option(
+async def top_k_option(
     explainer: ExplainerDep,
     top_k: Annotated[int | None, Query(ge=1, description="how many classes to return, at most the number of "
                                                          "classes; default 5, or every class of a model with fewer")] = None,
@@ -117,7 +117,7 @@ class DisplayQuery(BaseModel):
     alpha: float = Field(0.6, ge=0, le=1, description="overlay opacity")
 
 
-def display_options(query: Annotated[DisplayQuery, Query()], explainer: ExplainerDep) -> DisplayOptions:
+async def display_options(query: Annotated[DisplayQuery, Query()], explainer: ExplainerDep) -> DisplayOptions:
     limit = parameter_limits(explainer)["channel"]
     if query.channel is not None and query.channel > limit:
         raise _invalid("channel", f"must be in [0, {limit}] (the fewest channels of any module is {limit + 1}); "
