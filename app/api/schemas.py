@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.json_schema import SkipJsonSchema
 
 from ranlens.model import render
 
@@ -136,6 +137,11 @@ class MaskHistogram(BaseModel):
     sd: float = Field(ge=0, description="standard deviation of all the mask's values")
 
 
+def _left_out(description: str) -> Any:
+    """A field the answer leaves out unless asked for: never null, so its schema has no null or default."""
+    return Field(None, description=description, json_schema_extra=lambda schema: schema.pop("default", None))
+
+
 class ExplainAttention(ModuleMask):
     min: float = Field(description="of the channel-mean mask")
     max: float = Field(description="of the channel-mean mask")
@@ -146,12 +152,12 @@ class ExplainAttention(ModuleMask):
     histogram: MaskHistogram
     trunk_before: QuantizedMap = Field(description="mean |T| over channels per position, before (1 + M)")
     trunk_after: QuantizedMap = Field(description="mean |(1 + M) T| over channels per position")
-    channel: ChannelMaps | None = Field(None, description="with channel=k, channel k alone (index [k]); "
-                                                          "left out of a module with k or fewer channels")
-    data: str | None = Field(None, description=f"with all_channels=true, the full soft mask: {QUANTIZED}; "
-                                               "shape (channels, h, w)")
-    lo: float | None = Field(None, description="with all_channels=true, the mask value uint16 0 stands for")
-    hi: float | None = Field(None, description="with all_channels=true, the mask value uint16 65535 stands for")
+    channel: ChannelMaps | SkipJsonSchema[None] = _left_out(
+        "with channel=k, channel k alone (index [k]); left out of a module with k or fewer channels")
+    data: str | SkipJsonSchema[None] = _left_out(
+        f"with all_channels=true, the whole soft mask: {QUANTIZED}; shape (channels, h, w)")
+    lo: float | SkipJsonSchema[None] = _left_out("with all_channels=true, the mask value uint16 0 stands for")
+    hi: float | SkipJsonSchema[None] = _left_out("with all_channels=true, the mask value uint16 65535 stands for")
 
 
 class ImageSize(BaseModel):
