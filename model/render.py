@@ -88,9 +88,25 @@ def data_uri(image: Image.Image, fmt: str = "PNG") -> str:
 
 
 def quantize(mask: np.ndarray) -> tuple[str, float, float]:
-    """A float mask as base64 little-endian uint16 over its own [min, max]: half the bytes of
-    float32 and far finer than the narrow value bands trained masks live in."""
+    """A float array (any shape, C order) as base64 little-endian uint16 over its own [min, max]:
+    half the bytes of float32 and far finer than the narrow value bands trained masks live in."""
     lo, hi = float(mask.min()), float(mask.max())
     scaled = np.zeros(mask.shape) if hi <= lo else (mask - lo) / (hi - lo)
     q = np.round(scaled * 65535).astype("<u2")
     return base64.b64encode(q.tobytes()).decode("ascii"), lo, hi
+
+
+def most_varied(mask: np.ndarray, count: int = 8) -> list[int]:
+    """The ``count`` channels of a (C, h, w) mask whose maps vary most over the image (largest
+    variance first; ties by channel order)."""
+    variance = mask.reshape(mask.shape[0], -1).astype(np.float64).var(axis=1)
+    return [int(k) for k in np.argsort(-variance, kind="stable")[:count]]
+
+
+def histogram(mask: np.ndarray, bins: int = 50) -> dict:
+    """Counts of all mask values in ``bins`` equal bins over [0, 1) (values outside go to the end
+    bins), with their mean and standard deviation."""
+    index = np.clip(np.floor(mask.astype(np.float64) * bins), 0, bins - 1).astype(np.int64)
+    counts = np.bincount(index.ravel(), minlength=bins)
+    values = mask.astype(np.float64)
+    return {"counts": counts.tolist(), "mean": float(values.mean()), "sd": float(values.std())}

@@ -181,15 +181,135 @@ def test_bad_parameters(client, params):
     assert name in body["detail"], body
 
 
-def test_explain_payload_decodes_to_the_masks(client):
-    body = client.post("/api/v1/explain", files={"file": ("c.png", corpus.png(corpus.photo()), "image/png")}).json()
+def explain(client, data: bytes, **params):
+    response = client.post("/api/v1/explain", files={"file": ("c.png", data, "image/png")}, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def dequantize(q: dict, shape) -> np.ndarray:
+    """A {data, lo, hi} map or mask of /api/v1/explain, decoded the way its description says."""
+    u = np.frombuffer(base64.b64decode(q["data"]), dtype="<u2")
+    assert u.size == np.prod(shape), (u.size, shape)
+    return (q["lo"] + u.astype(np.float64) * (q["hi"] - q["lo"]) / 65535).reshape(shape)
+
+
+def step(q: dict) -> float:
+    """Half a quantisation step, the most a decoded value may be off, plus float32 rounding."""
+    return (q["hi"] - q["lo"]) / 65535 / 2 + 1e-6
+
+
+def exact_attention(client, data: bytes):
+    """The served default model's masks and trunk outputs for an upload, straight from the explainer."""
+    from ranlens.model.imaging import decode_image
+
+    return client.app.state.catalog.default.explain(decode_image(data, 20_000_000, "image/png")).attention
+
+
+def test_explain_sends_each_reduction_as_one_map_and_no_channel_by_default(client):
+    from ranlens.model import render
+
+    image = corpus.png(corpus.photo())
+    body = explain(client, image)
     assert len(body["predictions"]) == 10
-    for a in body["attention"]:
-        q = np.frombuffer(base64.b64decode(a["data"]), dtype="<u2")
-        mask = (a["lo"] + q * (a["hi"] - a["lo"]) / 65535).reshape(a["channels"], *a["shape"])
-        assert mask.mean(0).min() == pytest.approx(a["min"], abs=1e-4)
-        assert mask.mean(0).max() == pytest.approx(a["max"], abs=1e-4)
     assert body["images"]["model_input"].startswith("data:image/png")
+    exact = exact_attention(client, image)
+    assert [a["module"] for a in body["attention"]] == [a.module for a in exact]
+    for entry, a in zip(body["attention"], exact):
+        h, w = entry["shape"]
+        assert (entry["channels"], h, w) == a.mask.shape
+        # no channel data: neither the whole mask nor one channel
+        assert not {"data", "lo", "hi", "channel"} & set(entry), sorted(entry)
+        assert set(entry["reductions"]) == {r for r in render.REDUCTIONS if r != "channel"}
+        for name, q in entry["reductions"].items():
+            want = render.reduce_mask(a.mask, name, trunk=a.trunk)
+            np.testing.assert_allclose(dequantize(q, (h, w)), want, rtol=0, atol=step(q) + 1e-5, err_msg=name)
+        mean = dequantize(entry["reductions"]["mean"], (h, w))
+        assert mean.min() == pytest.approx(entry["min"], abs=1e-4) and mean.max() == pytest.approx(entry["max"], abs=1e-4)
+        # the look-inside view: the 8 most varied channels, a histogram of every value, the trunk magnitude
+        variance = a.mask.reshape(a.channels, -1).var(axis=1)
+        assert sorted(entry["varied"]["index"]) == sorted(np.argsort(-variance)[:8].tolist())
+        np.testing.assert_allclose(dequantize(entry["varied"], (8, h, w)), a.mask[entry["varied"]["index"]],
+                                   rtol=0, atol=step(entry["varied"]) + 1e-5)
+        counts, _ = np.histogram(a.mask, bins=50, range=(0, 1))
+        assert sum(entry["histogram"]["counts"]) == a.mask.size
+        assert np.abs(np.array(entry["histogram"]["counts"]) - counts).sum() <= 2  # values on a bin edge
+        assert entry["histogram"]["mean"] == pytest.approx(float(a.mask.mean()), abs=1e-5)
+        assert entry["histogram"]["sd"] == pytest.approx(float(a.mask.std()), abs=1e-5)
+        before, after = np.abs(a.trunk).mean(0), np.abs((1 + a.mask) * a.trunk).mean(0)
+        for name, want in (("trunk_before", before), ("trunk_after", after)):
+            np.testing.assert_allclose(dequantize(entry[name], (h, w)), want, rtol=0, atol=step(entry[name]) + 1e-5)
+
+
+def test_all_channels_sends_every_channel_and_channel_k_sends_one(client):
+    image = corpus.png(corpus.photo("coffee.jpg"))
+    full = explain(client, image, all_channels="true")
+    masks = {}
+    for entry in full["attention"]:
+        masks[entry["module"]] = dequantize(entry, (entry["channels"], *entry["shape"]))
+        assert "channel" not in entry
+    exact = exact_attention(client, image)
+    for a, entry in zip(exact, full["attention"]):
+        np.testing.assert_allclose(masks[entry["module"]], a.mask, rtol=0, atol=step(entry) + 1e-5)
+    # channel k, of every module that has it: the same values as the full answer's channel k
+    for k in (5, 100, 255):
+        body = explain(client, image, channel=k)
+        for entry, full_entry in zip(body["attention"], full["attention"]):
+            assert not {"data", "lo", "hi"} & set(entry)
+            if k >= entry["channels"]:
+                assert "channel" not in entry, (k, entry["module"])
+                continue
+            assert entry["channel"]["index"] == [k]
+            got = dequantize(entry["channel"], (1, *entry["shape"]))[0]
+            np.testing.assert_allclose(got, masks[entry["module"]][k], rtol=0,
+                                       atol=step(entry["channel"]) + step(full_entry) + 1e-5)
+        assert sum("channel" in e for e in body["attention"]) == {5: 3, 100: 2, 255: 1}[k]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"channel": 256}, "channel: must be in [0, 255] (the most channels of any module is 256); got 256"),
+    ({"channel": -1}, "channel"), ({"channel": "red"}, "channel"), ({"all_channels": "maybe"}, "all_channels"),
+])
+def test_explain_refuses_a_channel_no_module_has(client, params, message):
+    response = client.post("/api/v1/explain", params=params,
+                           files={"file": ("p.png", corpus.one_pixel(), "image/png")})
+    body = assert_problem(response, 422, "Invalid parameters", message)
+    assert body["errors"][0]["loc"] == ["query", next(iter(params))]
+
+
+@pytest.fixture(scope="module")
+def imagenet_client(tmp_path_factory):
+    """attention92 in the ImageNet layout at 224 pixels, random weights (seed 0), served from a manifest."""
+    import torch
+
+    from ranlens.model.registry import get_model
+    from ranlens.model.weights import Weights, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("imagenet-weights")
+    torch.manual_seed(0)
+    digest = save_checkpoint(get_model("attention92", num_classes=3), folder / "a92.safetensors", "attention92")
+    manifest = Weights(name="attention92.random", arch="attention92", file="a92.safetensors", sha256=digest,
+                       classes=("ant", "bee", "cow"), input_size=224, mean=(0.485, 0.456, 0.406),
+                       std=(0.229, 0.224, 0.225), directory=folder).write_manifest()
+    with TestClient(create_app(Settings(weights=str(manifest)))) as c:
+        yield c
+
+
+def test_a_224_pixel_model_answers_at_least_ten_times_smaller_by_default(imagenet_client):
+    image = corpus.encode(corpus.photo(), "JPEG")
+    sizes = {}
+    for name, params in (("full", {"all_channels": "true"}), ("default", {}), ("channel", {"channel": 7})):
+        response = imagenet_client.post("/api/v1/explain", params=params, files={"file": ("c.jpg", image, "image/jpeg")},
+                                        headers={"accept-encoding": "identity"})
+        assert response.status_code == 200, response.text
+        sizes[name] = len(response.content)
+        body = response.json()
+    assert [(a["channels"], a["shape"]) for a in body["attention"]] == [
+        (256, [56, 56]), (512, [28, 28]), (512, [28, 28]), (1024, [14, 14]), (1024, [14, 14]), (1024, [14, 14])]
+    assert all(a["channel"]["index"] == [7] for a in body["attention"])
+    assert sizes["full"] > 5_000_000, sizes
+    assert sizes["full"] >= 10 * sizes["default"], sizes
+    assert sizes["channel"] - sizes["default"] < 20_000, sizes  # one channel of six modules: 5,292 uint16
 
 
 def test_colormaps(client):

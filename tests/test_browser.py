@@ -18,7 +18,7 @@ import sys
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -147,13 +147,20 @@ def _overlay_pixels(page, index: int = 0) -> str:
     return page.eval_on_selector_all("canvas.overlay", f"(cs) => cs[{index}].toDataURL()")
 
 
-def _api_explain(base: str, path: Path, content_type: str = "image/jpeg") -> httpx.Response:
+def _api_explain(base: str, path: Path, content_type: str = "image/jpeg", **params: str) -> httpx.Response:
     return httpx.post(base + "api/v1/explain", files={"file": (path.name, path.read_bytes(), content_type)},
-                      timeout=SLOW / 1000)
+                      params=params, timeout=SLOW / 1000)
+
+
+def _explain_queries(page) -> list[dict[str, str]]:
+    """The query of every /api/v1/explain request the page makes from now on, in order."""
+    asked: list[dict[str, str]] = []
+    page.on("request", lambda r: "/api/v1/explain" in r.url and asked.append(dict(parse_qsl(urlsplit(r.url).query))))
+    return asked
 
 
 def _decoded_masks(body: dict) -> dict[str, np.ndarray]:
-    """The float masks /api/v1/explain sends, decoded the way its description says."""
+    """The whole float masks /api/v1/explain?all_channels=true sends, decoded the way its description says."""
     out = {}
     for a in body["attention"]:
         q = np.frombuffer(base64.b64decode(a["data"]), dtype="<u2").reshape(a["channels"], *a["shape"])
@@ -286,18 +293,19 @@ def test_upload_photo_see_modules_classes_and_display_controls(server, browser, 
     page.select_option("#reduction", "channel")
     assert page.is_enabled("#channel") and page.is_enabled("#channel-module")
     assert page.get_attribute("#channel", "max") == "63"
+    _wait_text(page, "#module-stage1-module1 .shows", "Shows channel 0 of 64.")  # asked for, then drawn
     page.select_option("#channel-module", "2")
     assert page.get_attribute("#channel", "max") == "255"
     assert "0 to 255" in page.inner_text("#channel-range")
     page.fill("#channel", "200")
     page.dispatch_event("#channel", "change")
-    assert page.inner_text("#module-stage3-module1 .shows") == "Shows channel 200 of 256."
+    _wait_text(page, "#module-stage3-module1 .shows", "Shows channel 200 of 256.")
     assert page.inner_text("#module-stage1-module1 .shows") == "Shows channel 0 of 64."
     ch200 = _overlay_pixels(page, 2)
     page.fill("#channel", "999")
     page.dispatch_event("#channel", "change")
     assert page.input_value("#channel") == "255"
-    assert page.inner_text("#module-stage3-module1 .shows") == "Shows channel 255 of 256."
+    _wait_text(page, "#module-stage3-module1 .shows", "Shows channel 255 of 256.")
     assert _overlay_pixels(page, 2) != ch200
     page.select_option("#channel-module", "0")
     assert page.get_attribute("#channel", "max") == "63" and page.input_value("#channel") == "0"
@@ -316,8 +324,9 @@ def test_upload_photo_see_modules_classes_and_display_controls(server, browser, 
 
 def test_png_and_npy_downloads_match_the_api(server, browser, tmp_path):
     page, watch = open_page(browser, server)
+    asked = _explain_queries(page)
     upload(page, PHOTOS / "chelsea.jpg")
-    api = _api_explain(server, PHOTOS / "chelsea.jpg")
+    api = _api_explain(server, PHOTOS / "chelsea.jpg", all_channels="true")
     assert api.status_code == 200, api.text
     expected = _decoded_masks(api.json())
     for module, channels, side in zip(MODULES, (64, 128, 256), (32, 16, 8)):
@@ -346,6 +355,68 @@ def test_png_and_npy_downloads_match_the_api(server, browser, tmp_path):
         shown = page.eval_on_selector(f"{panel} canvas.overlay", "(c) => c.toDataURL('image/png')")
         on_screen = Image.open(io.BytesIO(base64.b64decode(shown.split(",", 1)[1])))
         assert np.array_equal(np.asarray(image.convert("RGBA")), np.asarray(on_screen.convert("RGBA")))
+    # the whole masks were asked for once, on the first raw-mask download, and kept for the others
+    assert [q.get("all_channels") for q in asked] == [None, "true"], asked
+    watch.check()
+    page.close()
+
+
+def test_channel_view_asks_for_one_channel_when_shown_and_keeps_it(server, browser):
+    page, watch = open_page(browser, server)
+    asked = _explain_queries(page)
+    upload(page, PHOTOS / "chelsea.jpg")
+    wait_for_ablation(page)
+    assert [q.get("channel") for q in asked] == [None]  # the image itself: reductions, no channel
+    added = _overlay_pixels(page, 0)
+
+    held = []
+
+    def is_channel(url: str) -> bool:
+        return "/api/v1/explain" in url and "channel=" in url
+
+    def hold(route) -> None:
+        held.append(route)
+
+    page.route(is_channel, hold)  # the first channel asked for waits here
+    page.select_option("#reduction", "channel")
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "choosing the channel view asked for no channel"
+    # while it is on its way: the last map stays, dimmed and marked busy, and the controls say so
+    assert page.inner_text("#channel-status") == "Loading channel 0…"
+    assert page.get_attribute("#module-stage1-module1", "aria-busy") == "true"
+    assert page.eval_on_selector("#module-stage1-module1", "(el) => el.classList.contains('loading')")
+    assert _overlay_pixels(page, 0) == added
+    page.unroute(is_channel, hold)
+    held[0].fallback()
+    _wait_text(page, "#module-stage1-module1 .shows", "Shows channel 0 of 64.")
+    assert page.inner_text("#channel-status") == ""
+    assert page.get_attribute("#module-stage1-module1", "aria-busy") == "false"
+    ch0 = _overlay_pixels(page, 0)
+    assert ch0 != added
+    assert [q.get("channel") for q in asked] == [None, "0"]
+    assert asked[1]["model"] == asked[0]["model"]
+
+    # the channel box stepped through 1, 2 and 3 at 60 ms a step: only 3 is asked for (debounced)
+    page.eval_on_selector("#channel", """async (el) => { for (const v of ["1", "2", "3"]) {
+        el.value = v; el.dispatchEvent(new Event("input", { bubbles: true }));
+        await new Promise((done) => setTimeout(done, 60)); } }""")
+    _wait_text(page, "#module-stage1-module1 .shows", "Shows channel 3 of 64.")
+    assert [q.get("channel") for q in asked] == [None, "0", "3"]
+    ch3 = _overlay_pixels(page, 0)
+    assert ch3 != ch0
+    # what is drawn is the API's channel 3 of that module (its range is in the canvas's label)
+    api = _api_explain(server, PHOTOS / "chelsea.jpg", channel="3").json()["attention"][0]["channel"]
+    assert f"values {api['lo']:.3f} to {api['hi']:.3f}" in page.get_attribute("canvas.overlay >> nth=0", "aria-label")
+    # back to channel 0: from the page's cache, drawn at once, nothing asked
+    page.fill("#channel", "0")
+    page.dispatch_event("#channel", "change")
+    assert page.inner_text("#module-stage1-module1 .shows") == "Shows channel 0 of 64."
+    assert _overlay_pixels(page, 0) == ch0
+    page.wait_for_timeout(1000)
+    assert [q.get("channel") for q in asked] == [None, "0", "3"]
     watch.check()
     page.close()
 
@@ -580,6 +651,17 @@ def test_model_switcher_and_side_by_side(server, browser, shots):
     page.locator("#compare-section").screenshot(path=str(shots / "compare.png"))
     page.eval_on_selector("#topbar", "(bar) => { bar.hidden = false; }")
     run_axe(page)
+    # single channels in both columns: channel 0 of each model, asked for once per model
+    asked = _explain_queries(page)
+    page.select_option("#reduction", "channel")
+    page.wait_for_function("""() => {
+        const shows = [...document.querySelectorAll("#compare-grid article .shows")];
+        return shows.length === 9 && shows.every((p) => p.textContent.startsWith("Shows channel 0 of"))
+          && !document.querySelector("#compare-grid article.loading"); }""", timeout=SLOW)
+    assert sorted((q["model"], q["channel"]) for q in asked) == sorted([(a92, "0"), (a56, "0")]), asked
+    drawn = page.eval_on_selector_all("#compare-grid article canvas.overlay", "(cs) => cs.map((c) => c.toDataURL())")
+    assert len(set(drawn)) == 9
+    page.select_option("#reduction", "added")
     # back to one model: the side-by-side view goes away
     page.select_option("#compare", "")
     page.wait_for_selector("#compare-section[hidden]", state="attached", timeout=SLOW)

@@ -48,8 +48,10 @@ PAGE_READS = {
     ("/api/v1/explain", "post"): [
         "predictions[].label", "predictions[].probability", "timing_ms.total", "timing_ms.inference",
         "images.display", "images.uploaded", "images.model_input", "image.width", "image.height",
-        *(f"attention[].{k}" for k in ("module", "stage", "shape", "channels", "data", "lo", "hi",
-                                       "trunk_before", "trunk_after")),
+        *(f"attention[].{k}" for k in ("module", "stage", "shape", "channels", "reductions.mean", "reductions.max",
+                                       "reductions.added", "varied.index", "varied.data", "varied.lo", "varied.hi",
+                                       "histogram.counts", "histogram.mean", "histogram.sd",
+                                       "trunk_before.data", "trunk_after.data")),
     ],
     ("/api/v1/ablate", "post"): [
         "normal.top[].index", "normal.top[].label", "normal.probabilities", "all_off.top[].index",
@@ -159,6 +161,29 @@ def test_documented_limits_are_the_served_models(client, spec):
     top = {"reduction": "channel", "channel": narrowest - 1}
     assert client.post("/api/v1/predict", params=top, files=image).status_code == 200
     assert client.post("/api/v1/predict", params={**top, "channel": narrowest}, files=image).status_code == 422
+
+
+def test_explain_channel_is_bounded_by_the_widest_module_and_optional(client, spec):
+    """/explain's channel adds channel k to each module that has it (the page keeps a channel per
+    module), so the widest module of the served models bounds it; all_channels is a plain boolean."""
+    widest = min(max(m["channels"] for m in e.modules) for e in client.app.state.catalog)
+    params = _parameters(spec, "/api/v1/explain")
+    assert params["channel"]["schema"] == {"type": "integer", "minimum": 0, "maximum": widest - 1}
+    assert (params["all_channels"]["schema"]["type"], params["all_channels"]["schema"]["default"]) == ("boolean", False)
+    assert not params["channel"]["required"] and not params["all_channels"]["required"]
+    image = {"file": ("p.png", corpus.one_pixel(), "image/png")}
+    answer = client.post("/api/v1/explain", params={"channel": widest - 1}, files=image)
+    assert answer.status_code == 200 and "channel" in answer.json()["attention"][-1]
+    refused = client.post("/api/v1/explain", params={"channel": widest}, files=image)
+    assert refused.status_code == 422 and refused.json()["errors"][0]["loc"] == ["query", "channel"]
+    # and the fields it adds are documented as optional, with the encoding
+    module = resolve(spec, spec["components"]["schemas"]["ExplainAttention"])
+    assert not {"channel", "data", "lo", "hi"} & set(module["required"])
+    assert "uint16" in module["properties"]["data"]["description"]
+    # left out rather than null, so no null is documented
+    assert module["properties"]["data"] == {"type": "string", "title": "Data",
+                                            "description": module["properties"]["data"]["description"]}
+    assert module["properties"]["channel"]["$ref"].endswith("/ChannelMaps")
 
 
 def test_shared_options_are_declared_once(spec):

@@ -71,6 +71,9 @@ def parameter_limits(explainer: Explainer) -> dict[str, int]:
         "top_k": len(explainer.weights.classes),
         # reduction=channel shows the same channel of every module, so the narrowest module bounds it
         "channel": min(m["channels"] for m in explainer.modules) - 1,
+        # /explain's channel adds channel k to each module that has it, so the widest module bounds it:
+        # the page keeps a channel per module (channel 200 of a 256-channel module beside a 64-channel one)
+        "explain_channel": max(m["channels"] for m in explainer.modules) - 1,
     }
 
 
@@ -128,6 +131,23 @@ async def display_options(query: Annotated[DisplayQuery, Query()], explainer: Ex
 
 
 Display = Annotated[DisplayOptions, Depends(display_options)]
+
+
+def explain_channel_option(
+    explainer: ExplainerDep,
+    channel: Annotated[int | None, Query(ge=0, description="add channel k of each module that has more than k "
+                                                           "channels (its field channel): the page's one-channel "
+                                                           "view, asked for on demand; below the most channels "
+                                                           "of any module")] = None,
+) -> int | None:
+    limit = parameter_limits(explainer)["explain_channel"]
+    if channel is not None and channel > limit:
+        raise _invalid("channel", f"must be in [0, {limit}] (the most channels of any module is {limit + 1}); "
+                                  f"got {channel}")
+    return channel
+
+
+ExplainChannel = Annotated[int | None, Depends(explain_channel_option)]
 
 
 async def run_inference(request: Request, fn, explainer: Explainer, *args, batched: bool = True):

@@ -50,6 +50,8 @@ UPLOAD_PROBLEMS = problems(400, 413, 415, 422, 503)
 
 
 MODEL_BOUND = ("top_k", "channel")
+# a parameter whose limit is not the one of its name, by (path, name)
+LIMIT_OF = {("/api/v1/explain", "channel"): "explain_channel"}
 
 
 def _model_choices(schema: dict, names: list[str], default: str) -> None:
@@ -63,17 +65,18 @@ def _model_choices(schema: dict, names: list[str], default: str) -> None:
 
 
 def _bound_parameters(schema: dict, limits: dict[str, int]) -> None:
-    for item in schema.get("paths", {}).values():
+    for path, item in schema.get("paths", {}).items():
         for operation in item.values():
             for parameter in operation.get("parameters", []):
                 if parameter.get("in") != "query" or parameter.get("name") not in MODEL_BOUND:
                     continue
+                key = LIMIT_OF.get((path, parameter["name"]), parameter["name"])
                 old = parameter["schema"]
                 # channel is None in Python when absent, but a query string has no null: an integer or nothing
                 integer = next(o for o in old.get("anyOf", [old]) if o.get("type") == "integer")
                 new = {"type": "integer", "minimum": integer.get("minimum", 0)}
-                if parameter["name"] in limits:
-                    new["maximum"] = limits[parameter["name"]]
+                if key in limits:
+                    new["maximum"] = limits[key]
                     limit = f"for the served model, {new['minimum']} to {new['maximum']}"
                     parameter["description"] = "; ".join(filter(None, [parameter.get("description"), limit]))
                 if old.get("default") is not None:

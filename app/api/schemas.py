@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.json_schema import SkipJsonSchema
 
 from ranlens.model import render
 
@@ -99,15 +100,64 @@ class PredictResponse(OODVerdict):
     timing_ms: Timing
 
 
+# uint16 rather than uint8: its error, at most 1/131070 of the range, stays far below one step of the
+# page's 256-entry colormaps, while uint8's (1/510) can move a value to the next colour
+QUANTIZED = "base64 of little-endian uint16 values in C order, 0..65535 mapping linearly onto [lo, hi]"
+
+
+class QuantizedMap(BaseModel):
+    """One (h, w) map of a module, quantised."""
+
+    data: str = Field(description=f"{QUANTIZED}; h * w values")
+    lo: float = Field(description="the value uint16 0 stands for: the map's minimum")
+    hi: float = Field(description="the value uint16 65535 stands for: the map's maximum")
+
+
+class ChannelMaps(QuantizedMap):
+    """Some channels of a module's soft mask, quantised together: shape (len(index), h, w)."""
+
+    index: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="the channels, in the order of data")
+    data: str = Field(description=f"{QUANTIZED}; shape (len(index), h, w)")
+
+
+class Reductions(BaseModel):
+    """Each channel reduction the page offers, as one (h, w) map (reduce_mask in model/render.py)."""
+
+    mean: QuantizedMap = Field(description="the mean of M over channels")
+    max: QuantizedMap = Field(description="the max of M over channels")
+    added: QuantizedMap = Field(description="each position's mean over channels of M * |T|: what (1 + M) * T adds")
+
+
+class MaskHistogram(BaseModel):
+    """All channels * h * w values of a module's soft mask, counted."""
+
+    counts: list[Annotated[int, Field(ge=0)]] = Field(min_length=50, max_length=50,
+                                                      description="values in each of 50 equal bins over [0, 1)")
+    mean: float = Field(description="of all the mask's values")
+    sd: float = Field(ge=0, description="standard deviation of all the mask's values")
+
+
+def _left_out(description: str) -> Any:
+    """A field the answer leaves out unless asked for: never null, so its schema has no null or default."""
+    return Field(None, description=description, json_schema_extra=lambda schema: schema.pop("default", None))
+
+
 class ExplainAttention(ModuleMask):
-    data: str = Field(description="the full soft mask, base64 little-endian uint16 of shape (channels, h, w)")
-    lo: float = Field(description="the mask value uint16 0 stands for")
-    hi: float = Field(description="the mask value uint16 65535 stands for")
     min: float = Field(description="of the channel-mean mask")
     max: float = Field(description="of the channel-mean mask")
     mean: float = Field(description="of the channel-mean mask")
-    trunk_before: list[list[float]] = Field(description="mean |T| over channels per position, before (1 + M)")
-    trunk_after: list[list[float]] = Field(description="mean |(1 + M) T| over channels per position")
+    reductions: Reductions
+    varied: ChannelMaps = Field(description="the (at most) 8 channels whose masks vary most over the image, "
+                                            "largest variance first")
+    histogram: MaskHistogram
+    trunk_before: QuantizedMap = Field(description="mean |T| over channels per position, before (1 + M)")
+    trunk_after: QuantizedMap = Field(description="mean |(1 + M) T| over channels per position")
+    channel: ChannelMaps | SkipJsonSchema[None] = _left_out(
+        "with channel=k, channel k alone (index [k]); left out of a module with k or fewer channels")
+    data: str | SkipJsonSchema[None] = _left_out(
+        f"with all_channels=true, the whole soft mask: {QUANTIZED}; shape (channels, h, w)")
+    lo: float | SkipJsonSchema[None] = _left_out("with all_channels=true, the mask value uint16 0 stands for")
+    hi: float | SkipJsonSchema[None] = _left_out("with all_channels=true, the mask value uint16 65535 stands for")
 
 
 class ImageSize(BaseModel):

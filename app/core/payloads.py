@@ -76,34 +76,61 @@ def predict(explain: Explain, image: bytes, content_type: str, *, max_pixels: in
     }
 
 
+# the maps the page draws without asking again: every reduction but one channel, which it asks for
+PAGE_REDUCTIONS = tuple(r for r in render.REDUCTIONS if r != "channel")
+VARIED_CHANNELS = 8  # the "look inside" view's small multiples
+HISTOGRAM_BINS = 50
+
+
+def _quantized(values: np.ndarray) -> dict:
+    data, lo, hi = render.quantize(values)
+    return {"data": data, "lo": lo, "hi": hi}
+
+
+def _channels(mask: np.ndarray, index: list[int]) -> dict:
+    return {"index": index, **_quantized(mask[index])}
+
+
 def explain(explain: Explain, image: bytes, content_type: str, *, max_pixels: int, display_size: int,
-            started: float) -> dict:
-    """Everything the page draws: all probabilities, each module's full mask (quantised), pictures."""
+            started: float, channel: int | None = None, all_channels: bool = False) -> dict:
+    """What the page draws at once: all probabilities, pictures and, per module, each reduction as one
+    quantised (h, w) map, the look-inside view's data (most varied channels, histogram, trunk
+    magnitude) and, with ``channel``, that channel of every module that has it; ``all_channels``
+    adds the whole (C, h, w) mask."""
     t0 = time.perf_counter()
     picture = decode_image(image, max_pixels, content_type)
     t1 = time.perf_counter()
     result = explain(picture)
+    t2 = time.perf_counter()
     display = center_crop(picture, display_size)
     thumbnail = picture.copy()
     thumbnail.thumbnail((640, 640))
     attention = []
     for a in result.attention:
-        encoded, lo, hi = render.quantize(a.mask)
-        mean = a.reduced("mean")
+        maps = {r: a.reduced(r) for r in PAGE_REDUCTIONS}
+        mean = maps["mean"]
+        # mean |T| over channels per position, before and after (1 + M): what the mask amplifies
         before = np.abs(a.trunk).mean(axis=0)
         after = np.abs((1 + a.mask) * a.trunk).mean(axis=0)
-        attention.append({
+        entry = {
             "module": a.module, "stage": a.stage, "shape": list(a.shape), "channels": a.channels,
-            "data": encoded, "lo": lo, "hi": hi,
             "min": float(mean.min()), "max": float(mean.max()), "mean": float(mean.mean()),
-            # mean |T| over channels per position, before and after (1 + M): what the mask amplifies
-            "trunk_before": before.round(5).tolist(), "trunk_after": after.round(5).tolist(),
-        })
+            "reductions": {r: _quantized(values) for r, values in maps.items()},
+            "varied": _channels(a.mask, render.most_varied(a.mask, VARIED_CHANNELS)),
+            "histogram": render.histogram(a.mask, HISTOGRAM_BINS),
+            "trunk_before": _quantized(before), "trunk_after": _quantized(after),
+        }
+        if channel is not None and channel < a.channels:
+            entry["channel"] = _channels(a.mask, [channel])
+        if all_channels:
+            entry.update(_quantized(a.mask))
+        attention.append(entry)
     images = {
         "uploaded": render.data_uri(thumbnail, "JPEG"),
         "display": render.data_uri(display, "JPEG"),
         "model_input": render.data_uri(result.model_input),
     }
+    t3 = time.perf_counter()
     return {
         "model": result.model, "weights": result.weights,
         "image": {"width": picture.width, "height": picture.height},
@@ -111,7 +138,8 @@ def explain(explain: Explain, image: bytes, content_type: str, *, max_pixels: in
         "predictions": [p.__dict__ for p in result.predictions],
         **_ood(result),
         "attention": attention,
-        "timing_ms": {"decode": _ms(t1 - t0), **result.timing_ms, "total": _ms(time.perf_counter() - started)},
+        "timing_ms": {"decode": _ms(t1 - t0), **result.timing_ms, "render": _ms(t3 - t2),
+                      "total": _ms(t3 - started)},
     }
 
 

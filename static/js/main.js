@@ -1,23 +1,27 @@
-// ranlens page: upload, then draw every module's soft mask from the arrays the server sent.
-// Display controls recolour in the page; only a new image goes back to the server.
+// ranlens page: upload, then draw every module's soft mask from the maps the server sent.
+// Display controls recolour in the page. The server sends each reduction as one map; a single channel
+// is asked for when the page shows one (the same image again with channel=k, cached per model and
+// channel), and every channel only for a raw-mask download.
 
 import { ablationTable } from "./ablation.js";
 import { failureText, getBlob, getJSON, isAbort, postImage } from "./api.js";
 import { architectureSvg } from "./architecture.js";
-import { decodeMask, range, reduce } from "./masks.js";
+import { decodeChannel, decodeMask, decodeModule, range } from "./masks.js";
 import { npyBlob } from "./npy.js";
 import { createMiniPanel, createPanel, describeMap, drawInside, drawOverlay, panelId } from "./panels.js";
 import { currentModule, installPresenter, onModuleChange, setCurrentModule } from "./presenter.js";
 
 const $ = (id) => document.getElementById(id);
 
-// What is on screen: one analysed image. ``channels`` keeps the channel chosen for each module;
-// ``model`` is the weights the page asks for, ``compare`` a second model's answer for the same image,
-// ``source`` the image itself, so a change of model can analyse it again.
+// What is on screen: one analysed image. ``decoded`` holds each module's maps (decodeModule),
+// ``channels`` the channel chosen for each module; ``model`` is the weights the page asks for,
+// ``compare`` a second model's answer for the same image, ``source`` the image itself, so a change of
+// model or a channel can ask about it again; ``fetched``, what was asked for since (freshChannels).
 const state = {
-  name: null, payload: null, masks: [], display: null, channels: [], luts: null,
-  model: document.body.dataset.model || null, compare: null, source: null,
+  name: null, payload: null, decoded: [], display: null, channels: [], luts: null,
+  model: document.body.dataset.model || null, compare: null, source: null, fetched: freshChannels(),
 };
+const CHANNEL_DELAY_MS = 250;  // a channel is asked for once the box has been still this long
 let catalog = null;  // GET api/v1/models: every served model's metadata, for the model line
 let controller = null;  // the analysis in flight; a newer upload aborts it
 let lutsPromise = null;
@@ -59,34 +63,105 @@ function settings() {
 
 const sharedRange = (ranges) => [Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1]))];
 
+// ---- single channels, on demand: one answer per (weights, channel) holds that channel of every module
+// that has it. Keyed by weights, so the compare view's second model shares the cache; new per image.
+function freshChannels() {
+  return { maps: new Map(), inflight: new Set(), failed: new Map(), full: null, timer: null };
+}
+
+const channelKey = (weights, k) => `${weights}\n${k}`;
+
+/** The (h, w) map a panel shows: a reduction the answer carried, or a fetched channel (null: not yet). */
+function mapFor(p, decoded, i, reduction, channel) {
+  if (reduction !== "channel") return decoded[i].maps[reduction];
+  return state.fetched.maps.get(channelKey(p.weights, channel))?.get(p.attention[i].module) ?? null;
+}
+
+/** [weights, channel] of every channel on screen that is neither fetched nor failed. */
+function missingChannels() {
+  if ($("reduction").value !== "channel" || !state.payload) return [];
+  const wanted = [...new Set(state.channels)].map((k) => [state.payload.weights, k]);
+  if (state.compare?.cells) wanted.push([state.compare.payload.weights, 0]);
+  const f = state.fetched;
+  return wanted.filter(([w, k]) => !f.maps.has(channelKey(w, k)) && !f.failed.has(channelKey(w, k)));
+}
+
+function showChannelState() {
+  const f = state.fetched, missing = missingChannels();
+  const failed = [...f.failed.values()];
+  $("channel-status").textContent = failed.length ? failed[failed.length - 1]
+    : missing.length ? `Loading channel ${[...new Set(missing.map(([, k]) => k))].join(", ")}…` : "";
+  $("channel-status").classList.toggle("error", failed.length > 0);
+}
+
+/** Asks for the missing channels once the channel box has been still for CHANNEL_DELAY_MS. */
+function wantChannels() {
+  const f = state.fetched;
+  clearTimeout(f.timer);
+  showChannelState();
+  if (missingChannels().length) f.timer = setTimeout(() => fetchChannels(f), CHANNEL_DELAY_MS);
+}
+
+async function fetchChannels(f) {
+  if (f !== state.fetched) return;  // another image since
+  const { blob, name } = state.source, signal = controller.signal;
+  const todo = missingChannels().filter(([w, k]) => !f.inflight.has(channelKey(w, k)));
+  await Promise.all(todo.map(async ([weights, k]) => {
+    const key = channelKey(weights, k);
+    f.inflight.add(key);
+    try {
+      const answer = await postImage(withModel(`api/v1/explain?channel=${k}`, weights), blob, name, signal);
+      f.maps.set(key, new Map(answer.attention.map((entry) => [entry.module, decodeChannel(entry)])));
+    } catch (err) {
+      if (isAbort(err)) return;
+      f.failed.set(key, `Could not load channel ${k} of ${weights}: ${failureText(err)}`);
+    } finally {
+      f.inflight.delete(key);
+    }
+    if (f === state.fetched) drawOverlays();
+  }));
+}
+
+/** Panels that show ``values`` (null: still loading, left as they are and marked busy). */
+function drawPanels(cells, s, lut) {
+  const ready = cells.filter((c) => c.values);
+  const ranges = new Map(ready.map((c) => [c, range(c.values)]));
+  const shared = ready.length ? sharedRange([...ranges.values()]) : null;
+  for (const c of cells) {
+    c.el.classList.toggle("loading", !c.values);
+    c.el.setAttribute("aria-busy", String(!c.values));
+    if (!c.values) continue;
+    const [lo, hi] = s.scale === "shared" ? shared : ranges.get(c);
+    drawOverlay(c.el, c.entry, {
+      values: c.values, lo, hi, display: state.display, lut, opacity: s.opacity,
+      what: describeMap(c.entry, s.reduction, c.channel),
+    });
+  }
+}
+
 /** The overlays and colorbars: cheap, redrawn on every control change. */
 function drawOverlays() {
   const p = state.payload, s = settings();
   $("opacity-out").textContent = `${Math.round(s.opacity * 100)}%`;
   if (!p) return;
   const lut = state.luts[s.cmap];
-  const maps = p.attention.map((entry, i) => reduce(state.masks[i], entry, s.reduction, state.channels[i]));
-  const ranges = maps.map(range);
-  const shared = sharedRange(ranges);
-  p.attention.forEach((entry, i) => {
-    const [lo, hi] = s.scale === "shared" ? shared : ranges[i];
-    drawOverlay($("modules").children[i], entry, {
-      values: maps[i], lo, hi, display: state.display, lut, opacity: s.opacity,
-      what: describeMap(entry, s.reduction, state.channels[i]),
-    });
-  });
+  drawPanels(p.attention.map((entry, i) => ({
+    el: $("modules").children[i], entry, channel: state.channels[i],
+    values: mapFor(p, state.decoded, i, s.reduction, state.channels[i]),
+  })), s, lut);
   drawCompare(s, lut);
+  wantChannels();
 }
 
 // ---- side by side: a second model's masks beside the first's, row by row for each module name
 function compareCells() {
   const cells = [];
   const sides = [
-    { payload: state.payload, masks: state.masks, channel: (i) => state.channels[i] },
-    { payload: state.compare.payload, masks: state.compare.masks, channel: () => 0 },
+    { payload: state.payload, decoded: state.decoded, channel: (i) => state.channels[i] },
+    { payload: state.compare.payload, decoded: state.compare.decoded, channel: () => 0 },
   ];
   for (const [column, side] of sides.entries()) {
-    side.payload.attention.forEach((entry, i) => cells.push({ column, entry, mask: side.masks[i], channel: side.channel(i) }));
+    side.payload.attention.forEach((entry, i) => cells.push({ column, entry, side, i }));
   }
   return cells;
 }
@@ -119,16 +194,11 @@ function showCompare() {
 function drawCompare(s, lut) {
   const c = state.compare;
   if (!c?.cells) return;
-  const maps = c.cells.map((k) => reduce(k.mask, k.entry, s.reduction, Math.min(k.channel, k.entry.channels - 1)));
-  const ranges = maps.map(range);
-  const shared = sharedRange(ranges);  // one scale across both models: the point is to compare them
-  c.cells.forEach((k, i) => {
-    const [lo, hi] = s.scale === "shared" ? shared : ranges[i];
-    drawOverlay(k.el, k.entry, {
-      values: maps[i], lo, hi, display: state.display, lut, opacity: s.opacity,
-      what: describeMap(k.entry, s.reduction, Math.min(k.channel, k.entry.channels - 1)),
-    });
-  });
+  // one scale across both models when shared: the point is to compare them
+  drawPanels(c.cells.map((k) => {
+    const channel = Math.min(k.side.channel(k.i), k.entry.channels - 1);
+    return { el: k.el, entry: k.entry, channel, values: mapFor(k.side.payload, k.side.decoded, k.i, s.reduction, channel) };
+  }), s, lut);
 }
 
 /** The "look inside" views: heavier, and they depend only on the image and the colormap. */
@@ -136,7 +206,7 @@ function drawInsides() {
   const p = state.payload;
   if (!p) return;
   const lut = state.luts[$("colormap").value];
-  p.attention.forEach((entry, i) => drawInside($("modules").children[i], entry, state.masks[i], lut));
+  p.attention.forEach((entry, i) => drawInside($("modules").children[i], entry, state.decoded[i], lut));
 }
 
 // ---- the channel box: bounded by the channel count of the module it edits
@@ -168,6 +238,7 @@ function channelInput(commit) {
   state.channels[i] = Math.max(0, Math.min(channels - 1, typed));
   // browsers let a typed number past max through; show the channel actually drawn
   if (commit || typed !== state.channels[i]) $("channel").value = state.channels[i];
+  state.fetched.failed.clear();  // a new choice tries again
   drawOverlays();
 }
 
@@ -218,13 +289,13 @@ async function analyse(name, source) {
       postImage(withModel("api/v1/explain", model), blob, name, ctl.signal), colormaps(),
       other && other !== model ? postImage(withModel("api/v1/explain", other), blob, name, ctl.signal) : null,
     ]);
-    const masks = p.attention.map(decodeMask);
+    const decoded = p.attention.map(decodeModule);
     const [display, input] = await Promise.all([loadImage(p.images.display), loadImage(p.images.model_input)]);
     if (ctl.signal.aborted) return;  // superseded while the images decoded
     state.luts = luts;
     state.source = { name, blob };
-    state.compare = q ? { payload: q, masks: q.attention.map(decodeMask) } : null;
-    show(name, p, masks, display, input);
+    state.compare = q ? { payload: q, decoded: q.attention.map(decodeModule) } : null;
+    show(name, p, decoded, display, input);
     setStatus(`${name}: ${p.predictions[0].label} (${(100 * p.predictions[0].probability).toFixed(1)}%) ` +
               `by ${p.weights}.`);
     runAblation(blob, name, ctl.signal);
@@ -234,8 +305,9 @@ async function analyse(name, source) {
   }
 }
 
-function show(name, p, masks, display, input) {
-  Object.assign(state, { name, payload: p, masks, display, channels: p.attention.map(() => 0) });
+function show(name, p, decoded, display, input) {
+  clearTimeout(state.fetched.timer);
+  Object.assign(state, { name, payload: p, decoded, display, channels: p.attention.map(() => 0), fetched: freshChannels() });
   $("uploaded").src = p.images.uploaded;
   $("uploaded-size").textContent = `(${p.image.width}×${p.image.height})`;
   $("model-input").src = input.src;
@@ -282,9 +354,23 @@ function downloadPng(i) {
     .toBlob((blob) => save(blob, `${module}.overlay.png`), "image/png");
 }
 
-function downloadNpy(i) {
-  const entry = state.payload.attention[i];
-  save(npyBlob(state.masks[i], [entry.channels, ...entry.shape]), `${entry.module}.mask.npy`);
+/** The raw mask, every channel: the one request for the whole masks (all_channels=true), made once
+ *  per image and model, on the first download. */
+async function downloadNpy(i) {
+  const p = state.payload, f = state.fetched, module = p.attention[i].module;
+  const { blob, name } = state.source;
+  const button = $("modules").children[i].querySelector(".dl-npy");
+  button.setAttribute("aria-busy", "true");
+  try {
+    f.full ??= postImage(withModel("api/v1/explain?all_channels=true", p.weights), blob, name, controller.signal);
+    const entry = (await f.full).attention.find((a) => a.module === module);
+    save(npyBlob(decodeMask(entry), [entry.channels, ...entry.shape]), `${module}.mask.npy`);
+  } catch (err) {
+    if (f.full && f === state.fetched) f.full = null;  // try again on the next click
+    if (!isAbort(err)) setStatus(`Could not fetch the raw mask of ${module}: ${failureText(err)}`, true);
+  } finally {
+    button.removeAttribute("aria-busy");
+  }
 }
 
 // ---- architecture
@@ -360,7 +446,7 @@ document.querySelectorAll(".example").forEach((button) => button.addEventListene
 
 for (const id of ["opacity", "scale"]) $(id).addEventListener("input", drawOverlays);
 $("colormap").addEventListener("input", () => { drawOverlays(); drawInsides(); });
-$("reduction").addEventListener("input", () => { syncChannelBox(); drawOverlays(); });
+$("reduction").addEventListener("input", () => { state.fetched.failed.clear(); syncChannelBox(); drawOverlays(); });
 $("channel-module").addEventListener("input", () => setCurrentModule(Number($("channel-module").value)));
 $("channel").addEventListener("input", () => channelInput(false));
 $("channel").addEventListener("change", () => channelInput(true));

@@ -1,38 +1,40 @@
-// Soft masks as numbers: decoding what /api/v1/explain sends, reducing over channels, colouring.
+// Soft masks as numbers: decoding what /api/v1/explain sends, and colouring it.
 
-/** The (channels, h, w) mask of one module as float32, from base64 little-endian uint16 over [lo, hi]. */
-export function decodeMask(entry) {
-  const bytes = Uint8Array.from(atob(entry.data), (c) => c.charCodeAt(0));
-  const q = new Uint16Array(bytes.buffer);
-  const expected = entry.channels * entry.shape[0] * entry.shape[1];
-  if (q.length !== expected) throw new Error(`${entry.module}: got ${q.length} mask values, expected ${expected}`);
-  const out = new Float32Array(q.length);
-  const step = (entry.hi - entry.lo) / 65535;
-  for (let i = 0; i < q.length; i++) out[i] = entry.lo + q[i] * step;
+/** Float32 values from ``{data, lo, hi}``: base64 little-endian uint16, 0..65535 onto [lo, hi]. */
+export function decodeQuantized(q, count, what) {
+  const bytes = Uint8Array.from(atob(q.data), (c) => c.charCodeAt(0));
+  const u = new Uint16Array(bytes.buffer);
+  if (u.length !== count) throw new Error(`${what}: got ${u.length} values, expected ${count}`);
+  const out = new Float32Array(u.length);
+  const step = (q.hi - q.lo) / 65535;
+  for (let i = 0; i < u.length; i++) out[i] = q.lo + u[i] * step;
   return out;
 }
 
-/** One (h, w) map: the mean or max over channels, a single channel, or "added": the mean over channels
- * of M * |T|. Since M > 0, (1 + M) * |T| - |T| = M * |T|, so it is the trunk magnitude after (1 + M)
- * minus before, both of which the server sends per position. */
-export function reduce(mask, entry, reduction, channel) {
-  const [h, w] = entry.shape, n = h * w, c = entry.channels;
-  if (reduction === "channel") return mask.slice(channel * n, (channel + 1) * n);
-  if (reduction === "added") {
-    const before = entry.trunk_before.flat(), after = entry.trunk_after.flat();
-    return Float32Array.from(after, (v, i) => v - before[i]);
-  }
-  const out = new Float32Array(n);
-  if (reduction === "max") out.fill(-Infinity);
-  for (let k = 0; k < c; k++) {
-    const base = k * n;
-    for (let i = 0; i < n; i++) {
-      const v = mask[base + i];
-      if (reduction === "max") { if (v > out[i]) out[i] = v; } else out[i] += v;
-    }
-  }
-  if (reduction === "mean") for (let i = 0; i < n; i++) out[i] /= c;
-  return out;
+/** What the page draws of one module from a default answer: each reduction's (h, w) map (mean, max,
+ * added), the most varied channels as [channel, map] pairs, the histogram and the trunk magnitudes. */
+export function decodeModule(entry) {
+  const n = entry.shape[0] * entry.shape[1], what = entry.module;
+  const maps = Object.fromEntries(Object.entries(entry.reductions)
+    .map(([name, q]) => [name, decodeQuantized(q, n, `${what} ${name}`)]));
+  const varied = decodeQuantized(entry.varied, entry.varied.index.length * n, `${what} varied`);
+  return {
+    maps,
+    varied: entry.varied.index.map((k, j) => [k, varied.subarray(j * n, (j + 1) * n)]),
+    histogram: entry.histogram,
+    trunkBefore: decodeQuantized(entry.trunk_before, n, `${what} trunk_before`),
+    trunkAfter: decodeQuantized(entry.trunk_after, n, `${what} trunk_after`),
+  };
+}
+
+/** The one channel a ``channel=k`` answer adds to a module, as an (h, w) map; null where it has none. */
+export function decodeChannel(entry) {
+  return entry.channel ? decodeQuantized(entry.channel, entry.shape[0] * entry.shape[1], `${entry.module} channel`) : null;
+}
+
+/** The whole (channels, h, w) mask of an ``all_channels=true`` answer. */
+export function decodeMask(entry) {
+  return decodeQuantized(entry, entry.channels * entry.shape[0] * entry.shape[1], entry.module);
 }
 
 export function range(values) {
@@ -57,29 +59,4 @@ export function colourCanvas(values, h, w, lut, lo, hi) {
   }
   ctx.putImageData(img, 0, 0);
   return canvas;
-}
-
-/** [variance, channel] of every channel's map, largest first: the channels that vary most over the image. */
-export function channelVariances(mask, entry) {
-  const n = entry.shape[0] * entry.shape[1];
-  const out = [];
-  for (let k = 0; k < entry.channels; k++) {
-    let sum = 0, sq = 0;
-    for (let i = k * n; i < (k + 1) * n; i++) { sum += mask[i]; sq += mask[i] * mask[i]; }
-    const mean = sum / n;
-    out.push([sq / n - mean * mean, k]);
-  }
-  return out.sort((a, b) => b[0] - a[0]);
-}
-
-/** Counts of values in ``bins`` equal bins over [0, 1), with the mean and standard deviation. */
-export function histogram(values, bins = 50) {
-  const counts = new Array(bins).fill(0);
-  let sum = 0, sq = 0;
-  for (const v of values) {
-    counts[Math.max(0, Math.min(bins - 1, Math.floor(v * bins)))]++;
-    sum += v; sq += v * v;
-  }
-  const mean = sum / values.length;
-  return { counts, mean, sd: Math.sqrt(Math.max(0, sq / values.length - mean * mean)) };
 }

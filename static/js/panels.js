@@ -1,7 +1,7 @@
 // One panel per attention module: the mask over the image with its colorbar, downloads, and the
 // "look inside" view (most varying channels, histogram, trunk magnitude before and after (1 + M)).
 
-import { channelVariances, colourCanvas, fmt, histogram, range } from "./masks.js";
+import { colourCanvas, fmt, range } from "./masks.js";
 
 const SKELETON = `
   <h3></h3>
@@ -89,10 +89,9 @@ export function drawOverlay(el, entry, { values, lo, hi, display, lut, opacity, 
   el.querySelector(".hi").textContent = fmt(hi);
 }
 
-function drawMultiples(el, entry, mask, lut) {
-  const [h, w] = entry.shape, n = h * w;
-  el.querySelector(".multiples").replaceChildren(...channelVariances(mask, entry).slice(0, 8).map(([, k]) => {
-    const values = mask.subarray(k * n, (k + 1) * n);
+function drawMultiples(el, entry, varied, lut) {
+  const [h, w] = entry.shape;
+  el.querySelector(".multiples").replaceChildren(...varied.map(([k, values]) => {
     const [lo, hi] = range(values);
     const fig = document.createElement("figure");
     fig.title = `channel ${k}: ${fmt(lo)} to ${fmt(hi)}`;
@@ -106,15 +105,16 @@ function drawMultiples(el, entry, mask, lut) {
   }));
 }
 
-function drawHistogram(el, mask) {
-  const { counts, mean, sd } = histogram(mask, 50);
+/** The server's counts of every mask value in equal bins over [0, 1), with their mean and sd. */
+function drawHistogram(el, { counts, mean, sd }) {
+  const bins = counts.length;
   const hist = el.querySelector(".histogram"), ctx = hist.getContext("2d");
   ctx.clearRect(0, 0, hist.width, hist.height);
   const top = Math.max(...counts), floor = hist.height - 14;
   ctx.fillStyle = "#2a7f62";
   counts.forEach((count, b) => {
     const bh = (count / top) * floor;
-    ctx.fillRect(b * hist.width / 50, floor - bh, hist.width / 50 - 1, bh);
+    ctx.fillRect(b * hist.width / bins, floor - bh, hist.width / bins - 1, bh);
   });
   ctx.fillStyle = "#b7791f";
   ctx.fillRect(mean * hist.width - 1, 0, 2, floor);
@@ -126,10 +126,9 @@ function drawHistogram(el, mask) {
   hist.setAttribute("aria-label", `histogram of mask values between 0 and 1; ${stats}`);
 }
 
-function drawTrunk(el, entry, lut) {
+function drawTrunk(el, entry, before, after, lut) {
   // one shared scale for before and after, so the gain (1 + M) is visible as brightening
   const [h, w] = entry.shape;
-  const before = Float32Array.from(entry.trunk_before.flat()), after = Float32Array.from(entry.trunk_after.flat());
   const lo = Math.min(range(before)[0], range(after)[0]), hi = Math.max(range(before)[1], range(after)[1]);
   const avg = (a) => a.reduce((x, y) => x + y, 0) / a.length;
   for (const [cls, values, label] of [["t-before", before, "before"], ["t-after", after, "after"]]) {
@@ -143,9 +142,10 @@ function drawTrunk(el, entry, lut) {
   }
 }
 
-/** The "look inside" view: it depends on the mask and the colormap only, not on the display sliders. */
-export function drawInside(el, entry, mask, lut) {
-  drawMultiples(el, entry, mask, lut);
-  drawHistogram(el, mask);
-  drawTrunk(el, entry, lut);
+/** The "look inside" view, from a module decoded by decodeModule: it depends on the image and the
+ *  colormap only, not on the display sliders. */
+export function drawInside(el, entry, decoded, lut) {
+  drawMultiples(el, entry, decoded.varied, lut);
+  drawHistogram(el, decoded.histogram);
+  drawTrunk(el, entry, decoded.trunkBefore, decoded.trunkAfter, lut);
 }

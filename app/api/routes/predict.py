@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from ranlens.app.api.deps import Display, ExplainerDep, SettingsDep, TopK, run_inference
+from ranlens.app.api.deps import Display, ExplainChannel, ExplainerDep, SettingsDep, TopK, run_inference
 from ranlens.app.api.openapi import UPLOAD_BODY, UPLOAD_PROBLEMS
 from ranlens.app.api.schemas import Colormaps, ExplainResponse, PredictResponse
 from ranlens.app.core import payloads
@@ -39,15 +39,27 @@ async def predict(
     return await run_inference(request, build, explainer, upload.data, upload.content_type)
 
 
-@router.post("/explain", response_model=ExplainResponse, openapi_extra=UPLOAD_BODY, responses=UPLOAD_PROBLEMS,
-             summary="Everything the web page draws: all class probabilities and full soft masks",
-             description="Masks come as base64 little-endian uint16 arrays of shape (channels, h, w), "
-                         "mapping 0..65535 linearly onto [lo, hi].")
-async def explain(request: Request, explainer: ExplainerDep, settings: SettingsDep) -> dict:
+# exclude_unset: channel and the full mask (data, lo, hi) are left out unless asked for
+@router.post("/explain", response_model=ExplainResponse, response_model_exclude_unset=True,
+             openapi_extra=UPLOAD_BODY, responses=UPLOAD_PROBLEMS,
+             summary="What the web page draws at once: all class probabilities and each module's reduced masks",
+             description="Per module: the mean, max and added reductions as (h, w) maps, the 8 most varied "
+                         "channels, a histogram of all mask values and the trunk magnitude before and after "
+                         "(1 + M), each map as base64 little-endian uint16 mapping 0..65535 linearly onto "
+                         "[lo, hi]. channel=k adds channel k of every module that has it; all_channels=true "
+                         "adds each whole (channels, h, w) mask, which at 224 pixels is megabytes.")
+async def explain(
+    request: Request,
+    explainer: ExplainerDep,
+    settings: SettingsDep,
+    channel: ExplainChannel,
+    all_channels: Annotated[bool, Query(description="add each module's whole soft mask, every channel "
+                                                    "(data, lo, hi)")] = False,
+) -> dict:
     started = time.perf_counter()
     upload = await read_upload(request, settings.max_upload_bytes)
     build = partial(payloads.explain, max_pixels=settings.max_image_pixels, display_size=settings.display_size,
-                    started=started)
+                    started=started, channel=channel, all_channels=all_channels)
     return await run_inference(request, build, explainer, upload.data, upload.content_type)
 
 
