@@ -133,7 +133,7 @@ async def display_options(query: Annotated[DisplayQuery, Query()], explainer: Ex
 Display = Annotated[DisplayOptions, Depends(display_options)]
 
 
-def explain_channel_option(
+async def explain_channel_option(
     explainer: ExplainerDep,
     channel: Annotated[int | None, Query(ge=0, description="add channel k of each module that has more than k "
                                                            "channels (its field channel): the page's one-channel "
