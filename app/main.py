@@ -32,9 +32,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        torch_thread = TorchThread()  # every forward and model load, on one thread (model/torch_thread.py)
+        # every forward and model load, on the torch threads (model/torch_thread.py)
+        workers, threads = settings.forward_threads()
+        torch_thread = TorchThread(workers)
         app.state.torch = torch_thread
-        torch_thread.call(torch.set_num_threads, settings.torch_threads)
+        torch_thread.everywhere(partial(torch.set_num_threads, threads))
         gate = InferenceGate(settings.max_concurrent_inferences, settings.max_queued_inferences,
                              settings.max_queue_wait_s)
         app.state.gate = gate
@@ -54,9 +56,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("serving %s (default %s)", ", ".join(e.weights.name for e in catalog), catalog.default_weights)
         for error in errors:
             log.error("could not load a model: %s", error)
+        if settings.trace:  # after the start, beside the first requests (the Python forward until then)
+            for explainer in catalog or ():
+                torch_thread.submit(explainer.trace)
         app.state.batchers = {
             e.weights.name: Batcher(e, settings.max_batch_size, settings.batch_window_ms / 1000,
-                                    on_batch=partial(metrics.record_batch, e.weights.name), run=torch_thread.call)
+                                    on_batch=partial(metrics.record_batch, e.weights.name),
+                                    submit=torch_thread.submit, concurrency=workers)
             for e in catalog or ()
         }
         yield

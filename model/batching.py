@@ -2,7 +2,8 @@
 
 Framework-free (threads and futures), so any server can use it: callers prepare their picture in
 their own thread (decode, crop, tensor), hand it over, and block until the batch it joined has run;
-one worker thread stacks what has arrived, up to ``max_batch``, and runs the model once.
+one thread stacks what has arrived, up to ``max_batch``, and starts one forward, as soon as one of
+``concurrency`` forward slots is free (a server with several torch threads runs that many at once).
 
 The worker waits for more pictures only while callers it was told about (``ticket``) are still
 preparing theirs, and never past ``window_s``: a lone request runs at once, with no added latency.
@@ -14,9 +15,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from PIL import Image
 
@@ -43,15 +45,17 @@ class Ticket:
         prepared = self._batcher.explainer.prepare(image)  # in the caller's thread, beside other batches
         preprocess_ms = 1000 * (time.perf_counter() - t0)
         batcher = self._batcher
-        with batcher._lock:
-            # alone (nobody queued, preparing or running): run now, without a hop through the batch thread
-            alone = batcher._preparing == 1 and batcher._queue.empty() and not batcher._running
+        with batcher._free:
+            # alone (nobody else queued or preparing, a forward slot free): run now, without a hop
+            # through the batch thread
+            alone = (batcher._preparing == 1 and batcher._queue.empty()
+                     and batcher._running < batcher.concurrency)
             if alone:
-                batcher._running = True
+                batcher._running += 1
         # withdrawn before it runs or is queued: a batcher that finds it must not wait for it as well
         self.close()
         if alone:
-            result = batcher._forward([image], [prepared])[0]
+            result = batcher._start([image], [prepared]).result()[0]
         else:
             future: Future = Future()
             batcher._queue.put(_Item(image, prepared, future))
@@ -60,7 +64,7 @@ class Ticket:
         return result
 
     def close(self) -> None:
-        with self._batcher._lock:  # explain (a worker thread) and the caller's block may both close it
+        with self._batcher._free:  # explain (a worker thread) and the caller's block may both close it
             if not self._open:
                 return
             self._open = False
@@ -70,25 +74,32 @@ class Ticket:
 class Batcher:
     def __init__(self, explainer: Explainer, max_batch: int = 16, window_s: float = 0.005,
                  on_batch: Callable[[int, float], None] | None = None,
-                 run: Callable | None = None) -> None:
-        """``run(fn, *args)`` runs the forward where the caller wants it (a server's one torch thread,
-        ``model/torch_thread.py``); by default, in the batcher's own thread."""
-        if max_batch < 1 or window_s < 0:
-            raise ValueError(f"need max_batch >= 1 and window_s >= 0; got {max_batch}, {window_s}")
+                 submit: Callable[..., Future] | None = None, concurrency: int = 1) -> None:
+        """``submit(fn, *args)`` starts a forward where the caller wants it (a server's torch threads,
+        ``model/torch_thread.py``) and returns its future; by default, on a pool of the batcher's own.
+        Up to ``concurrency`` forwards run at once: while they all run, new pictures gather into the
+        next batch."""
+        if max_batch < 1 or window_s < 0 or concurrency < 1:
+            raise ValueError(f"need max_batch >= 1, window_s >= 0 and concurrency >= 1; "
+                             f"got {max_batch}, {window_s}, {concurrency}")
         self.explainer, self.max_batch, self.window_s = explainer, max_batch, window_s
-        self.on_batch = on_batch
-        self.run = run or (lambda fn, *args: fn(*args))
+        self.on_batch, self.concurrency = on_batch, concurrency
+        self._pool = None
+        if submit is None:
+            self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="forward")
+            submit = self._pool.submit
+        self.submit = submit
         self._queue: queue.Queue[_Item | None] = queue.Queue()
-        self._lock = threading.Lock()
+        self._free = threading.Condition()  # guards the counts below; notified when a forward ends
         self._preparing = 0
-        self._running = False  # a forward (batch or lone) is under way
+        self._running = 0  # forwards (batches or lone pictures) under way
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{explainer.weights.name}", daemon=True)
         self._thread.start()
 
     @contextmanager
     def ticket(self) -> Iterator[Ticket]:
         """Announces a caller; leaving the block without ``explain`` (a bad upload) withdraws it."""
-        with self._lock:
+        with self._free:
             self._preparing += 1
         ticket = Ticket(self)
         try:
@@ -104,6 +115,8 @@ class Batcher:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def _collect(self, first: _Item) -> list[_Item]:
         batch = [first]
@@ -112,7 +125,7 @@ class Batcher:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                with self._lock:
+                with self._free:
                     preparing = self._preparing
                 left = deadline - time.perf_counter()
                 if preparing == 0 or left <= 0:
@@ -132,26 +145,40 @@ class Batcher:
             first = self._queue.get()
             if first is None:
                 return
+            with self._free:  # every slot busy: pictures that arrive meanwhile join the next batch
+                while self._running >= self.concurrency:
+                    self._free.wait()
+                self._running += 1
             batch = self._collect(first)
-            try:
-                results = self._forward([b.image for b in batch], [b.prepared for b in batch])
-            except Exception as exc:  # every caller in the batch learns what went wrong
-                for b in batch:
-                    b.future.set_exception(exc)
-                continue
-            for b, result in zip(batch, results):
-                b.future.set_result(result)
+            self._start([b.image for b in batch], [b.prepared for b in batch]).add_done_callback(
+                partial(self._deliver, batch))
 
-    def _forward(self, images: list[Image.Image], prepared: list[tuple]) -> list[Explanation]:
-        """One forward (a batch, or a lone caller's picture), marked as running and reported."""
+    @staticmethod
+    def _deliver(batch: list[_Item], forward: Future) -> None:
+        error = forward.exception()
+        if error is not None:  # every caller in the batch learns what went wrong
+            for b in batch:
+                b.future.set_exception(error)
+            return
+        for b, result in zip(batch, forward.result()):
+            b.future.set_result(result)
+
+    def _start(self, images: list[Image.Image], prepared: list[tuple]) -> Future:
+        """Starts one forward (a batch, or a lone caller's picture) in a slot the caller has taken;
+        the slot is given back, and the forward reported, when it ends."""
         started = time.perf_counter()
-        with self._lock:
-            self._running = True
+
+        def finished(_: Future) -> None:
+            with self._free:
+                self._running -= 1
+                self._free.notify()
+            if self.on_batch is not None:
+                self.on_batch(len(images), time.perf_counter() - started)
+
         try:
-            results = self.run(self.explainer.run_prepared, images, prepared)
-        finally:
-            with self._lock:
-                self._running = False
-        if self.on_batch is not None:
-            self.on_batch(len(images), time.perf_counter() - started)
-        return results
+            forward = self.submit(self.explainer.run_prepared, images, prepared)
+        except BaseException as exc:  # not started (a pool shut down): the slot is free again
+            forward = Future()
+            forward.set_exception(exc)
+        forward.add_done_callback(finished)
+        return forward

@@ -6,7 +6,9 @@ Not web code: the app and the CLI both use it.
 from __future__ import annotations
 
 import json
+import logging
 import time
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 
 from . import render
-from .network import ResidualAttentionNet, describe
+from .network import AttentionOutput, Intermediates, ResidualAttentionNet, describe
 from .preprocess import center_crop
 from .ood import OODCalibration, OODError, energy_score
 from .registry import get_model
@@ -101,14 +103,30 @@ class Explanation:
         }
 
 
+log = logging.getLogger(__name__)
+
+
+class _FlatOutputs(torch.nn.Module):
+    """forward_intermediates as a flat tuple (logits, masks..., trunks...): what tracing can record."""
+
+    def __init__(self, model: ResidualAttentionNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.forward_intermediates(x)
+        return (out.logits, *(a.mask for a in out.attention), *(a.trunk for a in out.attention))
+
+
 class Explainer:
-    """Holds one loaded model; ``explain`` is thread-safe (no state changes after load)."""
+    """Holds one loaded model; ``explain`` is thread-safe (no state changes after load and ``trace``)."""
 
     def __init__(self, model: ResidualAttentionNet, weights: Weights) -> None:
         self.model = model.eval()
         self.weights = weights
         self.preprocess = weights.transforms()
         self.modules = describe(model, (weights.input_size, weights.input_size))
+        self._traced: torch.jit.ScriptModule | None = None
         try:
             self.ood = None if weights.ood is None else OODCalibration.from_manifest(weights.ood)
         except OODError as exc:
@@ -122,6 +140,53 @@ class Explainer:
     @property
     def name(self) -> str:
         return self.weights.arch
+
+    @property
+    def traced(self) -> bool:
+        return self._traced is not None
+
+    def trace(self, check_batch: int = 3) -> bool:
+        """Runs the intact network's inference (``explain``, ``infer``) through a TorchScript trace.
+
+        The trace runs in C++ and releases the GIL for the whole forward, where the Python forward
+        takes it back between layers: on a server whose other threads parse requests, that wait was
+        most of a small model's forward, and it kept several torch threads from running forwards at
+        once (``model/torch_thread.py``). The trace is checked against the Python forward on a batch
+        of another size than it was traced with; any failure (or a torch without ``torch.jit``)
+        leaves the Python forward in place, logged, and returns False. Ablations (``masks_off``) and
+        gradients always use the Python forward.
+        """
+        size = self.weights.input_size
+        generator = torch.Generator().manual_seed(0)
+        example = torch.rand(2, 3, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
+        check = torch.rand(check_batch, 3, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
+        flat = _FlatOutputs(self.model).eval()
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                # torch.jit says it is deprecated (FutureWarning); the check below guards the result
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(flat, example, check_trace=False)
+                for _ in range(3):  # TorchScript profiles its first runs, then optimises
+                    got = traced(check)
+                want = flat(check)
+            if len(got) != len(want) or any(g.shape != w.shape or not torch.allclose(g, w, rtol=1e-4, atol=1e-5)
+                                             for g, w in zip(got, want)):
+                raise RuntimeError("the traced forward does not match the Python forward")
+        except Exception as exc:  # noqa: BLE001 - any failure: keep the Python forward, say why
+            log.warning("%s: serving the Python forward, tracing failed: %s", self.weights.name, exc)
+            return False
+        self._traced = traced
+        return True
+
+    def _intermediates(self, x: torch.Tensor) -> Intermediates:
+        """The intact network's outputs for a (N, 3, H, W) batch, traced when ``trace`` succeeded."""
+        if self._traced is None:
+            return self.model.forward_intermediates(x)
+        outputs = self._traced(x)
+        count = len(self.modules)
+        masks, trunks = outputs[1:1 + count], outputs[1 + count:]
+        return Intermediates(outputs[0], [AttentionOutput(m["module"], m["stage"], mask, trunk)
+                                          for m, mask, trunk in zip(self.modules, masks, trunks)])
 
     def prepare(self, image: Image.Image) -> tuple[Image.Image, torch.Tensor]:
         """The crop the model sees and its (3, H, W) input tensor."""
@@ -145,7 +210,7 @@ class Explainer:
         t1 = time.perf_counter()
         x = torch.stack([tensor for _, tensor in prepared]).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            out = self.model.forward_intermediates(x, masks_off=masks_off)
+            out = self.model.forward_intermediates(x, masks_off=masks_off) if masks_off else self._intermediates(x)
             probs = torch.softmax(out.logits.float(), dim=1).numpy()
             temperature = 1.0 if self.ood is None else self.ood.temperature
             scores = [float(energy_score(out.logits[i], temperature)) for i in range(len(images))]
@@ -171,7 +236,7 @@ class Explainer:
         """Raw outputs for a preprocessed batch (N, 3, H, W): logits, probabilities and, with
         ``masks``, each module's soft mask (N, C, h, w) under ``mask:<module>``."""
         with torch.inference_mode():
-            out = self.model.forward_intermediates(x.contiguous(memory_format=torch.channels_last))
+            out = self._intermediates(x.contiguous(memory_format=torch.channels_last))
             logits = out.logits.float()
             result = {"logits": logits.numpy(), "probabilities": torch.softmax(logits, dim=1).numpy()}
             if masks:

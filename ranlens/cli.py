@@ -494,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port to listen on (default: RANLENS_PORT, else 8000)")
     s.add_argument("--fd", type=int, help="serve on this already-bound socket (systemd, tests) instead of host:port")
     s.add_argument("--workers", type=int, default=1, help="worker processes sharing the socket, each with its "
-                   "own models; on a small machine set RANLENS_TORCH_THREADS to cores / workers")
+                   "own models; on a small machine set RANLENS_INFERENCE_WORKERS=1 and RANLENS_TORCH_THREADS to "
+                   "cores / workers")
 
     r = command("serve-ray", "deploy the web app as replicas on a running Ray cluster (ray start --head) and "
                 "return; needs pip install 'ranlens[serve]'", _serve_ray)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import itertools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from ranlens.app.core.config import Settings
 from ranlens.model.batching import Batcher
 from ranlens.model.explainer import Explainer
+from ranlens.model.weights import DEFAULT_WEIGHTS
 
 from . import corpus
 from .live import live_server
@@ -32,10 +38,12 @@ def explainer() -> Explainer:
     return Explainer.load("attention56_cifar", "DEFAULT")
 
 
-def test_each_caller_gets_its_own_result_from_a_shared_forward(explainer):
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_each_caller_gets_its_own_result_from_a_shared_forward(explainer, concurrency):
     images = pictures(12)
     sizes: list[int] = []
-    batcher = Batcher(explainer, max_batch=8, window_s=0.5, on_batch=lambda n, s: sizes.append(n))
+    batcher = Batcher(explainer, max_batch=8, window_s=0.5, on_batch=lambda n, s: sizes.append(n),
+                      concurrency=concurrency)
 
     def call(image):
         with batcher.ticket() as ticket:
@@ -53,6 +61,32 @@ def test_each_caller_gets_its_own_result_from_a_shared_forward(explainer):
         for a, b in zip(got.attention, want.attention):
             np.testing.assert_allclose(a.mask, b.mask, atol=1e-5)
         assert got.ood_score == pytest.approx(want.ood_score, abs=1e-4)
+
+
+def test_with_two_slots_two_forwards_run_at_once(explainer):
+    # the first two forwards each wait until the other has started: with one slot the second never
+    # starts while the first waits, the barrier breaks and the callers get its error
+    barrier = threading.Barrier(2, timeout=20)
+    started = itertools.count()
+    pool = ThreadPoolExecutor(2)
+
+    def meet_then(fn, *args):
+        if next(started) < 2:
+            barrier.wait()
+        return fn(*args)
+
+    batcher = Batcher(explainer, max_batch=1, window_s=0.0, concurrency=2,
+                      submit=lambda fn, *args: pool.submit(meet_then, fn, *args))
+    images = pictures(4)
+    try:
+        with ThreadPoolExecutor(4) as callers:
+            results = list(callers.map(batcher.explain, images))
+    finally:
+        batcher.close()
+        pool.shutdown()
+    assert not barrier.broken
+    for got, image in zip(results, images):
+        np.testing.assert_allclose(got.probabilities, explainer.explain(image).probabilities, atol=1e-5)
 
 
 def test_a_lone_request_does_not_wait_for_the_window(explainer):
@@ -105,3 +139,47 @@ def test_concurrent_http_requests_are_batched_and_answered_each_their_own():
     singles = sample(metrics, "ranlens_inference_batch_size_bucket", le="1.0")
     assert forwards is not None and forwards < 16, metrics  # 8 alone + fewer than 8 for the burst
     assert singles is not None and singles < forwards  # at least one forward took several pictures
+
+
+@pytest.mark.parametrize("arch", sorted(DEFAULT_WEIGHTS))
+def test_a_traced_forward_gives_the_python_forwards_answers(arch):
+    explainer = Explainer.load(arch, "DEFAULT")
+    images = pictures(3)
+    want = explainer.explain_batch(images)
+    x = torch.stack([explainer.prepare(image)[1] for image in images])
+    want_raw = explainer.infer(x, masks=True)
+    assert not explainer.traced and explainer.trace() and explainer.traced
+    got = explainer.explain_batch(images)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.probabilities, w.probabilities, atol=1e-5)
+        assert [a.module for a in g.attention] == [a.module for a in w.attention]
+        for a, b in zip(g.attention, w.attention):
+            np.testing.assert_allclose(a.mask, b.mask, atol=1e-5)
+            np.testing.assert_allclose(a.trunk, b.trunk, atol=1e-4)
+    got_raw = explainer.infer(x, masks=True)
+    assert got_raw.keys() == want_raw.keys()
+    for key in want_raw:
+        np.testing.assert_allclose(got_raw[key], want_raw[key], atol=1e-5)
+    # ablations stay on the Python forward: zeroing a module's mask still changes the answer
+    off = explainer.explain_batch(images[:1], masks_off=True)[0]
+    assert not np.allclose(off.probabilities, got[0].probabilities, atol=1e-4)
+
+
+def test_a_failed_trace_keeps_the_python_forward(explainer, monkeypatch, caplog):
+    fresh = Explainer(explainer.model, explainer.weights)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    assert fresh.trace() is False and not fresh.traced
+    assert "no TorchScript here" in caplog.text
+    assert fresh.explain(pictures(1)[0]).predictions
+
+
+def test_auto_forward_threads_fit_the_cores():
+    cores = len(os.sched_getaffinity(0))
+    workers, threads = Settings().forward_threads()
+    assert workers == min(2, cores) and threads == max(1, cores // workers)
+    assert Settings(inference_workers=3, torch_threads=1).forward_threads() == (3, 1)
+    assert Settings(inference_workers=1).forward_threads() == (1, cores)

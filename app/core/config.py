@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from pydantic import Field
@@ -22,7 +23,13 @@ class Settings(BaseSettings):
     root_path: str = Field("", description="path prefix a proxy serves the app under and strips, e.g. /ranlens")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded-size limit against decompression bombs")
-    torch_threads: int = Field(2, gt=0)
+    torch_threads: int = Field(0, ge=0, description="intra-op threads of each forward (torch.set_num_threads); "
+                               "0: the cores divided among the inference workers")
+    inference_workers: int = Field(0, ge=0, description="forwards that run at once, each on its own torch thread "
+                                   "with torch_threads threads (workers x threads should not exceed the cores); "
+                                   "0: 2, or 1 on a one-core machine")
+    trace: bool = Field(True, description="run each model's forwards through a TorchScript trace (checked "
+                        "against the Python forward at start; the Python forward stays if tracing fails)")
     max_concurrent_inferences: int = Field(16, gt=0, description="requests decoded, run and rendered at once; "
                                            "those that arrive together share one forward (dynamic batching)")
     max_batch_size: int = Field(16, gt=0, description="the most pictures one forward takes")
@@ -33,6 +40,19 @@ class Settings(BaseSettings):
                                        "more are answered 503 with Retry-After at once")
     max_queue_wait_s: float = Field(10.0, gt=0, description="the longest a request waits for a slot before 503")
     display_size: int = Field(256, ge=32, le=1024, description="side of the crop the page draws masks on")
+
+    def forward_threads(self) -> tuple[int, int]:
+        """(inference workers, torch threads per worker), the zeros (auto) resolved for this machine.
+
+        Auto gives two workers of cores / 2 threads. On the 2-core development machine, two
+        one-thread forwards at once served 1.2x the requests of one two-thread forward
+        (``RANLENS_INFERENCE_WORKERS=1 RANLENS_TORCH_THREADS=2``) when nothing else ran, and 4x when
+        another process kept a core busy, as a two-thread OpenMP team stalls whenever either of its
+        cores is taken (16 clients, ``benchmarks/load.py --url`` against each server).
+        """
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = self.inference_workers or min(2, cores)
+        return workers, self.torch_threads or max(1, cores // workers)
 
 
 @lru_cache
