@@ -4,7 +4,8 @@
 
 In one run on one machine: (a) the bare model's batched throughput (the same preprocessing, then
 forwards of ``--clients`` pictures, traced as the server's; the better of one forward at a time on
-every core and one one-thread forward per core at once); (b) a real ``ranlens serve`` with its
+every core and one one-thread forward per core at once; and, the reference the issue was measured
+against, the untraced model one forward at a time); (b) a real ``ranlens serve`` with its
 defaults (dynamic batching, traced forwards, auto threads) and (c) the server as it was before
 batching (``RANLENS_MAX_BATCH_SIZE=1``, two requests at once, one two-thread Python forward at a time),
 each under ``--clients`` clients posting a photo for ``--seconds``, then one client alone. Prints
@@ -65,11 +66,12 @@ def server(**env: str):
             proc.wait(timeout=30)
 
 
-def bare(batch: int, seconds: float, data: bytes, threads: int, workers: int) -> float:
+def bare(batch: int, seconds: float, data: bytes, threads: int, workers: int, traced: bool = True) -> float:
     """img/s of ``workers`` threads each running batches of ``batch`` pictures, ``threads`` torch threads each."""
     torch.set_num_threads(threads)
     explainer = Explainer.load("attention56_cifar", "DEFAULT")
-    explainer.trace()
+    if traced:
+        explainer.trace()
     pictures = [decode_image(data, 40_000_000) for _ in range(batch)]
 
     def worker() -> int:
@@ -198,6 +200,10 @@ def main() -> None:
         print(f"bare model, batch {args.clients}, {workers} forward(s) at once of {threads} thread(s): "
               f"{rates[threads, workers]:.1f} img/s", flush=True)
     rate_bare = max(rates.values())
+    # the reference the issue measured against: the Python forward, one batch at a time on every core
+    rate_python = bare(args.clients, min(args.seconds, 15), data, cores, 1, traced=False)
+    print(f"bare model, batch {args.clients}, untraced, 1 forward at once of {cores} thread(s): "
+          f"{rate_python:.1f} img/s", flush=True)
     results = {}
     before = {"RANLENS_MAX_BATCH_SIZE": "1", "RANLENS_MAX_CONCURRENT_INFERENCES": "2", "RANLENS_TRACE": "false",
               "RANLENS_INFERENCE_WORKERS": "1", "RANLENS_TORCH_THREADS": str(cores)}
@@ -213,6 +219,7 @@ def main() -> None:
               f"one client alone: median {1000 * alone:.1f} ms", flush=True)
     on, off = results["server"], results["before"]
     print(f"server / bare throughput: {on[0] / rate_bare:.2f}x (goal >= 0.85), errors {on[3]}")
+    print(f"server / untraced bare, one forward at a time (the issue's reference): {on[0] / rate_python:.2f}x")
     print(f"p99 server / before: {on[2] / off[2]:.2f}x (goal <= 1)")
     print(f"single client server / before: {on[4] / off[4]:.2f}x (goal <= 1.1)")
 
