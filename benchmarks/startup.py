@@ -5,7 +5,8 @@
 Each step runs in a fresh interpreter (so nothing is cached in-process), medians of ``--repeats``:
 (1) ``import torch``; (2) ``import ranlens.app.main`` (the app and everything it imports, model
 loading not included); (3) loading the served models (the catalog); (4) a first forward per model;
-and a real ``ranlens serve`` from launch until ``/readyz`` answers, with its resident memory then.
+and a real ``ranlens serve`` from launch until ``/readyz`` answers, with its resident memory then and
+after five requests to each served model, with traced forwards (the default) and without.
 Also lists the slowest imports of step 2 (``python -X importtime``).
 """
 
@@ -21,7 +22,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
 STEPS = {
     "import torch": "import time; t = time.perf_counter(); import torch; T = time.perf_counter() - t",
     "import the app": "import time; t = time.perf_counter(); import ranlens.app.main; T = time.perf_counter() - t",
@@ -40,24 +45,38 @@ def run_step(code: str) -> tuple[float, float]:
     return float(out[-2]), float(out[-1]) / 1024  # seconds, peak RSS in MiB (Linux reports KiB)
 
 
-def serve_to_ready() -> tuple[float, float]:
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(re.search(r"VmRSS:\s+(\d+)", fh.read()).group(1)) / 1024
+
+
+def serve_to_ready(trace: bool = True) -> tuple[float, float, float]:
+    """Seconds from launch to /readyz, resident MiB then, and resident MiB once the traces are made
+    (``RANLENS_TRACE``) and every served model has answered 5 requests."""
     with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd:
         sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/readyz"
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}/"
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "ranlens", "serve", "--fd", str(sock.fileno())], cwd=cwd,
-                                pass_fds=[sock.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                pass_fds=[sock.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "RANLENS_TRACE": str(trace).lower()})
         try:
             while True:
                 try:
-                    with urllib.request.urlopen(url, timeout=1):
+                    with urllib.request.urlopen(base + "readyz", timeout=1):
                         break
                 except OSError:
                     time.sleep(0.05)
             ready = time.perf_counter() - started
-            with open(f"/proc/{proc.pid}/status") as fh:
-                rss = int(re.search(r"VmRSS:\s+(\d+)", fh.read()).group(1)) / 1024
-            return ready, rss
+            rss_ready = rss_mib(proc.pid)
+            time.sleep(5)  # the traces are made after the start, on the torch threads
+            photo = (ROOT / "static" / "examples" / "chelsea.jpg").read_bytes()
+            with httpx.Client(timeout=60) as client:
+                for model in client.get(base + "api/v1/models").json()["models"]:
+                    for _ in range(5):
+                        client.post(base + "api/v1/predict", params={"model": model["weights"]},
+                                    files={"file": ("chelsea.jpg", photo, "image/jpeg")}).raise_for_status()
+            return ready, rss_ready, rss_mib(proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -83,9 +102,11 @@ def main() -> None:
         runs = [run_step(code) for _ in range(args.repeats)]
         print(f"{name:>16}: {statistics.median(r[0] for r in runs):6.2f} s   "
               f"peak RSS {statistics.median(r[1] for r in runs):6.0f} MiB", flush=True)
-    serve = [serve_to_ready() for _ in range(args.repeats)]
-    print(f"{'serve to ready':>16}: {statistics.median(r[0] for r in serve):6.2f} s   "
-          f"RSS when ready {statistics.median(r[1] for r in serve):6.0f} MiB")
+    for trace in (True, False):
+        serve = [serve_to_ready(trace) for _ in range(args.repeats)]
+        print(f"{'serve to ready':>16}: {statistics.median(r[0] for r in serve):6.2f} s   "
+              f"RSS when ready {statistics.median(r[1] for r in serve):6.0f} MiB, after 5 requests per model "
+              f"{statistics.median(r[2] for r in serve):6.0f} MiB (RANLENS_TRACE={str(trace).lower()})", flush=True)
     print("slowest top-level imports of the app (cumulative seconds):")
     for seconds, module in slowest_imports():
         print(f"  {seconds:5.2f} s  {module}")
