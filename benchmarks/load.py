@@ -9,7 +9,7 @@ against, the untraced model one forward at a time); (b) a real ``ranlens serve``
 defaults (dynamic batching, traced forwards, auto threads) and (c) the server as it was before
 batching (``RANLENS_MAX_BATCH_SIZE=1``, two requests at once, one two-thread Python forward at a time),
 each under ``--clients`` clients posting a photo for ``--seconds``, then one client alone. Prints
-img/s, p50/p99 latency and errors, and the ratios the issue sets goals on: (b)/(a) throughput, (b)/(c)
+img/s, p50/p99 latency, errors, the server's CPU time per request, and the ratios the issue sets goals on: (b)/(a) throughput, (b)/(c)
 p99 and single-client latency.
 
     python benchmarks/load.py --url http://127.0.0.1:8000/ --clients 16 --seconds 20
@@ -60,10 +60,17 @@ def server(**env: str):
                         break
                 except OSError:
                     time.sleep(0.5)
-            yield url
+            yield url, proc.pid
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bare(batch: int, seconds: float, data: bytes, threads: int, workers: int, traced: bool = True) -> float:
@@ -208,15 +215,18 @@ def main() -> None:
     before = {"RANLENS_MAX_BATCH_SIZE": "1", "RANLENS_MAX_CONCURRENT_INFERENCES": "2", "RANLENS_TRACE": "false",
               "RANLENS_INFERENCE_WORKERS": "1", "RANLENS_TORCH_THREADS": str(cores)}
     for name, env in (("server", {}), ("before", before)):
-        with server(**env) as url:
+        with server(**env) as (url, pid):
             single(url, 3, data)  # warm
+            cpu = cpu_seconds(pid)
             latencies, errors, wall = asyncio.run(load(url, args.clients, args.seconds, data))
+            cpu_ms = 1000 * (cpu_seconds(pid) - cpu) / max(1, len(latencies) + errors)
             alone = single(url, args.single, data)
         rate = len(latencies) / wall
         results[name] = (rate, pct(latencies, 0.5), pct(latencies, 0.99), errors, alone)
         print(f"{name:>12}: {args.clients} clients {rate:6.1f} img/s ({rate / rate_bare:.2f}x bare), "
               f"p50 {1000 * results[name][1]:.0f} ms, p99 {1000 * results[name][2]:.0f} ms, {errors} errors; "
-              f"one client alone: median {1000 * alone:.1f} ms", flush=True)
+              f"one client alone: median {1000 * alone:.1f} ms; server CPU {cpu_ms:.1f} ms per request",
+              flush=True)
     on, off = results["server"], results["before"]
     print(f"server / bare throughput: {on[0] / rate_bare:.2f}x (goal >= 0.85), errors {on[3]}")
     print(f"server / untraced bare, one forward at a time (the issue's reference): {on[0] / rate_python:.2f}x")
