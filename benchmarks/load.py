@@ -9,8 +9,8 @@ against, the untraced model one forward at a time); (b) a real ``ranlens serve``
 defaults (dynamic batching, traced forwards, auto threads) and (c) the server as it was before
 batching (``RANLENS_MAX_BATCH_SIZE=1``, two requests at once, one two-thread Python forward at a time),
 each under ``--clients`` clients posting a photo for ``--seconds``, then one client alone. Prints
-img/s, p50/p99 latency, errors, the server's CPU time per request, and the ratios the issue sets goals on: (b)/(a) throughput, (b)/(c)
-p99 and single-client latency.
+img/s, p50/p99 latency, errors, the server's CPU time per request, and the ratios the issue sets
+goals on: (b)/(a) throughput, (b)/(c) p99 and single-client latency.
 
     python benchmarks/load.py --url http://127.0.0.1:8000/ --clients 16 --seconds 20
 
