@@ -46,9 +46,9 @@ class Ticket:
         preprocess_ms = 1000 * (time.perf_counter() - t0)
         batcher = self._batcher
         with batcher._free:
-            # alone (nobody else queued or preparing, a forward slot free): run now, without a hop
-            # through the batch thread
-            alone = (batcher._preparing == 1 and batcher._queue.empty()
+            # alone (nobody else queued, preparing or holding for a slot; a slot free): run now,
+            # without a hop through the batch thread
+            alone = (batcher._preparing == 1 and batcher._queue.empty() and not batcher._holding
                      and batcher._running < batcher.concurrency)
             if alone:
                 batcher._running += 1
@@ -93,6 +93,7 @@ class Batcher:
         self._free = threading.Condition()  # guards the counts below; notified when a forward ends
         self._preparing = 0
         self._running = 0  # forwards (batches or lone pictures) under way
+        self._holding = False  # the batch thread has taken a picture and waits for a slot
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{explainer.weights.name}", daemon=True)
         self._thread.start()
 
@@ -146,9 +147,11 @@ class Batcher:
             if first is None:
                 return
             with self._free:  # every slot busy: pictures that arrive meanwhile join the next batch
+                self._holding = True
                 while self._running >= self.concurrency:
                     self._free.wait()
                 self._running += 1
+                self._holding = False
             batch = self._collect(first)
             self._start([b.image for b in batch], [b.prepared for b in batch]).add_done_callback(
                 partial(self._deliver, batch))
