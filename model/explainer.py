@@ -273,6 +273,7 @@ class Explainer:
             "input_size": [w.input_size, w.input_size], "mean": list(w.mean), "std": list(w.std),
             "modules": self.modules, "metrics": w.metrics, "recipe": w.recipe,
             "ood": None if self.ood is None else self.ood.manifest(),
+            "traced": self.traced,
         }
 
 

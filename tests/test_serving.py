@@ -147,3 +147,23 @@ def test_more_clients_than_the_bound_get_503_with_retry_after_and_the_server_sta
     rejected = sum(sample(metrics, "ranlens_inference_rejected_total", reason=r) or 0
                    for r in ("queue_full", "wait_timeout"))
     assert rejected == statuses.count(503)
+
+
+def test_the_server_traces_its_models_after_the_start_unless_told_not_to():
+    image = corpus.png(corpus.photo())
+    answers = {}
+    for trace in (True, False):
+        with TestClient(create_app(Settings(trace=trace))) as c:
+            deadline = time.monotonic() + 120
+            while True:  # the traces are made beside the first requests, on the torch threads
+                traced = [m["traced"] for m in c.get("/api/v1/models").json()["models"]]
+                if all(traced) or not trace or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert traced == [trace] * len(DEFAULT_WEIGHTS)
+            body = c.post("/api/v1/predict", params={"model": "attention92_cifar", "top_k": 10},
+                          files={"file": ("c.png", image, "image/png")}).json()
+            answers[trace] = {p["label"]: p["probability"] for p in body["predictions"]}
+    assert answers[True].keys() == answers[False].keys()
+    for label, probability in answers[False].items():
+        assert answers[True][label] == pytest.approx(probability, abs=1e-5)

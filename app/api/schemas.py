@@ -276,6 +276,8 @@ class ModelInfo(BaseModel):
     recipe: dict
     ood: OODCalibration | None = Field(description="null: these weights have no out-of-distribution calibration, "
                                                    "so predictions carry no verdict (run ranlens calibrate-ood)")
+    traced: bool = Field(description="inference runs through a checked TorchScript trace (made just after the "
+                                     "start unless RANLENS_TRACE=false); false: the Python forward, the same answers")
 
 
 class ModelList(BaseModel):
