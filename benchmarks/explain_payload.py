@@ -7,11 +7,13 @@ Runs the real app in this process (FastAPI's TestClient: the app's own routes, r
 encoder and gzip middleware, so the bytes are those a client receives) for two models: the shipped
 attention56_cifar at 32 pixels, and attention92 in the ImageNet layout at 224 pixels with random
 weights and ``--classes`` classes (no trained 224-pixel weights ship; sizes and times do not depend on
-the weights, except how well gzip packs the masks). Each model answers three kinds of request:
+the weights, except how well gzip packs the masks). Each model answers four kinds of request:
 
 * ``all_channels``: ``?all_channels=true``, every channel of every mask (what every answer was before);
 * ``default``: the reductions, look-inside data and pictures the page draws at once;
-* ``default+channel``: ``?channel=0``, the page's one-channel view.
+* ``default+channel``: ``?channel=0``, the default answer plus one channel;
+* ``channel route``: ``POST /api/v1/explain/channel?channel=0``, only that channel: what the page
+  asks for when it shows one.
 
 The kinds take turns (round-robin), so a busy moment of the machine hits each alike. For each it prints
 the JSON body's bytes, the bytes on the wire with ``Accept-Encoding: gzip`` (what a browser gets), and
@@ -34,7 +36,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-VARIANTS = {"all_channels": {"all_channels": "true"}, "default": {}, "default+channel": {"channel": "0"}}
+EXPLAIN, CHANNEL = "/api/v1/explain", "/api/v1/explain/channel"
+VARIANTS = {"all_channels": (EXPLAIN, {"all_channels": "true"}), "default": (EXPLAIN, {}),
+            "default+channel": (EXPLAIN, {"channel": "0"}), "channel route": (CHANNEL, {"channel": "0"})}
 
 
 def random_imagenet_manifest(arch: str, classes: int, directory: Path) -> Path:
@@ -63,19 +67,19 @@ def measure(image: Path, repeats: int, threads: int, **served: str) -> dict:
     files = {"file": (image.name, image.read_bytes(), "image/jpeg")}
     rows = {}
     with TestClient(create_app(Settings(torch_threads=threads, **served))) as client:
-        def post(params: dict):
+        def post(path: str, params: dict):
             started = time.perf_counter()
-            r = client.post("/api/v1/explain", params=params, files=files, headers={"accept-encoding": "gzip"})
+            r = client.post(path, params=params, files=files, headers={"accept-encoding": "gzip"})
             wall = time.perf_counter() - started
             if r.status_code != 200:
-                raise SystemExit(f"/api/v1/explain {params}: {r.status_code} {r.text[:500]}")
+                raise SystemExit(f"{path} {params}: {r.status_code} {r.text[:500]}")
             return r, wall
 
-        post({})  # warm-up: first forward, lazy imports
+        post(EXPLAIN, {})  # warm-up: first forward, lazy imports
         walls, totals, model, answers = ({name: [] for name in VARIANTS} for _ in range(4))
         for _ in range(repeats):  # round-robin, so that a busy moment of the machine hits every kind alike
-            for name, params in VARIANTS.items():
-                answer, wall = post(params)
+            for name, (path, params) in VARIANTS.items():
+                answer, wall = post(path, params)
                 timing = answer.json()["timing_ms"]
                 walls[name].append(1000 * wall)
                 totals[name].append(timing["total"])
@@ -89,7 +93,7 @@ def measure(image: Path, repeats: int, threads: int, **served: str) -> dict:
                 "server_ms": statistics.median(totals[name]), "model_ms": statistics.median(model[name]),
                 "wall_ms": statistics.median(walls[name]),
                 "parts": {key: len(json.dumps(body[key], separators=(",", ":")))
-                          for key in ("attention", "images", "predictions")},
+                          for key in ("attention", "images", "predictions") if key in body},
                 "model": body["model"], "weights": body["weights"],
                 "masks": [(a["module"], a["channels"], *a["shape"]) for a in body["attention"]],
             }

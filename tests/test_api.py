@@ -266,6 +266,39 @@ def test_all_channels_sends_every_channel_and_channel_k_sends_one(client):
         assert sum("channel" in e for e in body["attention"]) == {5: 3, 100: 2, 255: 1}[k]
 
 
+def test_the_channel_route_sends_one_channel_of_every_module_and_nothing_else(client):
+    image = corpus.png(corpus.photo("coffee.jpg"))
+    exact = exact_attention(client, image)
+    default = client.post("/api/v1/explain", files={"file": ("c.png", image, "image/png")})
+    for k in (5, 100, 255):
+        response = client.post("/api/v1/explain/channel", params={"channel": k},
+                               files={"file": ("c.png", image, "image/png")})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["channel"] == k and body["weights"] == default.json()["weights"]
+        assert set(body) == {"model", "weights", "channel", "attention", "timing_ms"}
+        for a, entry in zip(exact, body["attention"]):
+            assert entry["module"] == a.module and set(entry) <= {"module", "stage", "shape", "channels", "channel"}
+            if k >= a.channels:
+                assert "channel" not in entry
+                continue
+            got = dequantize(entry["channel"], (1, *entry["shape"]))[0]
+            np.testing.assert_allclose(got, a.mask[k], rtol=0, atol=step(entry["channel"]) + 1e-5)
+        # what the page fetches per channel: a few per cent of the whole answer
+        assert len(response.content) < 0.1 * len(default.content), (len(response.content), len(default.content))
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"channel": 256}, "channel: must be in [0, 255] (the most channels of any module is 256); got 256"),
+    ({"channel": -1}, "channel"), ({"channel": "red"}, "channel"), ({}, "channel"),
+])
+def test_the_channel_route_refuses_a_channel_no_module_has_or_none(client, params, message):
+    response = client.post("/api/v1/explain/channel", params=params,
+                           files={"file": ("p.png", corpus.one_pixel(), "image/png")})
+    body = assert_problem(response, 422, "Invalid parameters", message)
+    assert body["errors"][0]["loc"] == ["query", "channel"]
+
+
 @pytest.mark.parametrize(("params", "message"), [
     ({"channel": 256}, "channel: must be in [0, 255] (the most channels of any module is 256); got 256"),
     ({"channel": -1}, "channel"), ({"channel": "red"}, "channel"), ({"all_channels": "maybe"}, "all_channels"),

@@ -364,6 +364,8 @@ def test_png_and_npy_downloads_match_the_api(server, browser, tmp_path):
 def test_channel_view_asks_for_one_channel_when_shown_and_keeps_it(server, browser):
     page, watch = open_page(browser, server)
     asked = _explain_queries(page)
+    asked_urls: list[str] = []
+    page.on("request", lambda r: "/api/v1/explain" in r.url and asked_urls.append(r.url))
     upload(page, PHOTOS / "chelsea.jpg")
     wait_for_ablation(page)
     assert [q.get("channel") for q in asked] == [None]  # the image itself: reductions, no channel
@@ -405,6 +407,7 @@ def test_channel_view_asks_for_one_channel_when_shown_and_keeps_it(server, brows
         await new Promise((done) => setTimeout(done, 60)); } }""")
     _wait_text(page, "#module-stage1-module1 .shows", "Shows channel 3 of 64.")
     assert [q.get("channel") for q in asked] == [None, "0", "3"]
+    assert [urlsplit(u).path.endswith("/api/v1/explain/channel") for u in asked_urls] == [False, True, True]
     ch3 = _overlay_pixels(page, 0)
     assert ch3 != ch0
     # what is drawn is the API's channel 3 of that module (its range is in the canvas's label)

@@ -133,13 +133,7 @@ async def display_options(query: Annotated[DisplayQuery, Query()], explainer: Ex
 Display = Annotated[DisplayOptions, Depends(display_options)]
 
 
-async def explain_channel_option(
-    explainer: ExplainerDep,
-    channel: Annotated[int | None, Query(ge=0, description="add channel k of each module that has more than k "
-                                                           "channels (its field channel): the page's one-channel "
-                                                           "view, asked for on demand; below the most channels "
-                                                           "of any module")] = None,
-) -> int | None:
+def _explain_channel_within(explainer: Explainer, channel: int | None) -> int | None:
     limit = parameter_limits(explainer)["explain_channel"]
     if channel is not None and channel > limit:
         raise _invalid("channel", f"must be in [0, {limit}] (the most channels of any module is {limit + 1}); "
@@ -147,7 +141,26 @@ async def explain_channel_option(
     return channel
 
 
+async def explain_channel_option(
+    explainer: ExplainerDep,
+    channel: Annotated[int | None, Query(ge=0, description="add channel k of each module that has more than k "
+                                                           "channels (its field channel): the page's one-channel "
+                                                           "view, asked for on demand; below the most channels "
+                                                           "of any module")] = None,
+) -> int | None:
+    return _explain_channel_within(explainer, channel)
+
+
+async def explain_channel_required(
+    explainer: ExplainerDep,
+    channel: Annotated[int, Query(ge=0, description="channel k of each module that has more than k channels; "
+                                                    "below the most channels of any module")],
+) -> int:
+    return _explain_channel_within(explainer, channel)
+
+
 ExplainChannel = Annotated[int | None, Depends(explain_channel_option)]
+OneChannel = Annotated[int, Depends(explain_channel_required)]
 
 
 async def run_inference(request: Request, fn, explainer: Explainer, *args, batched: bool = True):

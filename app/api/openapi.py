@@ -51,7 +51,7 @@ UPLOAD_PROBLEMS = problems(400, 413, 415, 422, 503)
 
 MODEL_BOUND = ("top_k", "channel")
 # a parameter whose limit is not the one of its name, by (path, name)
-LIMIT_OF = {("/api/v1/explain", "channel"): "explain_channel"}
+LIMIT_OF = {("/api/v1/explain", "channel"): "explain_channel", ("/api/v1/explain/channel", "channel"): "explain_channel"}
 
 
 def _model_choices(schema: dict, names: list[str], default: str) -> None:

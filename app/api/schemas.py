@@ -181,6 +181,19 @@ class ExplainResponse(OODVerdict):
     timing_ms: Timing
 
 
+class ChannelModule(ModuleMask):
+    channel: ChannelMaps | SkipJsonSchema[None] = _left_out(
+        "channel k alone (index [k]); left out of a module with k or fewer channels")
+
+
+class ChannelResponse(BaseModel):
+    model: str
+    weights: str
+    channel: int = Field(ge=0, description="the channel asked for")
+    attention: list[ChannelModule]
+    timing_ms: Timing
+
+
 class AblationRun(BaseModel):
     masks_off: list[str] = Field(description="the modules whose soft mask was set to zero")
     probabilities: list[float] = Field(description="every class's probability, in class-index order")

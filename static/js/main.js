@@ -1,7 +1,7 @@
 // ranlens page: upload, then draw every module's soft mask from the maps the server sent.
 // Display controls recolour in the page. The server sends each reduction as one map; a single channel
-// is asked for when the page shows one (the same image again with channel=k, cached per model and
-// channel), and every channel only for a raw-mask download.
+// is asked for when the page shows one (the same image again to /explain/channel, cached per model
+// and channel), and every channel only for a raw-mask download.
 
 import { ablationTable } from "./ablation.js";
 import { failureText, getBlob, getJSON, isAbort, postImage } from "./api.js";
@@ -110,7 +110,7 @@ async function fetchChannels(f) {
     const key = channelKey(weights, k);
     f.inflight.add(key);
     try {
-      const answer = await postImage(withModel(`api/v1/explain?channel=${k}`, weights), blob, name, signal);
+      const answer = await postImage(withModel(`api/v1/explain/channel?channel=${k}`, weights), blob, name, signal);
       f.maps.set(key, new Map(answer.attention.map((entry) => [entry.module, decodeChannel(entry)])));
     } catch (err) {
       if (isAbort(err)) return;

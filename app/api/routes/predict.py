@@ -8,9 +8,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from ranlens.app.api.deps import Display, ExplainChannel, ExplainerDep, SettingsDep, TopK, run_inference
+from ranlens.app.api.deps import Display, ExplainChannel, ExplainerDep, OneChannel, SettingsDep, TopK, run_inference
 from ranlens.app.api.openapi import UPLOAD_BODY, UPLOAD_PROBLEMS
-from ranlens.app.api.schemas import Colormaps, ExplainResponse, PredictResponse
+from ranlens.app.api.schemas import ChannelResponse, Colormaps, ExplainResponse, PredictResponse
 from ranlens.app.core import payloads
 from ranlens.app.core.upload import read_upload
 from ranlens.model import render
@@ -60,6 +60,21 @@ async def explain(
     upload = await read_upload(request, settings.max_upload_bytes)
     build = partial(payloads.explain, max_pixels=settings.max_image_pixels, display_size=settings.display_size,
                     started=started, channel=channel, all_channels=all_channels)
+    return await run_inference(request, build, explainer, upload.data, upload.content_type)
+
+
+# exclude_unset: a module with too few channels has no channel field
+@router.post("/explain/channel", response_model=ChannelResponse, response_model_exclude_unset=True,
+             openapi_extra=UPLOAD_BODY, responses=UPLOAD_PROBLEMS,
+             summary="One channel of every module's soft mask, and nothing else",
+             description="What the page asks for when it shows a single channel: the image runs again (any "
+                         "worker or replica can answer) and the answer is channel k of each module that has "
+                         "more than k channels, as /explain's channel=k gives it, without the rest of /explain.")
+async def explain_channel(request: Request, explainer: ExplainerDep, settings: SettingsDep,
+                          channel: OneChannel) -> dict:
+    started = time.perf_counter()
+    upload = await read_upload(request, settings.max_upload_bytes)
+    build = partial(payloads.explain_channel, max_pixels=settings.max_image_pixels, channel=channel, started=started)
     return await run_inference(request, build, explainer, upload.data, upload.content_type)
 
 
