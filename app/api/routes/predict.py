@@ -18,6 +18,15 @@ from ranlens.model import render
 router = APIRouter(prefix="/api/v1", tags=["predict"])
 
 
+async def _run_upload(request: Request, explainer, settings, build, **options) -> dict:
+    """Reads the upload (streamed, within the size limit), then builds the answer from it in the
+    model's dynamic batch; ``build`` is one of ``ranlens.app.core.payloads``' bodies."""
+    started = time.perf_counter()
+    upload = await read_upload(request, settings.max_upload_bytes)
+    fn = partial(build, max_pixels=settings.max_image_pixels, started=started, **options)
+    return await run_inference(request, fn, explainer, upload.data, upload.content_type)
+
+
 # exclude_unset, not exclude_none: overlay and mask are left out unless asked for, while a null
 # out_of_distribution (weights not calibrated) is an answer and stays
 @router.post("/predict", response_model=PredictResponse, response_model_exclude_unset=True,
@@ -32,11 +41,8 @@ async def predict(
     overlays: Annotated[bool, Query(description="add each module's overlay as a PNG data URI")] = False,
     masks: Annotated[bool, Query(description="add each module's channel-reduced mask values")] = False,
 ) -> dict:
-    started = time.perf_counter()
-    upload = await read_upload(request, settings.max_upload_bytes)
-    build = partial(payloads.predict, max_pixels=settings.max_image_pixels, display_size=settings.display_size,
-                    top_k=top_k, overlays=overlays, masks=masks, display=display, started=started)
-    return await run_inference(request, build, explainer, upload.data, upload.content_type)
+    return await _run_upload(request, explainer, settings, payloads.predict, display_size=settings.display_size,
+                             top_k=top_k, overlays=overlays, masks=masks, display=display)
 
 
 # exclude_unset: channel and the full mask (data, lo, hi) are left out unless asked for
@@ -56,11 +62,8 @@ async def explain(
     all_channels: Annotated[bool, Query(description="add each module's whole soft mask, every channel "
                                                     "(data, lo, hi)")] = False,
 ) -> dict:
-    started = time.perf_counter()
-    upload = await read_upload(request, settings.max_upload_bytes)
-    build = partial(payloads.explain, max_pixels=settings.max_image_pixels, display_size=settings.display_size,
-                    started=started, channel=channel, all_channels=all_channels)
-    return await run_inference(request, build, explainer, upload.data, upload.content_type)
+    return await _run_upload(request, explainer, settings, payloads.explain, display_size=settings.display_size,
+                             channel=channel, all_channels=all_channels)
 
 
 # exclude_unset: a module with too few channels has no channel field
@@ -72,10 +75,7 @@ async def explain(
                          "more than k channels, as /explain's channel=k gives it, without the rest of /explain.")
 async def explain_channel(request: Request, explainer: ExplainerDep, settings: SettingsDep,
                           channel: OneChannel) -> dict:
-    started = time.perf_counter()
-    upload = await read_upload(request, settings.max_upload_bytes)
-    build = partial(payloads.explain_channel, max_pixels=settings.max_image_pixels, channel=channel, started=started)
-    return await run_inference(request, build, explainer, upload.data, upload.content_type)
+    return await _run_upload(request, explainer, settings, payloads.explain_channel, channel=channel)
 
 
 @router.get("/colormaps", response_model=Colormaps, summary="The colormaps as 256-entry RGB lookup tables")
