@@ -28,22 +28,11 @@ class TorchThread:
         if workers < 1:
             raise ValueError(f"need at least one worker, got {workers}")
         self.workers = workers
-        self._idents: set[int] = set()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torch",
-                                        initializer=self._remember)
-
-    def _remember(self) -> None:
-        self._idents.add(threading.get_ident())
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torch")
 
     def submit(self, fn: Callable[..., T], *args, **kwargs) -> Future:
         """Runs ``fn`` on a torch thread; the future holds its result."""
         return self._pool.submit(fn, *args, **kwargs)
-
-    def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Runs ``fn`` on a torch thread and waits (directly, if already on one)."""
-        if threading.get_ident() in self._idents:
-            return fn(*args, **kwargs)
-        return self._pool.submit(fn, *args, **kwargs).result()
 
     async def acall(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Runs ``fn`` on a torch thread without blocking the event loop."""
