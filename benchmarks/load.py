@@ -23,16 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -41,29 +36,10 @@ import torch
 from ranlens.model.explainer import Explainer
 from ranlens.model.imaging import decode_image
 
+from _server import launched  # noqa: E402 - beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "static" / "examples" / "chelsea.jpg"
-
-
-@contextmanager
-def server(**env: str):
-    with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
-        proc = subprocess.Popen([sys.executable, "-m", "ranlens", "serve", "--fd", str(sock.fileno())], cwd=cwd,
-                                env={**os.environ, **env}, pass_fds=[sock.fileno()],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(240):
-                try:
-                    with urllib.request.urlopen(url + "readyz", timeout=2):
-                        break
-                except OSError:
-                    time.sleep(0.5)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -215,11 +191,12 @@ def main() -> None:
     before = {"RANLENS_MAX_BATCH_SIZE": "1", "RANLENS_MAX_CONCURRENT_INFERENCES": "2", "RANLENS_TRACE": "false",
               "RANLENS_INFERENCE_WORKERS": "1", "RANLENS_TORCH_THREADS": str(cores)}
     for name, env in (("server", {}), ("before", before)):
-        with server(**env) as (url, pid):
+        with launched(**env) as served:
+            url = served.url
             single(url, 3, data)  # warm
-            cpu = cpu_seconds(pid)
+            cpu = cpu_seconds(served.pid)
             latencies, errors, wall = asyncio.run(load(url, args.clients, args.seconds, data))
-            cpu_ms = 1000 * (cpu_seconds(pid) - cpu) / max(1, len(latencies) + errors)
+            cpu_ms = 1000 * (cpu_seconds(served.pid) - cpu) / max(1, len(latencies) + errors)
             alone = single(url, args.single, data)
         rate = len(latencies) / wall
         results[name] = (rate, pct(latencies, 0.5), pct(latencies, 0.99), errors, alone)

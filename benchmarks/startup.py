@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
+
+from _server import launched  # noqa: E402 - beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = {
@@ -53,33 +52,21 @@ def rss_mib(pid: int) -> float:
 def serve_to_ready(trace: bool = True) -> tuple[float, float, float]:
     """Seconds from launch to /readyz, resident MiB then, and resident MiB once the traces are made
     (``RANLENS_TRACE``) and every served model has answered 5 requests."""
-    with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd:
-        sock.bind(("127.0.0.1", 0))
-        base = f"http://127.0.0.1:{sock.getsockname()[1]}/"
-        started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "ranlens", "serve", "--fd", str(sock.fileno())], cwd=cwd,
-                                pass_fds=[sock.fileno()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "RANLENS_TRACE": str(trace).lower()})
-        try:
-            while True:
-                try:
-                    with urllib.request.urlopen(base + "readyz", timeout=1):
-                        break
-                except OSError:
-                    time.sleep(0.05)
-            ready = time.perf_counter() - started
-            rss_ready = rss_mib(proc.pid)
-            time.sleep(5)  # the traces are made after the start, on the torch threads
-            photo = (ROOT / "static" / "examples" / "chelsea.jpg").read_bytes()
-            with httpx.Client(timeout=60) as client:
-                for model in client.get(base + "api/v1/models").json()["models"]:
-                    for _ in range(5):
-                        client.post(base + "api/v1/predict", params={"model": model["weights"]},
-                                    files={"file": ("chelsea.jpg", photo, "image/jpeg")}).raise_for_status()
-            return ready, rss_ready, rss_mib(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with launched(RANLENS_TRACE=str(trace).lower()) as served:
+        rss_ready = rss_mib(served.pid)
+        photo = (ROOT / "static" / "examples" / "chelsea.jpg").read_bytes()
+        with httpx.Client(base_url=served.url, timeout=60) as client:
+            deadline = time.perf_counter() + 120
+            # the traces are made after the start, on the torch threads: wait until every model says so
+            while trace and not all(m["traced"] for m in client.get("api/v1/models").json()["models"]):
+                if time.perf_counter() > deadline:
+                    raise RuntimeError("the models were not traced within 2 minutes")
+                time.sleep(0.1)
+            for model in client.get("api/v1/models").json()["models"]:
+                for _ in range(5):
+                    client.post("api/v1/predict", params={"model": model["weights"]},
+                                files={"file": ("chelsea.jpg", photo, "image/jpeg")}).raise_for_status()
+        return served.ready_s, rss_ready, rss_mib(served.pid)
 
 
 def slowest_imports(n: int = 8) -> list[tuple[float, str]]:
