@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ranlens.model import render
-from ranlens.model.explainer import Explainer, Explanation
+from ranlens.model.explainer import Explainer, Explanation, ModuleAttention
 from ranlens.model.imaging import decode_image
 from ranlens.model.preprocess import center_crop
 
@@ -41,6 +41,18 @@ def _ms(seconds: float) -> float:
     return 1000 * seconds
 
 
+def _module(a: ModuleAttention) -> dict:
+    """Which module a mask is from and its size: the fields every route's per-module entry starts with."""
+    return {"module": a.module, "stage": a.stage, "shape": list(a.shape), "channels": a.channels}
+
+
+def _with_channel(entry: dict, a: ModuleAttention, channel: int | None) -> dict:
+    """``entry`` plus channel ``channel`` of the module's mask, where the module has that channel."""
+    if channel is not None and channel < a.channels:
+        entry["channel"] = _channels(a.mask, [channel])
+    return entry
+
+
 def _ood(result: Explanation) -> dict:
     return {"ood_score": round(result.ood_score, 4), "ood_threshold": result.ood_threshold,
             "out_of_distribution": result.out_of_distribution}
@@ -58,8 +70,7 @@ def predict(explain: Explain, image: bytes, content_type: str, *, max_pixels: in
     attention = []
     for a in result.attention:
         values = a.reduced(display.reduction, display.channel)
-        entry = {"module": a.module, "stage": a.stage, "shape": list(a.shape), "channels": a.channels,
-                 "reduction": display.label,
+        entry = {**_module(a), "reduction": display.label,
                  "min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
         if overlays:
             entry["overlay"] = render.data_uri(render.overlay(backdrop, values, display.colormap, display.alpha))
@@ -113,15 +124,14 @@ def explain(explain: Explain, image: bytes, content_type: str, *, max_pixels: in
         before = np.abs(a.trunk).mean(axis=0)
         after = np.abs((1 + a.mask) * a.trunk).mean(axis=0)
         entry = {
-            "module": a.module, "stage": a.stage, "shape": list(a.shape), "channels": a.channels,
+            **_module(a),
             "min": float(mean.min()), "max": float(mean.max()), "mean": float(mean.mean()),
             "reductions": {r: _quantized(values) for r, values in maps.items()},
             "varied": _channels(a.mask, render.most_varied(a.mask, VARIED_CHANNELS)),
             "histogram": render.histogram(a.mask, HISTOGRAM_BINS),
             "trunk_before": _quantized(before), "trunk_after": _quantized(after),
         }
-        if channel is not None and channel < a.channels:
-            entry["channel"] = _channels(a.mask, [channel])
+        _with_channel(entry, a, channel)
         if all_channels:
             entry.update(_quantized(a.mask))
         attention.append(entry)
@@ -151,12 +161,7 @@ def explain_channel(explain: Explain, image: bytes, content_type: str, *, max_pi
     picture = decode_image(image, max_pixels, content_type)
     t1 = time.perf_counter()
     result = explain(picture)
-    attention = []
-    for a in result.attention:
-        entry = {"module": a.module, "stage": a.stage, "shape": list(a.shape), "channels": a.channels}
-        if channel < a.channels:
-            entry["channel"] = _channels(a.mask, [channel])
-        attention.append(entry)
+    attention = [_with_channel(_module(a), a, channel) for a in result.attention]
     return {
         "model": result.model, "weights": result.weights, "channel": channel, "attention": attention,
         "timing_ms": {"decode": _ms(t1 - t0), **result.timing_ms, "total": _ms(time.perf_counter() - started)},
