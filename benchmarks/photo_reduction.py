@@ -95,7 +95,7 @@ def answer(explainer: Explainer, images: list[Image.Image], reduce) -> tuple[np.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="/tmp/data/cifar10-jpeg", help="CIFAR-10 as an ImageFolder (test/<class>/*)")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N test images (0: all)")
+    parser.add_argument("--limit", type=int, default=0, help="only a seeded random N of the test images (0: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
