@@ -6,9 +6,9 @@ The served path takes the centre square (shorter side resized to the input size)
 the whole picture padded to a square (its mean colour around it, nothing cut off), with the mean of
 three crops along the longer side (the whole picture at the centre crop's scale), with the mean of five
 crops (corners and centre of the picture resized to 1.25x the input) and with the centre crop plus its
-mirror image. ``--limit N`` takes a seeded random N of the 10,000 test images. Multi-crop answers average the crops' probabilities; their out-of-distribution score is
-the energy of the mean logits, against a threshold calibrated on single centre crops (so it is only
-indicative). For each shipped model it prints the CIFAR-10 test-split top-1 under each reduction, then
+mirror image. ``--limit N`` takes a seeded random N of the 10,000 test images. Multi-crop answers
+average the crops' probabilities; their out-of-distribution score is the energy of the mean logits,
+against a threshold calibrated on single centre crops (so it is only indicative). For each shipped model it prints the CIFAR-10 test-split top-1 under each reduction, then
 what each shipped example photo gets: the top class and its probability, the energy score and flag.
 """
 
