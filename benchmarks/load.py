@@ -75,8 +75,9 @@ class Connection:
     """One keep-alive HTTP/1.1 connection that posts the same prepared multipart body again and again.
 
     The clients share the machine with the server (2 cores here), so the load generator has to cost
-    little: a prebuilt request and a minimal response reader take about a fifth of httpx's CPU per
-    request, which otherwise went missing from the server's share.
+    little: a prebuilt request and a minimal response reader instead of an HTTP client library, whose
+    per-request CPU otherwise went missing from the server's share (one development-machine reading,
+    not measured by this script: about a fifth of httpx's).
     """
 
     def __init__(self, url: str, data: bytes) -> None:
