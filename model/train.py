@@ -44,6 +44,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # the largest image side kept in memory by default; larger ones stream from disk
 MEMORY_MAX_SIZE = 64
+# training images (a seeded subset, not augmented) whose batch statistics an averaged network's batch
+# norm gets: its running statistics are exact averages, and 10,000 32-pixel images give each channel
+# ten million values, so more would only cost time every SWA epoch
+SWA_BN_IMAGES = 10_000
 
 
 def _setting(default, help: str, **argparse_extra):
@@ -85,6 +89,10 @@ class TrainConfig:
     accumulate: int = _setting(1, "split each process's share of a batch into N micro-steps (less memory; "
                                "batch norm then sees the micro-batches)")
     compile: bool = _setting(False, "torch.compile the network (minutes of compiling, faster steps on GPUs)")
+    swa: int = _setting(0, "stochastic weight averaging (Izmailov et al. 2018): hold the learning rate at "
+                        "--swa-lr over the last N epochs and average the weights at the end of each; their "
+                        "checkpoints are the average, with batch-norm statistics recomputed; 0 = off")
+    swa_lr: float = _setting(0.01, "the learning rate held over the --swa epochs")
     preset: str = _setting("none", "a published recipe: imagenet = SGD momentum 0.9, weight decay 1e-4, "
                            "batch 256, lr 0.1, 90 epochs, cosine (options given explicitly win)",
                            choices=["none", "imagenet"])
@@ -240,12 +248,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y:
     return torch.cat(logits_parts), torch.stack(losses).mean()
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    warm = max(1, int(cfg.warmup * total))
+def lr_at(step: int, total: int, cfg: TrainConfig, swa_steps: int = 0) -> float:
+    """The learning rate of ``step`` of ``total``: warm-up, then cosine decay to zero; with
+    ``swa_steps``, the decay ends at ``cfg.swa_lr`` that many steps before the end and holds there."""
+    decay = total - swa_steps
+    if step >= decay:
+        return cfg.swa_lr
+    floor = cfg.swa_lr if swa_steps else 0.0
+    warm = max(1, int(cfg.warmup * decay))
     if step < warm:
         return cfg.lr * (0.1 + 0.9 * step / warm)
-    progress = min(1.0, (step - warm) / max(1, total - warm))
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    progress = min(1.0, (step - warm) / max(1, decay - warm))
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def subset(split: Split, limit: int, seed: int) -> Split:
@@ -325,6 +339,8 @@ class _Data:
     batches: Callable[[int], Iterator[tuple[Tensor, Tensor]]]
     # (network, show progress) -> logits and labels of this process's strided share of the test split
     evaluate: Callable[[nn.Module, bool], tuple[Tensor, Tensor]]
+    # normalised training images, not augmented, whose statistics an averaged network's batch norm takes
+    bn_batches: Callable[[], Iterator[Tensor]] | None = None
 
 
 def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean, std, per: int) -> _Data:
@@ -354,10 +370,16 @@ def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
             x = normalize(augment(images[index], generator, share=share), mean, std)
             yield cutout(x, cfg.cutout, generator, share), labels[index]
 
+    def bn_batches(size: int = 500) -> Iterator[Tensor]:
+        # every process reads the same images, so each one's averaged network gets the same statistics
+        chosen = subset(Split(images, labels, train_split.classes), SWA_BN_IMAGES, cfg.seed).images
+        for start in range(0, len(chosen), size):
+            yield normalize(chosen[start : start + size], mean, std)
+
     part = slice(procs.rank, None, procs.world_size)
     test_part = Split(test_split.images[part], test_split.labels[part], test_split.classes)
     return _Data(train_split.classes, len(train_split), len(test_split), len(train_split) // batch, batches,
-                 lambda net, show: evaluate_split(net, test_part, mean, std, show=show))
+                 lambda net, show: evaluate_split(net, test_part, mean, std, show=show), bn_batches)
 
 
 def _stream_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean, std, per: int) -> _Data:
@@ -389,6 +411,14 @@ def _stream_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
                  lambda net, show: evaluate_loader(net, test_loader, mean, std, show=show))
 
 
+def _test(data: _Data, net: nn.Module, procs: Processes, device: torch.device) -> tuple[float, float]:
+    """(loss, top-1 accuracy) of ``net`` on the whole test split, whatever the process count."""
+    logits, labels = data.evaluate(net, procs.main)
+    logits = distributed.gather_strided(logits, data.test_images, procs, device)
+    labels = distributed.gather_strided(labels, data.test_images, procs, device)
+    return float(F.cross_entropy(logits, labels)), float((logits.argmax(1) == labels).float().mean())
+
+
 def train(cfg: TrainConfig) -> list[dict]:
     """Trains as ``cfg`` says (its preset already applied, see ``with_preset``); under torchrun, as one
     of ``WORLD_SIZE`` processes. Returns the per-epoch records."""
@@ -396,12 +426,20 @@ def train(cfg: TrainConfig) -> list[dict]:
         raise ValueError(f"unknown arch {cfg.arch!r}")
     if cfg.image_size < 0:
         raise ValueError(f"image size must be positive (or 0 for the architecture's own), got {cfg.image_size}")
+    if not 0 <= cfg.swa <= cfg.epochs:
+        raise ValueError(f"--swa averages the last N of the {cfg.epochs} epochs: N must be 0..{cfg.epochs}, "
+                         f"got {cfg.swa}")
+    if cfg.swa and cfg.swa_lr <= 0:
+        raise ValueError(f"--swa-lr must be positive, got {cfg.swa_lr}")
     procs = distributed.processes_from_env()
     size = cfg.image_size or ARCHITECTURES[cfg.arch].reference_size
     device_type = resolve_device(cfg.device)
     # the run records what it did, not "auto" or 0
     cfg = replace(cfg, device=device_type, amp=resolve_amp(cfg.amp, device_type), image_size=size,
                   loader=resolve_loader(cfg.loader, size))
+    if cfg.swa and cfg.loader != "memory":
+        raise ValueError("--swa recomputes batch-norm statistics from the in-memory training images; "
+                         "use --loader memory (images up to 64 pixels)")
     per = distributed.per_process_batch(cfg.batch_size, procs.world_size, cfg.accumulate)
     torch.set_num_threads(cfg.threads)
     if device_type == "cuda":
@@ -445,11 +483,15 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
         model = torch.compile(model)
     optimizer = make_optimizer(net, cfg)
     total_steps = data.steps_per_epoch * cfg.epochs
+    swa_steps = data.steps_per_epoch * cfg.swa
+    averaged = torch.optim.swa_utils.AveragedModel(net) if cfg.swa else None
 
     history: list[dict] = []
     start_epoch = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])  # moves the momentum buffers to the model's device
+        if averaged is not None:
+            averaged.load_state_dict(state["swa"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]
         history = json.loads((out / "metrics.json").read_text())[:start_epoch]
@@ -472,7 +514,7 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
                    unit="batch", disable=not procs.main)
         for i, (x, y) in enumerate(bar):
             step = epoch * data.steps_per_epoch + i
-            lr = lr_at(step, total_steps, cfg)
+            lr = lr_at(step, total_steps, cfg, swa_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits, loss = train_step(model, optimizer, x, y, cfg.label_smoothing, cfg.amp, cfg.accumulate)
@@ -485,29 +527,37 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
         # the whole global batch's sums (waits for the device's last step)
         loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
         train_time = time.time() - t0
-        logits, labels = data.evaluate(net, procs.main)
-        logits = distributed.gather_strided(logits, data.test_images, procs, device)
-        labels = distributed.gather_strided(labels, data.test_images, procs, device)
+        # from the first SWA epoch on, the run's network (what it checkpoints and evaluates) is the average
+        swa_epoch = averaged is not None and epoch >= cfg.epochs - cfg.swa
+        if swa_epoch:
+            averaged.update_parameters(net)
+            torch.optim.swa_utils.update_bn(data.bn_batches(), averaged.module)
+        result = averaged.module if swa_epoch else net
+        test_loss, test_acc = _test(data, result, procs, device)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen,
             "train_acc": correct / seen,
-            "test_loss": float(F.cross_entropy(logits, labels)),
-            "test_acc": float((logits.argmax(1) == labels).float().mean()),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
             "lr_end": lr,
             "train_img_per_s": seen / train_time,
             "epoch_seconds": time.time() - t0,
             "world_size": procs.world_size,
         }
+        if swa_epoch:  # what the averaging adds: the last weights SGD reached, alone
+            record["swa_models"] = int(averaged.n_averaged)
+            record["sgd_test_loss"], record["sgd_test_acc"] = _test(data, net, procs, device)
         history.append(record)
         if not procs.main:
             continue  # rank 0 alone logs and writes; the next epoch's first exchange waits for it
         print(json.dumps(record), flush=True)
-        save_checkpoint(net, out / f"epoch{epoch + 1:03d}.safetensors", cfg.arch,
+        save_checkpoint(result, out / f"epoch{epoch + 1:03d}.safetensors", cfg.arch,
                         {"epoch": str(epoch + 1), "test_acc": f"{record['test_acc']:.4f}"})
         tmp = out / "last.pt.tmp"
         torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                    "torch_rng": torch.get_rng_state(), "config": asdict(cfg), "world_size": procs.world_size}, tmp)
+                    "torch_rng": torch.get_rng_state(), "config": asdict(cfg), "world_size": procs.world_size,
+                    **({"swa": averaged.state_dict()} if averaged is not None else {})}, tmp)
         tmp.replace(state_path)  # atomic: a run killed mid-save keeps the previous checkpoint
         (out / "metrics.json").write_text(json.dumps(history, indent=2))
         if device.type == "cpu" or epoch + 1 == end_epoch:  # a plot costs seconds, a GPU epoch not many more

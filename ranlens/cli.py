@@ -159,6 +159,19 @@ def _train_data(config: dict) -> str:
     return f"train split of {where}" + (f", {images:,} images" if images else "")
 
 
+def _schedule(config: dict) -> str:
+    """The learning-rate schedule a run's settings describe, in words."""
+    from ranlens.model.train import SWA_BN_IMAGES
+
+    if not config.get("swa"):
+        return "linear warm-up then cosine decay to zero, per batch"
+    rest = config["epochs"] - config["swa"]
+    decay = f"linear warm-up then cosine decay to {config['swa_lr']:g} over {rest} epochs, then " if rest else ""
+    return (f"{decay}{config['swa']} epochs at {config['swa_lr']:g}, the weights at the end of each averaged "
+            f"(stochastic weight averaging); the checkpoint is the average, its batch-norm statistics "
+            f"recomputed on {SWA_BN_IMAGES:,} training images (or all, if fewer)")
+
+
 def _export(args: argparse.Namespace) -> None:
     """Copies a run's checkpoint into model/weights/ with a manifest carrying the run's facts."""
     from ranlens.model.registry import ARCHITECTURES
@@ -189,9 +202,10 @@ def _export(args: argparse.Namespace) -> None:
     recipe = {
         **{k: config[k] for k in ("epochs", "batch_size", "lr", "warmup", "momentum", "weight_decay",
                                   "label_smoothing", "cutout", "seed", "amp")},
+        **({k: config[k] for k in ("swa", "swa_lr")} if config.get("swa") else {}),
         "epochs_completed": epochs_done,
         "optimizer": "SGD, Nesterov momentum; no weight decay on BN and biases",
-        "schedule": "linear warm-up then cosine decay to zero, per batch",
+        "schedule": _schedule(config),
         "augmentation": (f"random resized crop {input_size} (8-100% of the area), horizontal flip"
                          if config.get("loader") == "stream" else
                          f"random crop {input_size} with 4-pixel zero padding, horizontal flip")

@@ -263,3 +263,59 @@ def test_curves_chain_runs_and_round_trip(tmp_path):
     # the combined file is itself an input: redrawing from it needs no run folders
     main(["curves", str(tmp_path / "all.json"), "--out", str(tmp_path / "again.png")])
     assert Image.open(tmp_path / "again.png").size == Image.open(tmp_path / "curves.png").size
+
+
+def test_schedule_with_swa_decays_to_the_swa_rate_and_holds_it():
+    cfg = TrainConfig(lr=0.2, warmup=0.1, swa_lr=0.03)
+    values = [lr_at(s, 1000, cfg, swa_steps=400) for s in range(1000)]
+    # warm-up over 10% of the 600 decaying steps, then down to the SWA rate, which the last 400 keep
+    assert values[0] == pytest.approx(0.02) and values.index(max(values)) == 60
+    assert values[599] == pytest.approx(0.03, rel=1e-3) and min(values[60:600]) > 0.03
+    assert values[600:] == [0.03] * 400
+    assert [lr_at(s, 1000, cfg) for s in range(1000)] == [lr_at(s, 1000, cfg, 0) for s in range(1000)]
+
+
+def test_swa_checkpoints_the_average_of_the_epochs_weights_and_resumes(tiny_folder, tmp_path):
+    """With --swa 2 of 3 epochs, epoch 3's checkpoint holds the mean of the weights SGD reached at
+    the end of epochs 2 and 3 (last.pt keeps them), with batch-norm statistics of its own; a run
+    stopped inside the averaging resumes to the same checkpoint."""
+    from safetensors.torch import load_file
+
+    common = dict(data=str(tiny_folder), epochs=3, batch_size=12, threads=1, amp="off", swa=2, swa_lr=0.05)
+    run = tmp_path / "stopped"
+    sgd = {}
+    for epoch in (1, 2):
+        history = train(TrainConfig(out=str(run), stop_after=1, **common))
+        sgd[epoch] = torch.load(run / "last.pt", weights_only=True)["model"]
+    history = train(TrainConfig(out=str(run), **common))
+    sgd[3] = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert "swa_models" not in history[0] and [h["swa_models"] for h in history[1:]] == [1, 2]
+    assert all(0 <= h["sgd_test_acc"] <= 1 for h in history[1:])
+    assert [h["lr_end"] for h in history[1:]] == [0.05, 0.05]
+
+    averaged = load_file(str(run / "epoch003.safetensors"))
+    for name in ("stem.0.weight", "classifier.weight"):
+        key = next(k for k in averaged if k.endswith(name))
+        torch.testing.assert_close(averaged[key], (sgd[2][key] + sgd[3][key]) / 2)
+        assert not torch.allclose(averaged[key], sgd[3][key])
+    means = [k for k in averaged if k.endswith("running_mean")]
+    assert means and any(not torch.allclose(averaged[k], sgd[3][k]) for k in means)
+    # epoch 2's checkpoint is the one-model "average": SGD's weights, with recomputed statistics
+    first = load_file(str(run / "epoch002.safetensors"))
+    key = "classifier.weight"
+    torch.testing.assert_close(first[key], sgd[2][key])
+
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), **common))
+    assert [h["test_acc"] for h in straight] == [h["test_acc"] for h in history]
+    again = load_file(str(tmp_path / "straight" / "epoch003.safetensors"))
+    for key in averaged:
+        torch.testing.assert_close(again[key], averaged[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(swa=3, epochs=2), "N must be 0..2"), (dict(swa=1, swa_lr=0.0), "--swa-lr must be positive"),
+    (dict(swa=1, loader="stream"), "--loader memory"),
+])
+def test_swa_refuses_settings_it_cannot_honour(tiny_folder, tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(out=str(tmp_path / "run"), data=str(tiny_folder), threads=1, amp="off", **settings))
