@@ -165,9 +165,12 @@ def _schedule(config: dict) -> str:
 
     if not config.get("swa"):
         return "linear warm-up then cosine decay to zero, per batch"
+    def epochs(n: int) -> str:
+        return f"{n} epoch" + ("s" if n != 1 else "")
+
     rest = config["epochs"] - config["swa"]
-    decay = f"linear warm-up then cosine decay to {config['swa_lr']:g} over {rest} epochs, then " if rest else ""
-    return (f"{decay}{config['swa']} epochs at {config['swa_lr']:g}, the weights at the end of each averaged "
+    decay = f"linear warm-up then cosine decay to {config['swa_lr']:g} over {epochs(rest)}, then " if rest else ""
+    return (f"{decay}{epochs(config['swa'])} at {config['swa_lr']:g}, the weights at the end of each averaged "
             f"(stochastic weight averaging); the checkpoint is the average, its batch-norm statistics "
             f"recomputed on {SWA_BN_IMAGES:,} training images (or all, if fewer)")
 

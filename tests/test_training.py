@@ -311,6 +311,16 @@ def test_swa_checkpoints_the_average_of_the_epochs_weights_and_resumes(tiny_fold
     for key in averaged:
         torch.testing.assert_close(again[key], averaged[key], rtol=1e-4, atol=1e-5)
 
+    # the manifest says what the checkpoint is: an average, after which schedule
+    from ranlens.cli import main
+    from ranlens.model.weights import Weights
+
+    main(["export", str(run), "--name", "tiny.swa", "--weights-dir", str(tmp_path)])
+    recipe = Weights.from_manifest(tmp_path / "tiny.swa.json").recipe
+    assert recipe["swa"] == 2 and recipe["swa_lr"] == 0.05 and "--swa 2 --swa-lr 0.05" in recipe["command"]
+    assert recipe["schedule"].startswith("linear warm-up then cosine decay to 0.05 over 1 epoch, then 2 epochs "
+                                         "at 0.05, the weights at the end of each averaged")
+
 
 @pytest.mark.parametrize("settings,message", [
     (dict(swa=3, epochs=2), "N must be 0..2"), (dict(swa=1, swa_lr=0.0), "--swa-lr must be positive"),
