@@ -17,8 +17,10 @@ replicas and machines, and restart a replica that dies.
 
 Settings are read once, where the command runs (``RANLENS_*`` variables and ``.env``), and travel to
 every replica as ``RANLENS_*`` environment variables (a replica on another machine has neither the
-caller's environment nor its working directory). ``root_path`` is not applied: put a path-stripping
-proxy in front of Serve's HTTP port instead.
+caller's environment nor its working directory). ``root_path`` becomes the application's route prefix:
+Serve serves the app under it and tells the app (the ASGI ``root_path``), so links and the OpenAPI
+``servers`` carry it, as behind a path-stripping proxy with ``ranlens serve``; a proxy in front of
+Serve passes paths on unchanged.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def deploy(settings: Settings, address: str, replicas: int, replica_cpus: float,
     try:
         # HTTP options belong to the whole cluster and are fixed when Serve first starts on it
         serve.start(http_options={"host": host, "port": port})
-        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(app, name=APP_NAME, route_prefix=settings.root_path or "/", blocking=False)
     finally:
         ray.shutdown()  # this driver only; the cluster and the application stay
 

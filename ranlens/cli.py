@@ -379,7 +379,7 @@ def _serve_ray(args: argparse.Namespace) -> None:
     except RuntimeError as exc:  # Serve's errors (a replica that cannot start, a cluster too small)
         raise CommandError(f"deployment failed: {_one_line(exc)}") from exc
     shown = f"[{host}]" if ":" in host else host
-    print(f"ranlens serving on http://{shown}:{port}/ through Ray Serve; "
+    print(f"ranlens serving on http://{shown}:{port}{settings.root_path}/ through Ray Serve; "
           f"remove it with: ranlens serve-ray --address {args.address} --down", flush=True)
 
 

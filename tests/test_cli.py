@@ -273,3 +273,17 @@ def test_serve_behind_a_path_prefix():
         assert 'data-openapi="openapi.json"' in docs and 'src="docs/assets/swagger-ui-bundle.js"' in docs
         assert get("docs/assets/swagger-ui-bundle.js")[0] == 200
         assert b'src="static/js/main.js"' in get("")[1]
+
+
+@pytest.mark.parametrize("given,kept", [("", ""), ("/ranlens", "/ranlens"), ("/ranlens/", "/ranlens"), ("/", "")])
+def test_the_path_prefix_is_normalised(given, kept):
+    from ranlens.app.core.config import Settings
+
+    assert Settings(root_path=given).root_path == kept
+
+
+def test_a_path_prefix_without_a_slash_is_refused_in_one_line():
+    result = subprocess.run([RANLENS, "serve"], env={**os.environ, "RANLENS_ROOT_PATH": "ranlens"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "a path prefix starts with '/', e.g. '/ranlens'" in result.stderr.strip().splitlines()[-1], result.stderr

@@ -1,4 +1,5 @@
-"""The app on Ray Serve: a real local Ray cluster, two replicas, the core API cases over real HTTP.
+"""The app on Ray Serve: a real local Ray cluster, two replicas, the core API cases over real HTTP,
+under a path prefix (``RANLENS_ROOT_PATH``, Serve's route prefix).
 
 Slow (a Ray cluster and two replicas each loading both models: about a minute on two cores); skipped
 where Ray Serve is not installed (pip install 'ranlens[serve]').
@@ -101,17 +102,32 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+PREFIX = "/ranlens"
+
+
 @pytest.fixture(scope="module")
 def served(cluster):
     address, env = cluster
     (port,) = free_ports(1)
     deploy = subprocess.run(
         [RANLENS, "serve-ray", "--address", address, "--replicas", "2", "--host", "127.0.0.1", "--port", str(port)],
-        env={**env, "RANLENS_TORCH_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+        env={**env, "RANLENS_TORCH_THREADS": "1", "RANLENS_ROOT_PATH": PREFIX + "/"},
+        capture_output=True, text=True, timeout=300)
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    assert f"ranlens serving on http://127.0.0.1:{port}/ through Ray Serve" in deploy.stdout, deploy.stdout
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    assert f"ranlens serving on http://127.0.0.1:{port}{PREFIX}/ through Ray Serve" in deploy.stdout, deploy.stdout
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}{PREFIX}", timeout=60) as client:
         yield client, address, env
+
+
+def test_served_under_the_prefix(served):
+    client = served[0]
+    outside = httpx.get(str(client.base_url).removesuffix(PREFIX + "/") + "/readyz", timeout=60)
+    assert outside.status_code == 404, outside.text  # Serve routes only the prefix to the app
+    # the app knows its prefix: the page links relatively, the schema names it as the server
+    assert client.get("/openapi.json").json()["servers"] == [{"url": PREFIX}]
+    page = client.get("/")
+    assert page.status_code == 200 and 'src="static/js/main.js"' in page.text
+    assert client.get("/static/js/main.js").status_code == 200
 
 
 def test_two_replicas_are_running(served):
@@ -161,7 +177,7 @@ def test_a_bad_upload_is_problem_json(served):
     assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     body = r.json()
-    assert body["title"] == "Undecodable image" and body["instance"] == "/api/v1/predict", body
+    assert body["title"] == "Undecodable image" and body["instance"] == PREFIX + "/api/v1/predict", body
     r = client.post("/api/v1/predict", files={"file": ("cat.png", b"not a picture", "image/png")})
     assert r.status_code == 415 and r.json()["title"] == "Unsupported image", r.text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     # `ranlens serve` hands this to uvicorn: FastAPI deprecated taking it on the app
-    root_path: str = Field("", description="path prefix a proxy serves the app under and strips, e.g. /ranlens")
+    root_path: str = Field("", description="path prefix the app is served under, e.g. /ranlens: with "
+                           "`ranlens serve` a proxy in front strips it; on Ray Serve it is the route prefix")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded-size limit against decompression bombs")
     torch_threads: int = Field(0, ge=0, description="intra-op threads of each forward (torch.set_num_threads); "
@@ -40,6 +41,14 @@ class Settings(BaseSettings):
                                        "more are answered 503 with Retry-After at once")
     max_queue_wait_s: float = Field(10.0, gt=0, description="the longest a request waits for a slot before 503")
     display_size: int = Field(256, ge=32, le=1024, description="side of the crop the page draws masks on")
+
+    @field_validator("root_path")
+    @classmethod
+    def _one_leading_slash(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError(f"a path prefix starts with '/', e.g. '/{value}'")
+        return value
 
     def forward_threads(self) -> tuple[int, int]:
         """(inference workers, torch threads per worker), the zeros (auto) resolved for this machine.
