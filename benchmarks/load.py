@@ -9,8 +9,10 @@ against, the untraced model one forward at a time); (b) a real ``ranlens serve``
 defaults (dynamic batching, traced forwards, auto threads) and (c) the server as it was before
 batching (``RANLENS_MAX_BATCH_SIZE=1``, two requests at once, one two-thread Python forward at a time),
 each under ``--clients`` clients posting a photo for ``--seconds``, then one client alone. Prints
-img/s, p50/p99 latency, errors, the server's CPU time per request, and the ratios the issue sets
-goals on: (b)/(a) throughput, (b)/(c) p99 and single-client latency.
+img/s, p50/p99 latency, errors, the CPU time per request of the server and of the clients (this
+process), and the ratios the issue sets goals on: (b)/(a) throughput, (b)/(c) p99 and single-client
+latency. With clients and server on the same cores, the bare model's CPU per picture over the server's
+and the clients' CPU per request bounds (b)/(a); the script prints that bound too.
 
     python benchmarks/load.py --url http://127.0.0.1:8000/ --clients 16 --seconds 20
 
@@ -49,26 +51,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bare(batch: int, seconds: float, data: bytes, threads: int, workers: int, traced: bool = True) -> float:
-    """img/s of ``workers`` threads each running batches of ``batch`` pictures, ``threads`` torch threads each."""
+def bare(batch: int, seconds: float, data: bytes, threads: int, workers: int,
+         traced: bool = True) -> tuple[float, float]:
+    """(img/s, CPU seconds per picture) of ``workers`` threads each running batches of ``batch``
+    pictures, ``threads`` torch threads each."""
     torch.set_num_threads(threads)
     explainer = Explainer.load("attention56_cifar", "DEFAULT")
     if traced:
         explainer.trace()
     pictures = [decode_image(data, 40_000_000) for _ in range(batch)]
 
-    def worker() -> int:
+    for _ in range(2):  # a traced forward settles (profiles, then optimises) over its first calls
         explainer.explain_batch(pictures)
+
+    def worker() -> int:
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             explainer.explain_batch(pictures)
             done += batch
         return done
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(workers) as pool:
         done = sum(pool.map(lambda _: worker(), range(workers)))
-    return done / (time.perf_counter() - started)
+    return done / (time.perf_counter() - started), (time.process_time() - cpu) / done
 
 
 class Connection:
@@ -76,8 +82,8 @@ class Connection:
 
     The clients share the machine with the server (2 cores here), so the load generator has to cost
     little: a prebuilt request and a minimal response reader instead of an HTTP client library, whose
-    per-request CPU otherwise went missing from the server's share (one development-machine reading,
-    not measured by this script: about a fifth of httpx's).
+    per-request CPU otherwise went missing from the server's share (the script prints the clients'
+    CPU per request).
     """
 
     def __init__(self, url: str, data: bytes) -> None:
@@ -171,21 +177,24 @@ def main() -> None:
     if args.url:
         url = args.url.rstrip("/") + "/"
         single(url, 3, data)  # warm
+        client_cpu = time.process_time()
         latencies, errors, wall = asyncio.run(load(url, args.clients, args.seconds, data))
+        client_ms = 1000 * (time.process_time() - client_cpu) / max(1, len(latencies) + errors)
         alone = single(url, args.single, data)
         print(f"{url}: {args.clients} clients {len(latencies) / wall:6.1f} img/s, p50 {1000 * pct(latencies, 0.5):.0f} "
               f"ms, p99 {1000 * pct(latencies, 0.99):.0f} ms, {errors} errors; one client alone: median "
-              f"{1000 * alone:.1f} ms")
+              f"{1000 * alone:.1f} ms; client CPU {client_ms:.1f} ms per request")
         return
     cores = len(os.sched_getaffinity(0))
     rates = {}
     for threads, workers in ((cores, 1), (1, cores)):
         rates[threads, workers] = bare(args.clients, min(args.seconds, 15), data, threads, workers)
         print(f"bare model, batch {args.clients}, {workers} forward(s) at once of {threads} thread(s): "
-              f"{rates[threads, workers]:.1f} img/s", flush=True)
-    rate_bare = max(rates.values())
+              f"{rates[threads, workers][0]:.1f} img/s, CPU {1000 * rates[threads, workers][1]:.1f} ms per picture",
+              flush=True)
+    rate_bare, bare_cpu = max(rates.values())
     # the reference the issue measured against: the Python forward, one batch at a time on every core
-    rate_python = bare(args.clients, min(args.seconds, 15), data, cores, 1, traced=False)
+    rate_python, _ = bare(args.clients, min(args.seconds, 15), data, cores, 1, traced=False)
     print(f"bare model, batch {args.clients}, untraced, 1 forward at once of {cores} thread(s): "
           f"{rate_python:.1f} img/s", flush=True)
     results = {}
@@ -195,18 +204,24 @@ def main() -> None:
         with launched(**env) as served:
             url = served.url
             single(url, 3, data)  # warm
-            cpu = cpu_seconds(served.pid)
+            cpu, client_cpu = cpu_seconds(served.pid), time.process_time()
             latencies, errors, wall = asyncio.run(load(url, args.clients, args.seconds, data))
-            cpu_ms = 1000 * (cpu_seconds(served.pid) - cpu) / max(1, len(latencies) + errors)
+            requests = max(1, len(latencies) + errors)
+            cpu_ms = 1000 * (cpu_seconds(served.pid) - cpu) / requests
+            client_ms = 1000 * (time.process_time() - client_cpu) / requests
             alone = single(url, args.single, data)
         rate = len(latencies) / wall
-        results[name] = (rate, pct(latencies, 0.5), pct(latencies, 0.99), errors, alone)
+        results[name] = (rate, pct(latencies, 0.5), pct(latencies, 0.99), errors, alone, cpu_ms, client_ms)
         print(f"{name:>12}: {args.clients} clients {rate:6.1f} img/s ({rate / rate_bare:.2f}x bare), "
               f"p50 {1000 * results[name][1]:.0f} ms, p99 {1000 * results[name][2]:.0f} ms, {errors} errors; "
-              f"one client alone: median {1000 * alone:.1f} ms; server CPU {cpu_ms:.1f} ms per request",
-              flush=True)
+              f"one client alone: median {1000 * alone:.1f} ms; CPU per request: server {cpu_ms:.1f} ms, "
+              f"clients {client_ms:.1f} ms", flush=True)
     on, off = results["server"], results["before"]
     print(f"server / bare throughput: {on[0] / rate_bare:.2f}x (goal >= 0.85), errors {on[3]}")
+    # every core busy: img/s is at most cores / CPU per picture, for the bare loop and the server alike
+    print(f"CPU per picture: bare {1000 * bare_cpu:.1f} ms; server {on[5]:.1f} ms + clients {on[6]:.1f} ms "
+          f"= {on[5] + on[6]:.1f} ms, so on shared cores server / bare is at most about "
+          f"{1000 * bare_cpu / (on[5] + on[6]):.2f}x")
     print(f"server / untraced bare, one forward at a time (the issue's reference): {on[0] / rate_python:.2f}x")
     print(f"p99 server / before: {on[2] / off[2]:.2f}x (goal <= 1)")
     print(f"single client server / before: {on[4] / off[4]:.2f}x (goal <= 1.1)")

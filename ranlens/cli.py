@@ -328,6 +328,17 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _without_nagle(sock: socket.socket) -> None:
+    """TCP_NODELAY on a listening socket, which the connections it accepts inherit.
+
+    uvicorn's workers take the socket as an fd that they open as a Unix socket, so asyncio does not
+    set TCP_NODELAY on the TCP connections they accept; each response's body then waited for the
+    client's delayed ACK (a lone request took about 60 ms instead of 12 on the development machine).
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -351,6 +362,7 @@ def _serve(args: argparse.Namespace) -> None:
     if args.workers > 1:
         # uvicorn's supervisor hands the bound socket to each worker; every worker imports the app, so
         # each loads its own models and runs its own batcher (memory and loading time grow with N)
+        _without_nagle(sock)
         uvicorn.run("ranlens.app.main:app", fd=sock.fileno(), workers=args.workers, root_path=settings.root_path,
                     proxy_headers=True, forwarded_allow_ips="127.0.0.1")
         return

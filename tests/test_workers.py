@@ -49,3 +49,24 @@ def test_two_workers_share_the_socket_and_each_loads_the_models():
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_connections_workers_accept_send_at_once():
+    """The workers open the listening socket as uvicorn does, as a Unix socket, so asyncio leaves
+    Nagle's algorithm on for what they accept (a response's body then waits for the client's delayed
+    ACK); the listener ``serve --workers`` hands over has TCP_NODELAY, which accepted sockets inherit."""
+    from ranlens.cli import _listen, _without_nagle
+
+    def accepted_nodelay(fix: bool) -> int:
+        with _listen("127.0.0.1", 0) as listener:
+            if fix:
+                _without_nagle(listener)
+            listener.listen()
+            with socket.fromfd(listener.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as as_uvicorn, \
+                    socket.create_connection(listener.getsockname()[:2]):
+                accepted, _ = as_uvicorn.accept()
+                with accepted:
+                    return accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    assert accepted_nodelay(fix=False) == 0  # what the workers got before
+    assert accepted_nodelay(fix=True) != 0
