@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = command("export", "ship a run's checkpoint as WEIGHTS_DIR/NAME.safetensors with a manifest", _export)
     x.add_argument("run", help="the run folder (ranlens train --out)")
-    x.add_argument("--name", required=True, help="weights name, e.g. attention56_cifar.v6")
+    x.add_argument("--name", required=True, help="weights name, e.g. attention56_cifar.v7")
     x.add_argument("--epoch", type=int, default=0, help="which epoch's checkpoint; 0 = the last finished one")
     x.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="where shipped weights live")
 

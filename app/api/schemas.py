@@ -38,9 +38,9 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"]
     model: str = Field(description="the default model's architecture", examples=["attention56_cifar"])
-    weights: str = Field(description="the default model's weights", examples=["attention56_cifar.v6"])
+    weights: str = Field(description="the default model's weights", examples=["attention56_cifar.v7"])
     models: list[str] = Field(description="every loaded model's weights name",
-                              examples=[["attention56_cifar.v6", "attention92_cifar.v2"]])
+                              examples=[["attention56_cifar.v7", "attention92_cifar.v3"]])
 
 
 class PredictionOut(BaseModel):
@@ -295,7 +295,7 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     default: str = Field(description="the weights name of the model that answers requests naming none",
-                         examples=["attention56_cifar.v6"])
+                         examples=["attention56_cifar.v7"])
     models: list[ModelInfo]
 
 
