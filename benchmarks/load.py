@@ -31,6 +31,7 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import torch
@@ -162,6 +163,16 @@ def single(url: str, repeats: int, data: bytes) -> float:
     return statistics.median(times[3:])
 
 
+class Result(NamedTuple):
+    rate: float  # img/s
+    p50: float  # seconds
+    p99: float
+    errors: int
+    alone: float  # one client alone, median seconds
+    server_ms: float  # CPU per request
+    client_ms: float
+
+
 def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
@@ -211,20 +222,20 @@ def main() -> None:
             client_ms = 1000 * (time.process_time() - client_cpu) / requests
             alone = single(url, args.single, data)
         rate = len(latencies) / wall
-        results[name] = (rate, pct(latencies, 0.5), pct(latencies, 0.99), errors, alone, cpu_ms, client_ms)
+        results[name] = r = Result(rate, pct(latencies, 0.5), pct(latencies, 0.99), errors, alone, cpu_ms, client_ms)
         print(f"{name:>12}: {args.clients} clients {rate:6.1f} img/s ({rate / rate_bare:.2f}x bare), "
-              f"p50 {1000 * results[name][1]:.0f} ms, p99 {1000 * results[name][2]:.0f} ms, {errors} errors; "
+              f"p50 {1000 * r.p50:.0f} ms, p99 {1000 * r.p99:.0f} ms, {errors} errors; "
               f"one client alone: median {1000 * alone:.1f} ms; CPU per request: server {cpu_ms:.1f} ms, "
               f"clients {client_ms:.1f} ms", flush=True)
     on, off = results["server"], results["before"]
-    print(f"server / bare throughput: {on[0] / rate_bare:.2f}x (goal >= 0.85), errors {on[3]}")
+    print(f"server / bare throughput: {on.rate / rate_bare:.2f}x (goal >= 0.85), errors {on.errors}")
     # every core busy: img/s is at most cores / CPU per picture, for the bare loop and the server alike
-    print(f"CPU per picture: bare {1000 * bare_cpu:.1f} ms; server {on[5]:.1f} ms + clients {on[6]:.1f} ms "
-          f"= {on[5] + on[6]:.1f} ms, so on shared cores server / bare is at most about "
-          f"{1000 * bare_cpu / (on[5] + on[6]):.2f}x")
-    print(f"server / untraced bare, one forward at a time (the issue's reference): {on[0] / rate_python:.2f}x")
-    print(f"p99 server / before: {on[2] / off[2]:.2f}x (goal <= 1)")
-    print(f"single client server / before: {on[4] / off[4]:.2f}x (goal <= 1.1)")
+    print(f"CPU per picture: bare {1000 * bare_cpu:.1f} ms; server {on.server_ms:.1f} ms + clients {on.client_ms:.1f} ms "
+          f"= {on.server_ms + on.client_ms:.1f} ms, so on shared cores server / bare is at most about "
+          f"{1000 * bare_cpu / (on.server_ms + on.client_ms):.2f}x")
+    print(f"server / untraced bare, one forward at a time (the issue's reference): {on.rate / rate_python:.2f}x")
+    print(f"p99 server / before: {on.p99 / off.p99:.2f}x (goal <= 1)")
+    print(f"single client server / before: {on.alone / off.alone:.2f}x (goal <= 1.1)")
 
 
 if __name__ == "__main__":
