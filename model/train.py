@@ -200,18 +200,36 @@ _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 _DEFAULT_ARCH = _DEFAULTS["arch"]
 
 
+def lengthens_swa(saved: dict, cfg: TrainConfig) -> int:
+    """How many epochs a resume adds to an averaging run (0 if it adds none).
+
+    ``lr_at`` decays over ``epochs - swa`` epochs and holds ``swa_lr`` after them, so growing
+    ``--epochs`` and ``--swa`` by the same N leaves every learning rate the run has used, and the
+    epoch its averaging began, as they were: the longer run is the one that would have been planned
+    from the start. Without averaging (``swa`` 0) the cosine's floor would change, so that is no
+    lengthening."""
+    added = cfg.epochs - saved.get("epochs", cfg.epochs)
+    if added > 0 and saved.get("swa", 0) > 0 and cfg.swa - saved["swa"] == added:
+        return added
+    return 0
+
+
 def check_resumable(saved: dict, cfg: TrainConfig, source: Path) -> None:
-    """Refuses to resume with any setting that shapes the run changed, naming it."""
+    """Refuses to resume with any setting that shapes the run changed, naming it; an averaging run
+    may lengthen (``lengthens_swa``)."""
     current = asdict(cfg)
+    longer = lengthens_swa(saved, cfg)
     for key, value in current.items():
-        if key in RESUMABLE_SETTINGS:
+        if key in RESUMABLE_SETTINGS or (longer and key in ("epochs", "swa")):
             continue
         legacy = LEGACY_SETTINGS.get(key, _DEFAULTS[key])
         before = saved.get(key, legacy(saved) if callable(legacy) else legacy)
         if before != value:
+            hint = (" (an averaging run lengthens when --epochs and --swa grow by the same number)"
+                    if key in ("epochs", "swa") and saved.get("swa", 0) > 0 else "")
             raise ValueError(
                 f"{source} was made with {key}={before!r}; resuming with {key}={value!r} would change the run. "
-                f"Resume with {key}={before!r}, or start a new run in another --out folder."
+                f"Resume with {key}={before!r}, or start a new run in another --out folder{hint}."
             )
 
 
@@ -501,6 +519,13 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
         start_epoch = state["epoch"]
         history = json.loads((out / "metrics.json").read_text())[:start_epoch]
         if procs.main:
+            added = lengthens_swa(state["config"], cfg)
+            if added:
+                # the run is now the longer one: export reads its plan from config.json
+                recorded = json.loads((out / "config.json").read_text())
+                (out / "config.json").write_text(json.dumps({**recorded, "epochs": cfg.epochs, "swa": cfg.swa},
+                                                            indent=2))
+                print(f"lengthening the averaging by {added} epoch(s): {cfg.swa} of {cfg.epochs}")
             print(f"resuming {cfg.arch} at epoch {start_epoch}/{cfg.epochs} in {procs.world_size} process(es)")
     elif procs.main:
         # what `ranlens export` writes into the manifest: the facts of this run, not assumptions

@@ -322,6 +322,32 @@ def test_swa_checkpoints_the_average_of_the_epochs_weights_and_resumes(tiny_fold
                                          "at 0.05, the weights at the end of each averaged")
 
 
+def test_a_finished_averaging_run_lengthens_to_the_run_planned_that_long(tiny_folder, tmp_path):
+    """Resuming with --epochs and --swa both grown by one continues the average: the result is the
+    run that planned 3 averaged epochs of 4 from the start, and its config.json says so."""
+    from safetensors.torch import load_file
+
+    common = dict(data=str(tiny_folder), batch_size=12, threads=1, amp="off", swa_lr=0.05)
+    run = tmp_path / "lengthened"
+    train(TrainConfig(out=str(run), epochs=3, swa=2, **common))
+    with pytest.raises(ValueError, match="swa=2; resuming with swa=3 .* grow by the same number"):
+        train(TrainConfig(out=str(run), epochs=3, swa=3, **common))
+    with pytest.raises(ValueError, match="epochs=3; resuming with epochs=5"):
+        train(TrainConfig(out=str(run), epochs=5, swa=3, **common))
+    history = train(TrainConfig(out=str(run), epochs=4, swa=3, **common))
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and [h.get("swa_models") for h in history] == [None, 1, 2, 3]
+    config = json.loads((run / "config.json").read_text())
+    assert (config["epochs"], config["swa"]) == (4, 3)
+
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), epochs=4, swa=3, **common))
+    assert [h["test_acc"] for h in straight] == [h["test_acc"] for h in history]
+    a, b = load_file(str(run / "epoch004.safetensors")), load_file(str(tmp_path / "straight" / "epoch004.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    # and the lengthening is real: three epochs' weights averaged, not epoch 3's average again
+    assert not torch.allclose(a["classifier.weight"], load_file(str(run / "epoch003.safetensors"))["classifier.weight"])
+
+
 @pytest.mark.parametrize("settings,message", [
     (dict(swa=3, epochs=2), "N must be 0..2"), (dict(swa=1, swa_lr=0.0), "--swa-lr must be positive"),
     (dict(swa=1, loader="stream"), "--loader memory"),
