@@ -83,14 +83,22 @@ def connect(address: str) -> None:
                               "with `ray start --head`, or pass its address with --address") from exc
 
 
-def deploy(settings: Settings, address: str, replicas: int, replica_cpus: float, host: str, port: int) -> None:
+# where Serve runs its HTTP proxies: every node that holds a replica (each an entry point, for a load
+# balancer in front; Serve's default) or the head node alone (one entry point)
+PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
+
+
+def deploy(settings: Settings, address: str, replicas: int, replica_cpus: float, host: str, port: int,
+           proxy_location: str = "EveryNode") -> None:
     """Deploys (or updates) the app on the cluster at ``address`` and returns once every replica has
     loaded its models; the application outlives this process (Serve's controller is detached)."""
+    if proxy_location not in PROXY_LOCATIONS:
+        raise ValueError(f"proxy location must be one of {', '.join(PROXY_LOCATIONS)}; got {proxy_location!r}")
     app = application(settings, replicas, replica_cpus)
     connect(address)
     try:
-        # HTTP options belong to the whole cluster and are fixed when Serve first starts on it
-        serve.start(http_options={"host": host, "port": port})
+        # HTTP options and proxy placement belong to the whole cluster, fixed when Serve first starts on it
+        serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
         serve.run(app, name=APP_NAME, route_prefix=settings.root_path or "/", blocking=False)
     finally:
         ray.shutdown()  # this driver only; the cluster and the application stay

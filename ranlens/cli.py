@@ -387,7 +387,7 @@ def _serve_ray(args: argparse.Namespace) -> None:
     print(f"deploying {args.replicas} replica(s) to the Ray cluster at {args.address} "
           f"(each loads weights {settings.weights})", flush=True)
     try:
-        serve_ray.deploy(settings, args.address, args.replicas, args.replica_cpus, host, port)
+        serve_ray.deploy(settings, args.address, args.replicas, args.replica_cpus, host, port, args.proxy_location)
     except RuntimeError as exc:  # Serve's errors (a replica that cannot start, a cluster too small)
         raise CommandError(f"deployment failed: {_one_line(exc)}") from exc
     shown = f"[{host}]" if ":" in host else host
@@ -535,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--host", help="address Serve's HTTP proxy listens on, cluster-wide and fixed when Serve "
                    "first starts there (default: RANLENS_HOST, else 127.0.0.1)")
     r.add_argument("--port", type=int, help="port of Serve's HTTP proxy (default: RANLENS_PORT, else 8000)")
+    r.add_argument("--proxy-location", choices=("EveryNode", "HeadOnly"), default="EveryNode",
+                   help="Serve's HTTP proxies: on every node that holds a replica (each an entry point, for a "
+                   "load balancer in front) or on the head node alone; fixed when Serve first starts")
     r.add_argument("--down", action="store_true", help="remove the app from the cluster instead")
     return parser
 

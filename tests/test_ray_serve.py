@@ -1,12 +1,13 @@
-"""The app on Ray Serve: a real local Ray cluster, two replicas, the core API cases over real HTTP,
-under a path prefix (``RANLENS_ROOT_PATH``, Serve's route prefix).
+"""The app on Ray Serve: a real Ray cluster of two nodes on this machine, a replica on each, the core
+API cases over real HTTP, under a path prefix (``RANLENS_ROOT_PATH``, Serve's route prefix).
 
-Slow (a Ray cluster and two replicas each loading both models: about a minute on two cores); skipped
-where Ray Serve is not installed (pip install 'ranlens[serve]').
+Slow (two Ray nodes and two replicas each loading both models: about a minute on two cores). Ray
+Serve is a test dependency (pip install 'ranlens[serve]'): without it this module fails, never skips.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -55,45 +56,77 @@ def _ray_processes(marker: str) -> list[int]:
     return found
 
 
+NODE_PORTS = ("node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc",
+              "runtime-env-agent", "metrics-export")
+
+
+def _start_node(head: str | None, ports: list[int], low: int, temp: str, env: dict, log) -> subprocess.Popen:
+    """``ray start --block`` for one node of one CPU on loopback: the head at ``ports[:2]`` (GCS, Ray
+    client) when ``head`` is None, else a node that joins it; its workers take ports from low..low+200."""
+    if head is None:
+        gcs, client, *ports = ports
+        where = ["--head", "--port", str(gcs), "--ray-client-server-port", str(client), "--include-dashboard", "false",
+                 "--disable-usage-stats"]
+    else:
+        where = ["--address", head]
+    command = [RAY, "start", "--block", *where, "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
+               *(arg for name, port in zip(NODE_PORTS, ports, strict=True) for arg in (f"--{name}-port", str(port))),
+               "--min-worker-port", str(low), "--max-worker-port", str(low + 200),
+               "--object-store-memory", str(100 * 1024**2), "--temp-dir", temp]
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _alive_nodes(address: str, env: dict) -> int:
+    result = subprocess.run([sys.executable, "-c", "import ray, sys; ray.init(address=sys.argv[1], "
+                             "logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))", address],
+                            env=env, capture_output=True, text=True, timeout=60)
+    return int(result.stdout.split()[-1]) if result.returncode == 0 and result.stdout.split() else 0
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A one-node Ray cluster of its own (its own ports and temp dir, loopback only), stopped by
-    process group and then by its own processes' ids, never with ``ray stop`` (which stops every Ray
-    on the machine)."""
-    gcs, client, node_manager, object_manager, agent, agent_grpc, runtime_env, metrics = free_ports(8)
-    ports = {gcs, client, node_manager, object_manager, agent, agent_grpc, runtime_env, metrics}
-    # workers take ports from a range of their own: one that holds none of the ports above
-    low = next(p for p in iter(lambda: free_ports(1)[0], None)
-               if p + 200 < 65536 and not any(p <= q <= p + 200 for q in ports))
+    """A two-node Ray cluster of its own, one CPU per node, both on this machine (own ports and temp
+    dirs, loopback only): two one-CPU replicas then have to run one on each node, as on two machines.
+    Stopped by process group and then by its own processes' ids, never with ``ray stop`` (which
+    stops every Ray on the machine)."""
     # short: Ray puts Unix sockets under it, and their paths have a length limit
     temp = tempfile.mkdtemp(prefix="rl-ray-", dir="/tmp")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     log = open(Path(temp) / "ray-start.log", "wb")
-    proc = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--num-cpus", "2", "--node-ip-address", "127.0.0.1",
-         "--port", str(gcs), "--ray-client-server-port", str(client), "--node-manager-port", str(node_manager),
-         "--object-manager-port", str(object_manager), "--dashboard-agent-listen-port", str(agent),
-         "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
-         "--metrics-export-port", str(metrics), "--min-worker-port", str(low), "--max-worker-port", str(low + 200),
-         "--include-dashboard", "false", "--object-store-memory", str(100 * 1024**2), "--temp-dir", temp,
-         "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{gcs}"
+    # every port at once, so that none is handed out twice; each node's workers get a range of 200
+    # that holds none of them and not the other node's range
+    ports = free_ports(2 + 2 * len(NODE_PORTS))
+    lows: list[int] = []
+    while len(lows) < 2:
+        p = free_ports(1)[0]
+        if p + 200 < 65536 and not any(p <= q <= p + 200 for q in ports) and all(abs(p - q) > 200 for q in lows):
+            lows.append(p)
+    address = f"127.0.0.1:{ports[0]}"
+    procs = []
     try:
+        head_proc = _start_node(None, ports[:2 + len(NODE_PORTS)], lows[0], f"{temp}/head", env, log)
+        procs.append(head_proc)
         deadline = time.time() + 120
         while subprocess.run([RAY, "status", "--address", address], env=env, capture_output=True,
                              timeout=60).returncode != 0:
-            if proc.poll() is not None or time.time() > deadline:
+            if head_proc.poll() is not None or time.time() > deadline:
                 pytest.fail("Ray did not start: " + (Path(temp) / "ray-start.log").read_text()[-2000:])
+            time.sleep(1)
+        procs.append(_start_node(address, ports[2 + len(NODE_PORTS):], lows[1], f"{temp}/worker", env, log))
+        deadline = time.time() + 120
+        while _alive_nodes(address, env) < 2:
+            if procs[-1].poll() is not None or time.time() > deadline:
+                pytest.fail("the second Ray node did not join: " + (Path(temp) / "ray-start.log").read_text()[-2000:])
             time.sleep(1)
         yield address, env
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        for pid in _ray_processes(temp):  # workers the raylet started in sessions of their own
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops its node on SIGTERM
+                proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        for pid in _ray_processes(temp):  # workers the raylets started in sessions of their own
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -110,7 +143,10 @@ def served(cluster):
     address, env = cluster
     (port,) = free_ports(1)
     deploy = subprocess.run(
-        [RANLENS, "serve-ray", "--address", address, "--replicas", "2", "--host", "127.0.0.1", "--port", str(port)],
+        # one proxy, on the head: both nodes share this machine's loopback, where a second proxy
+        # could not take the port
+        [RANLENS, "serve-ray", "--address", address, "--replicas", "2", "--host", "127.0.0.1", "--port", str(port),
+         "--proxy-location", "HeadOnly"],
         env={**env, "RANLENS_TORCH_THREADS": "1", "RANLENS_ROOT_PATH": PREFIX + "/"},
         capture_output=True, text=True, timeout=300)
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
@@ -130,15 +166,20 @@ def test_served_under_the_prefix(served):
     assert client.get("/static/js/main.js").status_code == 200
 
 
-def test_two_replicas_are_running(served):
+def test_two_replicas_run_one_on_each_node(served):
     _, address, env = served
-    # serve.status() from a driver of its own, as an operator would ask
-    script = ("import json, sys; from ranlens.app.serve_ray import replica_states; "
-              "print(json.dumps(replica_states(sys.argv[1])))")
+    # serve.status() from a driver of its own, as an operator would ask; two one-CPU replicas on two
+    # one-CPU nodes leave no CPU free only if each node holds one; --proxy-location HeadOnly: one proxy
+    script = ("import json, sys, ray; from ray import serve; from ranlens.app.serve_ray import replica_states; "
+              "states = replica_states(sys.argv[1]); ray.init(address=sys.argv[1], logging_level='ERROR'); "
+              "print(json.dumps({'states': states, 'nodes': sum(n['Alive'] for n in ray.nodes()), "
+              "'cpus': ray.cluster_resources()['CPU'], 'free': ray.available_resources().get('CPU', 0), "
+              "'proxies': len(serve.status().proxies)}))")
     result = subprocess.run([sys.executable, "-c", script, address], env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == '{"RUNNING": 2}', result.stdout
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "states": {"RUNNING": 2}, "nodes": 2, "cpus": 2.0, "free": 0, "proxies": 1}, result.stdout
 
 
 def test_ready_with_both_models(served):
