@@ -7,9 +7,11 @@ the whole picture padded to a square (its mean colour around it, nothing cut off
 three crops along the longer side (the whole picture at the centre crop's scale), with the mean of five
 crops (corners and centre of the picture resized to 1.25x the input) and with the centre crop plus its
 mirror image. ``--limit N`` takes a seeded random N of the 10,000 test images. Multi-crop answers
-average the crops' probabilities; their out-of-distribution score is the energy of the mean logits,
-against a threshold calibrated on single centre crops (so it is only indicative). For each shipped model it prints the CIFAR-10 test-split top-1 under each reduction, then
-what each shipped example photo gets: the top class and its probability, the energy score and flag.
+average the crops' probabilities; their out-of-distribution score is the weights' own score (knn or
+energy) of the mean features and logits, against a threshold calibrated on single centre crops (so it
+is only indicative). For each shipped model it prints the CIFAR-10 test-split top-1 under each
+reduction, then what each shipped example photo gets: the top class and its probability, the
+out-of-distribution score and flag.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from PIL import Image, ImageOps
 from ranlens.model.data import load_split
 from ranlens.model.explainer import Explainer
 from ranlens.model.imaging import decode_image
-from ranlens.model.ood import energy_score
 from ranlens.model.preprocess import center_crop
 from ranlens.model.weights import DEFAULT_WEIGHTS
 
@@ -81,15 +82,15 @@ REDUCTIONS: dict[str, Callable[[Image.Image, int], list[Image.Image]]] = {
 }
 
 
-def answer(explainer: Explainer, images: list[Image.Image], reduce) -> tuple[np.ndarray, np.ndarray]:
-    """Mean probabilities (N, classes) and mean logits (N, classes) over each picture's crops."""
+def answer(explainer: Explainer, images: list[Image.Image], reduce) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean probabilities (N, classes), logits (N, classes) and features (N, D) over each picture's crops."""
     size = explainer.weights.input_size
     crops = [reduce(image, size) for image in images]
     per = len(crops[0])
     x = torch.stack([explainer.preprocess.to_tensor(c) for group in crops for c in group])
-    out = explainer.infer(x)
+    out = explainer.infer(x, features=True)
     n = len(images)
-    return (out["probabilities"].reshape(n, per, -1).mean(axis=1), out["logits"].reshape(n, per, -1).mean(axis=1))
+    return tuple(out[key].reshape(n, per, -1).mean(axis=1) for key in ("probabilities", "logits", "features"))
 
 
 def main() -> None:
@@ -121,16 +122,16 @@ def main() -> None:
         for reduction, reduce in REDUCTIONS.items():
             correct = 0
             for start in range(0, count, 250):
-                probs, _ = answer(explainer, tests[start:start + 250], reduce)
+                probs, _, _ = answer(explainer, tests[start:start + 250], reduce)
                 correct += int((probs.argmax(axis=1) == labels[start:start + 250]).sum())
-            probs, logits = answer(explainer, list(photos.values()), reduce)
+            probs, logits, features = answer(explainer, list(photos.values()), reduce)
+            scores = explainer.scorer.scores(torch.from_numpy(logits), torch.from_numpy(features)).tolist()
             cells, photo_results = [], {}
-            for (file, p, z) in zip(photos, probs, logits):
+            for (file, p, score) in zip(photos, probs, scores):
                 top = int(p.argmax())
-                score = float(energy_score(torch.from_numpy(z), explainer.ood.temperature if explainer.ood else 1.0))
                 flagged = None if explainer.ood is None else explainer.ood.flagged(score)
                 label = explainer.weights.classes[top]
-                photo_results[file] = {"label": label, "probability": float(p[top]), "energy": score,
+                photo_results[file] = {"label": label, "probability": float(p[top]), "ood_score": score,
                                        "out_of_distribution": flagged}
                 cells.append(f"{label} {100 * p[top]:.0f}%{' (OOD)' if flagged else ''}")
             accuracy = correct / count

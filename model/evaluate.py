@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from .data import load_split
+from .data import load_split, normalize
 from .network import ResidualAttentionNet
-from .train import evaluate_split
+from .train import evaluate_split, subset
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,24 @@ class Evaluation:
         plt.close(fig)
 
 
-def split_logits(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",
-                 classes: tuple[str, ...] | None = None, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of a whole split, read as ``evaluate`` reads it."""
+def split_features(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",
+                   classes: tuple[str, ...] | None = None, size: int | None = None, batch_size: int = 500,
+                   limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, K), pooled features (N, D)) of a whole split, read as ``evaluate`` reads it, or of a
+    seeded random ``limit`` of its images."""
     loaded = load_split(data, split, size or model.config.reference_size, source)
     if classes is not None and tuple(loaded.classes) != tuple(classes):
         raise ValueError(f"data classes {loaded.classes} differ from the model's {classes}")
-    with torch.inference_mode():  # no autograd graph: 50,000 training images would not fit in memory
-        return evaluate_split(model, loaded, mean, std, desc=f"scoring {split}")
+    loaded = subset(loaded, limit, seed=0)
+    model.eval()
+    logits, features = [], []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(loaded), batch_size), desc=f"scoring {split}", unit="batch", leave=False):
+            x = normalize(loaded.images[start:start + batch_size], mean, std).contiguous(memory_format=torch.channels_last)
+            z, f = model.forward_head_features(x)
+            logits.append(z.float())
+            features.append(f.float())
+    return torch.cat(logits), torch.cat(features)
 
 
 def evaluate(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",

@@ -20,7 +20,7 @@ from PIL import Image
 from . import render
 from .network import AttentionOutput, Intermediates, ResidualAttentionNet, describe
 from .preprocess import center_crop
-from .ood import OODCalibration, OODError, energy_score
+from .ood import OODCalibration, OODError, OODScorer, read_bank
 from .registry import get_model
 from .weights import Weights, WeightsError, resolve_weights
 
@@ -61,7 +61,7 @@ class Explanation:
     probabilities: np.ndarray
     attention: list[ModuleAttention]
     timing_ms: dict[str, float] = field(default_factory=dict)
-    ood_score: float = float("nan")  # T * logsumexp(logits / T): higher = more like the training images
+    ood_score: float = float("nan")  # the calibration's score (ranlens.model.ood): higher = more familiar
     ood: OODCalibration | None = None  # None: the weights have no calibration, so no verdict
 
     @property
@@ -107,7 +107,7 @@ log = logging.getLogger(__name__)
 
 
 class _FlatOutputs(torch.nn.Module):
-    """forward_intermediates as a flat tuple (logits, masks..., trunks...): what tracing can record."""
+    """forward_intermediates as a flat tuple (logits, features, masks..., trunks...): what tracing can record."""
 
     def __init__(self, model: ResidualAttentionNet) -> None:
         super().__init__()
@@ -115,7 +115,7 @@ class _FlatOutputs(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model.forward_intermediates(x)
-        return (out.logits, *(a.mask for a in out.attention), *(a.trunk for a in out.attention))
+        return (out.logits, out.features, *(a.mask for a in out.attention), *(a.trunk for a in out.attention))
 
 
 class Explainer:
@@ -129,6 +129,8 @@ class Explainer:
         self._traced: torch.jit.ScriptModule | None = None
         try:
             self.ood = None if weights.ood is None else OODCalibration.from_manifest(weights.ood)
+            bank = read_bank(weights.companion(self.ood.bank), self.ood) if self.ood and self.ood.bank else None
+            self.scorer = OODScorer(self.ood, bank)
         except OODError as exc:
             raise WeightsError(f"weights {weights.name}: {exc}") from exc
 
@@ -184,9 +186,9 @@ class Explainer:
             return self.model.forward_intermediates(x)
         outputs = self._traced(x)
         count = len(self.modules)
-        masks, trunks = outputs[1:1 + count], outputs[1 + count:]
+        masks, trunks = outputs[2:2 + count], outputs[2 + count:]
         return Intermediates(outputs[0], [AttentionOutput(m["module"], m["stage"], mask, trunk)
-                                          for m, mask, trunk in zip(self.modules, masks, trunks)])
+                                          for m, mask, trunk in zip(self.modules, masks, trunks)], outputs[1])
 
     def prepare(self, image: Image.Image) -> tuple[Image.Image, torch.Tensor]:
         """The crop the model sees and its (3, H, W) input tensor."""
@@ -212,8 +214,7 @@ class Explainer:
         with torch.inference_mode():
             out = self.model.forward_intermediates(x, masks_off=masks_off) if masks_off else self._intermediates(x)
             probs = torch.softmax(out.logits.float(), dim=1).numpy()
-            temperature = 1.0 if self.ood is None else self.ood.temperature
-            scores = [float(energy_score(out.logits[i], temperature)) for i in range(len(images))]
+            scores = self.scorer.scores(out.logits.float(), out.features.float()).tolist()
         t2 = time.perf_counter()
         timing = {"preprocess": 1000 * preprocess_s / len(images), "inference": 1000 * (t2 - t1)}
         results = []
@@ -232,15 +233,18 @@ class Explainer:
             ))
         return results
 
-    def infer(self, x: torch.Tensor, masks: bool = False) -> dict[str, np.ndarray]:
+    def infer(self, x: torch.Tensor, masks: bool = False, features: bool = False) -> dict[str, np.ndarray]:
         """Raw outputs for a preprocessed batch (N, 3, H, W): logits, probabilities and, with
-        ``masks``, each module's soft mask (N, C, h, w) under ``mask:<module>``."""
+        ``masks``, each module's soft mask (N, C, h, w) under ``mask:<module>``; with ``features``,
+        the pooled features (N, D) the classifier and the knn OOD score read."""
         with torch.inference_mode():
             out = self._intermediates(x.contiguous(memory_format=torch.channels_last))
             logits = out.logits.float()
             result = {"logits": logits.numpy(), "probabilities": torch.softmax(logits, dim=1).numpy()}
             if masks:
                 result.update({f"mask:{a.name}": a.mask.float().numpy() for a in out.attention})
+            if features:
+                result["features"] = out.features.float().numpy()
         return result
 
     def ablate(self, image: Image.Image, top_k: int = 5) -> dict:

@@ -120,6 +120,7 @@ class AttentionOutput:
 class Intermediates:
     logits: Tensor
     attention: list[AttentionOutput] = field(default_factory=list)
+    features: Tensor | None = None  # (N, head_channels): the pooled features the classifier reads
 
     def __getitem__(self, name: str) -> AttentionOutput:
         for item in self.attention:
@@ -251,13 +252,20 @@ class ResidualAttentionNet(nn.Module):
         x = self.head(x)
         x = F.relu(self.final_norm(x))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return Intermediates(logits=self.classifier(x), attention=outputs)
+        return Intermediates(logits=self.classifier(x), attention=outputs, features=x)
 
     def forward(self, x: Tensor, masks_off: Collection[str] = ()) -> Tensor:
         return self._run(x, masks_off, keep=False).logits
 
+    def forward_head_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, pooled features (N, head_channels)): what feature-space OOD scores compare, without
+        keeping the masks."""
+        out = self._run(x, (), keep=False)
+        return out.logits, out.features
+
     def forward_intermediates(self, x: Tensor, masks_off: Collection[str] | bool = ()) -> Intermediates:
-        """Logits plus every attention module's soft mask and trunk output, in network order.
+        """Logits plus every attention module's soft mask and trunk output, in network order, and the
+        pooled features.
 
         ``masks_off`` names modules whose mask is set to zero (the "attention off" ablation);
         ``True`` turns off every module.

@@ -111,6 +111,15 @@ class Weights:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(self.url, str(self.path), hash_prefix=None, progress=progress)
 
+    def companion(self, file: str, progress: bool = True) -> Path:
+        """A file published beside the checkpoint (its OOD bank): here, or fetched from beside its URL;
+        the caller checks it (its hash is in the manifest entry that names it)."""
+        path = self.directory / file
+        if not path.is_file() and self.url is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(f"{self.url.rsplit('/', 1)[0]}/{file}", str(path), progress=progress)
+        return path
+
     def state_dict(self, progress: bool = True) -> dict[str, Tensor]:
         """Reads the checkpoint after checking its sha256."""
         if not self.path.is_file():

@@ -12,6 +12,7 @@ import json
 import shutil
 import socket
 import sys
+import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -75,11 +76,12 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _calibrate_ood(args: argparse.Namespace) -> None:
-    """Chooses the out-of-distribution threshold on the train split and records it in the manifest."""
-    from ranlens.model.evaluate import split_logits
+    """Chooses the out-of-distribution threshold on the train split and records it in the manifest
+    (and, for knn, writes the bank beside it)."""
+    from ranlens.model.evaluate import split_features
     from ranlens.model.explainer import Explainer
     from ranlens.model.imaging import ImageError, decode_image
-    from ranlens.model.ood import calibrate
+    from ranlens.model.ood import OODError, calibrate, calibrate_knn
 
     import torch
 
@@ -93,17 +95,31 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
             raise CommandError(f"{path}: {_one_line(exc)}") from exc
     read = dict(mean=weights.mean, std=weights.std, source=args.source, classes=weights.classes,
                 size=weights.input_size)
-    train_logits, _ = split_logits(model, args.data, "train", **read)
-    test_logits = None if args.no_test else split_logits(model, args.data, "test", **read)[0]
+    train_logits, train_features = split_features(model, args.data, "train", **read)
+    test_logits, test_features = (None, None) if args.no_test else split_features(model, args.data, "test", **read)
     dataset = args.dataset or str(args.data)
-    result = calibrate(train_logits, data=dataset, test_logits=test_logits, tpr=args.tpr,
-                       temperature=args.temperature)
-    print(f"{weights.name}: energy score (T = {result.temperature:g}; higher = more like the training images)")
+    bank_file, payload = f"{weights.name}.ood.safetensors", None
+    if args.method == "knn":
+        try:
+            result, payload = calibrate_knn(train_features, data=dataset, bank_file=bank_file,
+                                            test_features=test_features, tpr=args.tpr, k=args.k,
+                                            bank_size=args.bank_size, seed=args.seed)
+        except OODError as exc:
+            raise CommandError(str(exc)) from exc
+        print(f"{weights.name}: distance to the {result.k}-th nearest of {result.bank_images} training images' "
+              f"features (higher = more like the training images)")
+    else:
+        result = calibrate(train_logits, data=dataset, test_logits=test_logits, tpr=args.tpr,
+                           temperature=args.temperature)
+        print(f"{weights.name}: energy score (T = {result.temperature:g}; higher = more like the training images)")
     print(f"  threshold {result.threshold:.4f} keeps {100 * result.train_tpr:.2f}% of "
           f"{result.train_images} training images in-distribution")
     if result.test_fraction_flagged is not None:
         print(f"  test split: {100 * result.test_fraction_flagged:.2f}% of {result.test_images} images flagged")
-    updated = Weights(**{**weights.__dict__, "ood": result.manifest()})
+    directory = Path(tempfile.mkdtemp()) if args.dry_run else weights.directory
+    if payload is not None:
+        (directory / bank_file).write_bytes(payload)
+    updated = Weights(**{**weights.__dict__, "ood": result.manifest(), "directory": directory})
     explainer = Explainer(model, updated)  # as the app will judge pictures with the new calibration
     for path, image in examples:
         seen = explainer.explain(image)
@@ -111,7 +127,12 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
         print(f"  {path}: score {seen.ood_score:.4f}  {verdict}  (top: {seen.predictions[0].label} "
               f"{100 * seen.predictions[0].probability:.1f}%)")
     if args.dry_run:
+        shutil.rmtree(directory)
         return
+    if payload is None:  # energy now: a bank an earlier knn calibration left is no longer this manifest's
+        (weights.directory / bank_file).unlink(missing_ok=True)
+    else:
+        print(f"bank written to {weights.directory / bank_file}")
     print(f"calibration written to {updated.write_manifest()}")
 
 
@@ -475,14 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--write-metrics", action="store_true", help="record the result in the weights manifest")
     e.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
 
-    o = command("calibrate-ood", "choose the out-of-distribution threshold on the train split (energy score) "
-                "and record it in the weights manifest", _calibrate_ood)
+    o = command("calibrate-ood", "choose the out-of-distribution threshold on the train split and record it in "
+                "the weights manifest (knn: and write the bank beside it)", _calibrate_ood)
     _add_weights_args(o)
     o.add_argument("--data", required=True, help="DATA/train/<class>/* and DATA/test/<class>/*")
     o.add_argument("--source", default="folder", choices=["folder", "torchvision"], help="how to read --data")
     o.add_argument("--dataset", help="name recorded with the calibration (default: the --data path)")
     o.add_argument("--tpr", type=float, default=0.95, help="fraction of training images kept in-distribution")
-    o.add_argument("--temperature", type=float, default=1.0, help="energy temperature T")
+    o.add_argument("--method", choices=["knn", "energy"], default="knn", help="knn: distance to the k-th nearest "
+                   "training image's features (Sun et al. 2022); energy: of the logits (Liu et al. 2020)")
+    o.add_argument("--k", type=int, default=5, help="knn: which nearest neighbour's distance is the score")
+    o.add_argument("--bank-size", type=int, default=5000, help="knn: training images whose features are shipped "
+                   "(k = 5 of 5,000: Sun et al.'s k = 50 of 50,000 at a tenth of the data)")
+    o.add_argument("--seed", type=int, default=0, help="knn: which training images make the bank")
+    o.add_argument("--temperature", type=float, default=1.0, help="energy: temperature T")
     o.add_argument("--examples", nargs="*", default=[], help="also print the scores of these images")
     o.add_argument("--no-test", action="store_true", help="skip the test split (no fraction flagged is recorded)")
     o.add_argument("--dry-run", action="store_true", help="print the calibration, leave the manifest alone")

@@ -81,12 +81,15 @@ class AttentionOut(ModuleMask):
 
 
 class OODVerdict(BaseModel):
-    """How much the picture looks like the training images (energy score, Liu et al. 2020)."""
+    """How much the picture looks like the training images, by the score the weights were calibrated with
+    (``/api/v1/models``' ``ood.method``): knn (Sun et al. 2022) or energy (Liu et al. 2020)."""
 
-    ood_score: float = Field(description="logsumexp of the logits (the negative energy, T = 1): higher = more "
-                                         "like the training images", examples=[7.93])
+    ood_score: float = Field(description="higher = more like the training images. knn: minus the distance of the "
+                                         "unit-length pooled features to the k-th nearest training image's; energy "
+                                         "(and weights without a calibration): logsumexp of the logits",
+                             examples=[-0.312])
     ood_threshold: float | None = Field(description="scores below it are out of distribution; null when the "
-                                                    "weights have no calibration", examples=[6.12])
+                                                    "weights have no calibration", examples=[-0.4519])
     out_of_distribution: bool | None = Field(
         description="true: the picture looks unlike the training images, so the classes are a forced choice; "
                     "null: the weights have no out-of-distribution calibration (run ranlens calibrate-ood)")
@@ -264,16 +267,22 @@ class ModuleInfo(BaseModel):
 class OODCalibration(BaseModel):
     """Where the out-of-distribution line is drawn, chosen on the training split (ranlens calibrate-ood)."""
 
-    method: Literal["energy"]
+    method: Literal["energy", "knn"] = Field(description="energy: of the logits (Liu et al. 2020); knn: distance "
+                                                         "of the pooled features to training images' (Sun et al. 2022)")
     score: str = Field(description="how the score is computed")
-    temperature: float = Field(gt=0)
+    temperature: float | None = Field(gt=0, description="the energy score's temperature; null for knn")
     threshold: float = Field(description="scores below it are out of distribution")
     tpr_target: float = Field(gt=0, le=1, description="the fraction of training images meant to stay in")
     train_tpr: float = Field(ge=0, le=1, description="the fraction of training images at or above the threshold")
     test_fraction_flagged: float | None = Field(ge=0, le=1, description="the fraction of test images flagged")
     data: str = Field(examples=["CIFAR-10 (JPEG q75 copy)"])
-    train_images: int
+    train_images: int = Field(description="training images the threshold was chosen on (for knn, those outside "
+                                          "the bank)")
     test_images: int | None
+    k: int | None = Field(default=None, ge=1, description="knn: the score is the distance to the k-th nearest")
+    bank: str | None = Field(default=None, description="knn: the file of training features, beside the weights")
+    bank_sha256: str | None = Field(default=None, description="knn: the bank file's sha256")
+    bank_images: int | None = Field(default=None, description="knn: training images in the bank")
 
 
 class ModelInfo(BaseModel):

@@ -1,0 +1,89 @@
+"""The out-of-distribution scores compared: which pictures each flags, on the same model and data.
+
+    python benchmarks/ood_methods.py --data /tmp/data/cifar10-jpeg
+
+For each shipped model it calibrates, from one pass over the data, the energy score (Liu et al. 2020)
+and the k-th nearest neighbour distance (Sun et al. 2022, ``--k`` of a ``--bank-size`` bank, as
+``ranlens calibrate-ood`` makes them), each at the same TPR-95 operating point on the training split,
+then prints the fraction each flags of: the CIFAR-10 test split (the cost: real pictures called
+unfamiliar), uniform noise at the input size and larger (shrunk to it), flat colours, and the
+verdict on each shipped example photo (all but the cats are none of the ten classes).
+``--limit-train N`` calibrates on a seeded random N of the 50,000 training images, for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load as load_tensors
+
+from ranlens.model.evaluate import split_features
+from ranlens.model.explainer import Explainer
+from ranlens.model.imaging import decode_image
+from ranlens.model.ood import BANK_KEY, calibrate, calibrate_knn, energy_score, knn_score
+from ranlens.model.weights import DEFAULT_WEIGHTS
+from photo_reduction import EXAMPLES  # noqa: E402 - beside this script
+
+SEEDS = range(20)
+
+
+def probes(size: int) -> dict[str, list[Image.Image]]:
+    rng = np.random.default_rng
+    noise = lambda side: [Image.fromarray(rng(s).integers(0, 256, (side, side, 3), dtype=np.uint8))  # noqa: E731
+                          for s in SEEDS]
+    flat = [Image.new("RGB", (size, size), tuple(int(v) for v in rng(s).integers(0, 256, 3))) for s in SEEDS]
+    return {f"noise {size} px": noise(size), f"noise {2 * size} px": noise(2 * size),
+            f"noise {8 * size} px": noise(8 * size), "flat colours": flat}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="/tmp/data/cifar10-jpeg", help="CIFAR-10 as an ImageFolder")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--bank-size", type=int, default=5000)
+    parser.add_argument("--limit-train", type=int, default=0, help="calibrate on a seeded random N (0: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--arch", action="append", choices=sorted(DEFAULT_WEIGHTS), help="only this model (repeatable)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    listing = json.loads((EXAMPLES / "examples.json").read_text())
+    photos = {e["file"]: decode_image((EXAMPLES / e["file"]).read_bytes(), 40_000_000) for e in listing}
+    for arch in args.arch or sorted(DEFAULT_WEIGHTS):
+        explainer = Explainer.load(arch, "DEFAULT")
+        w = explainer.weights
+        read = dict(mean=w.mean, std=w.std, classes=w.classes, size=w.input_size)
+        train_logits, train_features = split_features(explainer.model, args.data, "train", limit=args.limit_train,
+                                                      **read)
+        test_logits, test_features = split_features(explainer.model, args.data, "test", **read)
+        energy = calibrate(train_logits, data="", test_logits=test_logits)
+        knn, payload = calibrate_knn(train_features, data="", bank_file="", test_features=test_features, k=args.k,
+                                     bank_size=args.bank_size)
+        bank = load_tensors(payload)[BANK_KEY].double()
+        score = {"energy": lambda z, f: energy_score(z), "knn": lambda z, f: knn_score(f, bank, args.k)}
+        threshold = {"energy": energy.threshold, "knn": knn.threshold}
+
+        def flagged(images: list[Image.Image]) -> dict[str, list[bool]]:
+            x = torch.stack([explainer.preprocess(im) for im in images])
+            out = explainer.infer(x, features=True)
+            z, f = torch.from_numpy(out["logits"]), torch.from_numpy(out["features"])
+            return {m: (score[m](z, f) < threshold[m]).tolist() for m in score}
+
+        print(f"\n{w.name}: calibrated on {len(train_logits)} training images (knn: {args.bank_size} in the bank, "
+              f"k = {args.k}); the share flagged")
+        print("| | energy | knn |\n|---|---|---|")
+        print(f"| CIFAR-10 test split ({energy.test_images} images) | {100 * energy.test_fraction_flagged:.1f}% | "
+              f"{100 * knn.test_fraction_flagged:.1f}% |")
+        for name, images in probes(w.input_size).items():
+            result = flagged(images)
+            print(f"| {name} ({len(images)}) | " + " | ".join(f"{100 * np.mean(result[m]):.0f}%" for m in score) + " |")
+        verdicts = flagged(list(photos.values()))
+        for i, file in enumerate(photos):
+            print(f"| {file} | " + " | ".join("flagged" if verdicts[m][i] else "-" for m in score) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
