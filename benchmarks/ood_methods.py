@@ -60,8 +60,8 @@ def main() -> None:
                                                       **read)
         test_logits, test_features = split_features(explainer.model, args.data, "test", **read)
         energy = calibrate(train_logits, data="", test_logits=test_logits)
-        knn, payload = calibrate_knn(train_features, data="", bank_file="", test_features=test_features, k=args.k,
-                                     bank_size=args.bank_size)
+        knn, payload = calibrate_knn(train_features, data="", bank_file="bank.safetensors", k=args.k,
+                                     test_features=test_features, bank_size=args.bank_size)
         bank = load_tensors(payload)[BANK_KEY].double()
         score = {"energy": lambda z, f: energy_score(z), "knn": lambda z, f: knn_score(f, bank, args.k)}
         threshold = {"energy": energy.threshold, "knn": knn.threshold}
