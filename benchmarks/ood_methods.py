@@ -24,7 +24,7 @@ from safetensors.torch import load as load_tensors
 from ranlens.model.evaluate import split_features
 from ranlens.model.explainer import Explainer
 from ranlens.model.imaging import decode_image
-from ranlens.model.ood import BANK_KEY, calibrate, calibrate_knn, energy_score, knn_score
+from ranlens.model.ood import BANK_KEY, OODScorer, calibrate, calibrate_knn
 from ranlens.model.weights import DEFAULT_WEIGHTS
 from photo_reduction import EXAMPLES  # noqa: E402 - beside this script
 
@@ -62,15 +62,14 @@ def main() -> None:
         energy = calibrate(train_logits, data="", test_logits=test_logits)
         knn, payload = calibrate_knn(train_features, data="", bank_file="bank.safetensors", k=args.k,
                                      test_features=test_features, bank_size=args.bank_size)
-        bank = load_tensors(payload)[BANK_KEY].double()
-        score = {"energy": lambda z, f: energy_score(z), "knn": lambda z, f: knn_score(f, bank, args.k)}
-        threshold = {"energy": energy.threshold, "knn": knn.threshold}
+        # scored as the app scores: each calibration through its OODScorer
+        scorers = {"energy": OODScorer(energy), "knn": OODScorer(knn, load_tensors(payload)[BANK_KEY].double())}
 
         def flagged(images: list[Image.Image]) -> dict[str, list[bool]]:
             x = torch.stack([explainer.preprocess(im) for im in images])
             out = explainer.infer(x, features=True)
             z, f = torch.from_numpy(out["logits"]), torch.from_numpy(out["features"])
-            return {m: (score[m](z, f) < threshold[m]).tolist() for m in score}
+            return {m: [s.calibration.flagged(v) for v in s.scores(z, f).tolist()] for m, s in scorers.items()}
 
         print(f"\n{w.name}: calibrated on {len(train_logits)} training images (knn: {args.bank_size} in the bank, "
               f"k = {args.k}); the share flagged")
@@ -79,10 +78,10 @@ def main() -> None:
               f"{100 * knn.test_fraction_flagged:.1f}% |")
         for name, images in probes(w.input_size).items():
             result = flagged(images)
-            print(f"| {name} ({len(images)}) | " + " | ".join(f"{100 * np.mean(result[m]):.0f}%" for m in score) + " |")
+            print(f"| {name} ({len(images)}) | " + " | ".join(f"{100 * np.mean(result[m]):.0f}%" for m in scorers) + " |")
         verdicts = flagged(list(photos.values()))
         for i, file in enumerate(photos):
-            print(f"| {file} | " + " | ".join("flagged" if verdicts[m][i] else "-" for m in score) + " |", flush=True)
+            print(f"| {file} | " + " | ".join("flagged" if verdicts[m][i] else "-" for m in scorers) + " |", flush=True)
 
 
 if __name__ == "__main__":
