@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .imaging import decode_image
 from .preprocess import center_crop
 
-__all__ = ["Split", "augment", "cutout", "load_split", "split_directory"]
+__all__ = ["Split", "augment", "cutout", "load_split", "split_directory", "trivial_augment"]
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ranlens"
 MAX_PIXELS = 40_000_000  # as the app's default: a data set is no place for decompression bombs either
@@ -143,6 +143,29 @@ def augment(images: Tensor, generator: torch.Generator, padding: int = 4,
         rows[:, None, :, None],
         cols[:, None, None, :],
     ]
+
+
+def trivial_augment(images: Tensor, generator: torch.Generator,
+                    share: tuple[Tensor, int] | None = None) -> Tensor:
+    """TrivialAugment (Müller & Hutter 2021): one operation at one random strength per image, torchvision's
+    ``TrivialAugmentWide``, for a uint8 batch on any device.
+
+    torchvision draws from the global random state; each image gets it seeded from ``generator`` (one
+    draw per image of the global batch, as ``augment`` does), inside ``fork_rng`` so the caller's own
+    state is left as it was. A batch so comes out the same whatever the process count, and a resumed
+    run sees the same images.
+    """
+    from torchvision.transforms import TrivialAugmentWide
+
+    total, mine = _draw_rows(len(images), share)
+    seeds = torch.randint(0, 2**62, (total,), generator=generator)[mine].tolist()
+    policy = TrivialAugmentWide()
+    out = torch.empty_like(images)
+    with torch.random.fork_rng(devices=[]):
+        for i, seed in enumerate(seeds):
+            torch.manual_seed(seed)
+            out[i] = policy(images[i])
+    return out
 
 
 def cutout(images: Tensor, size: int, generator: torch.Generator, share: tuple[Tensor, int] | None = None) -> Tensor:

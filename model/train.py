@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import distributed
-from .data import Split, augment, cutout, load_split, normalize
+from .data import Split, augment, cutout, load_split, normalize, trivial_augment
 from .distributed import Processes
 from .network import ResidualAttentionNet
 from .registry import ARCHITECTURES
@@ -70,6 +70,9 @@ class TrainConfig:
     weight_decay: float = _setting(5e-4, "weight decay on conv and linear weights (not BN, not biases)")
     label_smoothing: float = _setting(0.1, "label smoothing of the cross-entropy")
     cutout: int = _setting(0, "side of the square zeroed per training image; 0 = off")
+    trivial_augment: bool = _setting(False, "TrivialAugment (Müller & Hutter 2021, torchvision's TrivialAugmentWide): "
+                                     "one random operation at a random strength per training image, after the "
+                                     "crop and flip and before cutout")
     seed: int = _setting(0, "seed of initialisation, batch order and augmentation")
     threads: int = _setting(2, "CPU threads for torch")
     limit_train: int = _setting(0, "use only N training images (smoke tests); 0 = all")
@@ -385,8 +388,10 @@ def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
         order = torch.randperm(len(train_split), generator=generator).to(device)
         for i in range(len(train_split) // batch):
             index = order[i * batch : (i + 1) * batch][mine]
-            x = normalize(augment(images[index], generator, share=share), mean, std)
-            yield cutout(x, cfg.cutout, generator, share), labels[index]
+            x = augment(images[index], generator, share=share)
+            if cfg.trivial_augment:
+                x = trivial_augment(x, generator, share)
+            yield cutout(normalize(x, mean, std), cfg.cutout, generator, share), labels[index]
 
     def bn_batches() -> Iterator[Tensor]:
         # augmented as the network was trained: its batch norm's affine parameters were learnt on
@@ -396,8 +401,10 @@ def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
         chosen = subset(Split(images, labels, train_split.classes), SWA_BN_IMAGES, cfg.seed).images
         g = torch.Generator().manual_seed(cfg.seed * 1000 + 999)  # no epoch of a run draws with this seed
         for start in range(0, len(chosen), batch):
-            x = normalize(augment(chosen[start : start + batch], g), mean, std)
-            yield cutout(x, cfg.cutout, g)
+            x = augment(chosen[start : start + batch], g)
+            if cfg.trivial_augment:
+                x = trivial_augment(x, g)
+            yield cutout(normalize(x, mean, std), cfg.cutout, g)
 
     part = slice(procs.rank, None, procs.world_size)
     test_part = Split(test_split.images[part], test_split.labels[part], test_split.classes)
@@ -416,7 +423,7 @@ def _stream_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
     test_set = stream.limited(test_folder, cfg.limit_test, cfg.seed)
     pin = device.type == "cuda"
     loader = stream.train_loader(train_set, per, procs.rank, procs.world_size, cfg.seed, cfg.workers, pin)
-    # the loader's batches are this process's own; cutout draws as for the memory loader
+    # the loader's batches are this process's own; TrivialAugment and cutout draw as for the memory loader
     generator, share = torch.Generator(), (distributed.batch_rows(cfg.batch_size, procs, cfg.accumulate), cfg.batch_size)
 
     def batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -425,8 +432,10 @@ def _stream_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
         loader.generator.manual_seed((cfg.seed * 1000 + epoch) * 1000 + procs.rank)
         generator.manual_seed(cfg.seed * 1000 + epoch)
         for images, labels in loader:
-            x = normalize(images.to(device, non_blocking=True), mean, std)
-            yield cutout(x, cfg.cutout, generator, share), labels.to(device, non_blocking=True)
+            x = images.to(device, non_blocking=True)
+            if cfg.trivial_augment:
+                x = trivial_augment(x, generator, share)
+            yield cutout(normalize(x, mean, std), cfg.cutout, generator, share), labels.to(device, non_blocking=True)
 
     test_loader = stream.eval_loader(test_set, range(procs.rank, len(test_set), procs.world_size), per,
                                      cfg.workers, pin)

@@ -233,6 +233,7 @@ def _export(args: argparse.Namespace) -> None:
         "augmentation": (f"random resized crop {input_size} (8-100% of the area), horizontal flip"
                          if config.get("loader") == "stream" else
                          f"random crop {input_size} with 4-pixel zero padding, horizontal flip")
+        + (", TrivialAugment (torchvision TrivialAugmentWide)" if config.get("trivial_augment") else "")
         + (f", cutout {config['cutout']}x{config['cutout']}" if config["cutout"] else ""),
         "train_data": _train_data(config),
         "hardware": hardware,

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ranlens.model import distributed
-from ranlens.model.data import augment, cutout
+from ranlens.model.data import augment, cutout, trivial_augment
 from ranlens.model.distributed import Processes, batch_rows, per_process_batch, processes_from_env
 from ranlens.model.network import ResidualAttentionNet
 from ranlens.model.registry import ARCHITECTURES
@@ -132,6 +132,17 @@ def test_each_process_draws_its_rows_of_the_global_augmentation():
             mine = augment(images[rows], torch.Generator().manual_seed(5), share=(rows, 8)).float()
             parts[rows] = cutout(mine, 8, torch.Generator().manual_seed(6), (rows, 8))
         assert torch.equal(parts, whole)
+
+
+def test_each_process_draws_its_rows_of_trivial_augment():
+    torch.manual_seed(3)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    whole = trivial_augment(images, torch.Generator().manual_seed(5))
+    parts = torch.empty_like(whole)
+    for rank in range(2):
+        rows = batch_rows(8, Processes(rank=rank, world_size=2), 2)
+        parts[rows] = trivial_augment(images[rows], torch.Generator().manual_seed(5), (rows, 8))
+    assert torch.equal(parts, whole)
 
 
 def test_batch_rows_split_the_global_batch_by_micro_step():

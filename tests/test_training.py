@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ranlens.model import get_model
-from ranlens.model.data import augment, cutout, load_split, normalize
+from ranlens.model.data import augment, cutout, load_split, normalize, trivial_augment
 from ranlens.model.train import CIFAR_MEAN, CIFAR_STD, TrainConfig, lr_at, make_optimizer, train, train_step
 
 
@@ -81,6 +81,26 @@ def test_augment_is_a_padded_crop_and_flip_per_image():
         crop = padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32]
         assert torch.equal(out[i], crop.flip(-1) if flip[i] else crop), i
     assert flip.any() and not flip.all() and (dy != 4).any()  # the draws did move and flip images
+
+
+def test_trivial_augment_is_torchvisions_policy_seeded_per_image():
+    from torchvision.transforms import TrivialAugmentWide
+
+    torch.manual_seed(4)
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    before = torch.get_rng_state()
+    out = trivial_augment(images, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random state is left alone
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert torch.equal(out, trivial_augment(images, torch.Generator().manual_seed(7)))  # repeatable
+    assert not torch.equal(out, trivial_augment(images, torch.Generator().manual_seed(8)))
+    # image i is torchvision's TrivialAugmentWide under the i-th seed drawn from the generator
+    seeds = torch.randint(0, 2**62, (24,), generator=torch.Generator().manual_seed(7)).tolist()
+    for i in (0, 11, 23):
+        torch.manual_seed(seeds[i])
+        assert torch.equal(out[i], TrivialAugmentWide()(images[i]))
+    changed = (out != images).flatten(1).any(1)
+    assert changed.sum() >= 18  # one of its 14 operations is "identity", and some strengths change little
 
 
 def test_cutout_zeroes_one_clipped_square_per_image():
