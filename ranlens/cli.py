@@ -227,6 +227,7 @@ def _export(args: argparse.Namespace) -> None:
         **{k: config[k] for k in ("epochs", "batch_size", "lr", "warmup", "momentum", "weight_decay",
                                   "label_smoothing", "cutout", "seed", "amp")},
         **({k: config[k] for k in ("swa", "swa_lr")} if config.get("swa") else {}),
+        **({"trivial_augment": True} if config.get("trivial_augment") else {}),
         "epochs_completed": epochs_done,
         "optimizer": "SGD, Nesterov momentum; no weight decay on BN and biases",
         "schedule": _schedule(config),

@@ -231,7 +231,7 @@ def test_export_of_a_warm_started_run_records_its_lineage_and_facts(tiny_folder,
                                        if k not in old_keys}))
     main(["export", str(tmp_path / "first"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
     train(TrainConfig(out=str(tmp_path / "second"), init=str(shipped / "tiny.v1.safetensors"), lr=0.05, cutout=4,
-                      amp="bf16", **common))
+                      trivial_augment=True, amp="bf16", **common))
     config_path = tmp_path / "second" / "config.json"
     recorded = json.loads(config_path.read_text())
     assert recorded["mean"] == [0.4914, 0.4822, 0.4465] and recorded["input_size"] == 32
@@ -263,6 +263,9 @@ def test_export_of_a_warm_started_run_records_its_lineage_and_facts(tiny_folder,
     assert "--cutout 4" in second.recipe["command"] and "--cutout" not in first.recipe["command"]
     assert second.recipe["cutout"] == 4 and second.recipe["augmentation"].endswith("cutout 4x4")
     assert "cutout" not in first.recipe["augmentation"]
+    assert "TrivialAugment" in second.recipe["augmentation"] and second.recipe["trivial_augment"] is True
+    assert "--trivial-augment" in second.recipe["command"]
+    assert "TrivialAugment" not in first.recipe["augmentation"] and "trivial_augment" not in first.recipe
 
 
 def test_curves_chain_runs_and_round_trip(tmp_path):
