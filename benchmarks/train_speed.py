@@ -1,6 +1,7 @@
 """Training throughput of the CIFAR networks, float32 against bfloat16 autocast, as ratios.
 
     python benchmarks/train_speed.py --threads 2 --steps 6
+    python benchmarks/train_speed.py --compile --models attention56_cifar   # eager against torch.compile
 
 Runs the project's own training step (``ranlens.model.train.train_step``: channels_last input, its SGD,
 label-smoothed cross-entropy, ``torch.autocast("cpu", dtype=torch.bfloat16)`` for bf16) on random batches, so the
@@ -34,6 +35,21 @@ def images_per_second(model, optimizer, batch: int, steps: int, amp: str) -> flo
     return steps * batch / (time.perf_counter() - start)
 
 
+def compare_compiled(name: str, model, optimizer, args, amp: str) -> None:
+    # the same module, eager and compiled, in alternating rounds of one process: a neighbour's load
+    # hits both alike, and the compiled one's first steps (the compiling) are left out of its rate
+    compiled = torch.compile(model)
+    start = time.perf_counter()
+    images_per_second(compiled, optimizer, args.batch, 1, amp)
+    print(f"{name:<20} compiling and the first steps: {time.perf_counter() - start:.0f} s")
+    rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(args.rounds):
+        rates["eager"].append(images_per_second(model, optimizer, args.batch, args.steps, amp))
+        rates["compiled"].append(images_per_second(compiled, optimizer, args.batch, args.steps, amp))
+    eager, fast = (statistics.median(rates[m]) for m in ("eager", "compiled"))
+    print(f"{name:<20} {amp:<4} eager {eager:7.1f} img/s   compiled {fast:7.1f} img/s   compiled/eager {fast / eager:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["attention56_cifar", "attention92_cifar"])
@@ -41,6 +57,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true",
+                        help="compare eager against torch.compile (what `ranlens train --compile` does), both in bf16 "
+                             "where the CPU has it; compiling takes minutes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     native = resolve_amp("auto") == "bf16"
@@ -50,6 +69,9 @@ def main() -> None:
         torch.manual_seed(0)
         model = get_model(name, num_classes=10).to(memory_format=torch.channels_last).train()
         optimizer = make_optimizer(model, TrainConfig(lr=0.01))
+        if args.compile:
+            compare_compiled(name, model, optimizer, args, "bf16" if native else "off")
+            continue
         rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
         for _ in range(args.rounds):
             for mode in rates:

@@ -91,7 +91,8 @@ class TrainConfig:
     workers: int = _setting(8, "DataLoader worker processes per training process (stream loader)")
     accumulate: int = _setting(1, "split each process's share of a batch into N micro-steps (less memory; "
                                "batch norm then sees the micro-batches)")
-    compile: bool = _setting(False, "torch.compile the network (minutes of compiling, faster steps on GPUs)")
+    compile: bool = _setting(False, "torch.compile the network (minutes of compiling; for GPUs: on a CPU it "
+                              "measured slower, see benchmarks/train_speed.py --compile)")
     swa: int = _setting(0, "stochastic weight averaging (Izmailov et al. 2018): hold the learning rate at "
                         "--swa-lr over the last N epochs and average the weights at the end of each; their "
                         "checkpoints are the average, with batch-norm statistics recomputed; 0 = off")
