@@ -237,6 +237,34 @@ def check_resumable(saved: dict, cfg: TrainConfig, source: Path) -> None:
             )
 
 
+# Each invocation's own: a resume runs to the end of the schedule unless told to stop sooner
+NOT_CARRIED = ("stop_after",)
+
+
+def resumed_config(run: str | Path, given: dict) -> TrainConfig:
+    """The settings that continue the run in folder ``run``: those its ``config.json`` recorded (a
+    lengthened run's longer plan included), except ``stop_after``, with the ``given`` ones on top. A
+    given setting that shapes the run and differs from the record is then refused by
+    ``check_resumable``, as for any resume, so only how and how long this invocation runs can change
+    (or the plan of an averaging run grow, ``lengthens_swa``)."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no run to resume in {run}: it has no config.json (a run writes one when it starts)")
+    recorded = json.loads(path.read_text())
+    if "out" in given and Path(given["out"]) != Path(run):
+        raise ValueError(f"--resume {run} continues the run in that folder; leave out --out (got {given['out']})")
+    values = {}
+    for f in fields(TrainConfig):
+        if f.name in NOT_CARRIED:
+            continue
+        if f.name in recorded:
+            values[f.name] = recorded[f.name]
+        elif f.name in LEGACY_SETTINGS:  # recorded before the setting existed: what it meant then
+            legacy = LEGACY_SETTINGS[f.name]
+            values[f.name] = legacy(recorded) if callable(legacy) else legacy
+    return TrainConfig(**{**values, **given, "out": str(run)})
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum; no weight decay on BN parameters and biases."""
     decay = [p for p in model.parameters() if p.ndim > 1]

@@ -24,11 +24,16 @@ class CommandError(Exception):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ranlens.model.train import TrainConfig, train, with_preset
+    from ranlens.model.train import TrainConfig, resumed_config, train, with_preset
 
+    given = getattr(args, "given", ())
+    if args.resume:
+        # the run's own record stands in for the defaults (its preset already applied there)
+        train(resumed_config(args.resume, {name: getattr(args, name) for name in given}))
+        return
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     # a preset's values stand in for the defaults; the options typed on the command line win
-    train(with_preset(cfg, given=getattr(args, "given", ())))
+    train(with_preset(cfg, given=given))
 
 
 def _remembered(action: type[argparse.Action]) -> type[argparse.Action]:
@@ -487,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             t.add_argument(flag, action=_remembered(argparse._StoreAction), type=type(f.default), default=f.default,
                            **f.metadata)
+    t.add_argument("--resume", metavar="RUN", default="",
+                   help="continue the run in folder RUN with the settings it recorded; options given here win "
+                        "(--threads, --stop-after, ...; one that would change what the run learns is refused)")
 
     e = command("evaluate", "top-1/top-5/per-class accuracy of weights on a data split", _evaluate)
     _add_weights_args(e)

@@ -155,6 +155,49 @@ def test_stopped_run_resumes_where_it_stopped_to_the_same_weights(tiny_folder, t
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+def test_resume_flag_continues_a_run_with_its_recorded_settings(tiny_folder, tmp_path, capsys):
+    """``ranlens train --resume RUN`` needs none of the run's settings typed again; what is typed wins,
+    and a setting that would change what the run learns is refused as for any resume."""
+    from safetensors.torch import load_file
+
+    from ranlens.cli import main
+
+    flags = ["--data", str(tiny_folder), "--epochs", "3", "--batch-size", "12", "--threads", "1", "--amp", "off",
+             "--cutout", "4", "--trivial-augment", "--lr", "0.05", "--seed", "2"]
+    main(["train", *flags, "--out", str(tmp_path / "straight")])
+    run = tmp_path / "split"
+    main(["train", *flags, "--out", str(run), "--stop-after", "1"])
+    # stop_after is each invocation's own: the first resume is told to stop again, the second is not
+    main(["train", "--resume", str(run), "--stop-after", "1"])
+    assert len(json.loads((run / "metrics.json").read_text())) == 2
+    refused = "lr=0.05; resuming with lr=0.1"  # a setting that would change the run
+    for argv, message in ((["--resume", str(run), "--lr", "0.1"], refused),
+                          (["--resume", str(tmp_path / "nothing")], "no run to resume"),
+                          (["--resume", str(run), "--out", str(tmp_path / "other")], "leave out --out")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(["train", *argv])
+        err = capsys.readouterr().err
+        assert exited.value.code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+    main(["train", "--resume", str(run)])
+    assert len(json.loads((run / "metrics.json").read_text())) == 3
+    a, b = (load_file(str(r / "epoch003.safetensors")) for r in (tmp_path / "straight", run))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_resumed_config_reads_what_an_old_run_meant(tmp_path):
+    from ranlens.model.train import resumed_config
+
+    # config.json of a run made before --amp and --loader existed, with a stop-after of its own
+    recorded = {k: v for k, v in asdict(TrainConfig(epochs=9, lr=0.3, stop_after=2)).items()
+                if k not in ("amp", "loader", "trivial_augment")}
+    (tmp_path / "config.json").write_text(json.dumps({**recorded, "classes": ["a", "b"], "world_size": 1}))
+    cfg = resumed_config(tmp_path, {"threads": 3})
+    assert (cfg.epochs, cfg.lr, cfg.threads, cfg.stop_after) == (9, 0.3, 3, 0)
+    assert (cfg.amp, cfg.loader, cfg.trivial_augment, cfg.out) == ("off", "memory", False, str(tmp_path))
+
+
 def test_resume_uses_the_saved_optimizer_state(tiny_folder, tmp_path):
     """Momentum only lives in last.pt: zeroing it there must change the resumed run."""
     from safetensors.torch import load_file
