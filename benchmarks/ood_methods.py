@@ -6,8 +6,10 @@ For each shipped model it calibrates, from one pass over the data, the energy sc
 and the k-th nearest neighbour distance (Sun et al. 2022, ``--k`` of a ``--bank-size`` bank, as
 ``ranlens calibrate-ood`` makes them), each at the same TPR-95 operating point on the training split,
 then prints the fraction each flags of: the CIFAR-10 test split (the cost: real pictures called
-unfamiliar), uniform noise at the input size and larger (shrunk to it), flat colours, and the
-verdict on each shipped example photo (all but the cats are none of the ten classes).
+unfamiliar), uniform noise at the input size and up to 8x larger (shrunk to it), flat colours, and the
+verdict on each shipped example photo (all but the cats are none of the ten classes). A third column,
+"served", scores the same pictures with the calibration the weights ship with (bank, threshold), as
+the server does; its test-split figure is the one in the manifest.
 ``--limit-train N`` calibrates on a seeded random N of the 50,000 training images, for a quick look.
 """
 
@@ -36,8 +38,9 @@ def probes(size: int) -> dict[str, list[Image.Image]]:
     noise = lambda side: [Image.fromarray(rng(s).integers(0, 256, (side, side, 3), dtype=np.uint8))  # noqa: E731
                           for s in SEEDS]
     flat = [Image.new("RGB", (size, size), tuple(int(v) for v in rng(s).integers(0, 256, 3))) for s in SEEDS]
-    return {f"noise {size} px": noise(size), f"noise {2 * size} px": noise(2 * size),
-            f"noise {8 * size} px": noise(8 * size), "flat colours": flat}
+    # noise larger than the input is shrunk to it by the photo path, which smooths it more the larger it is
+    sides = (size, size * 3 // 2, 2 * size, 3 * size, 4 * size, 6 * size, 8 * size)
+    return {**{f"noise {side} px": noise(side) for side in sides}, "flat colours": flat}
 
 
 def main() -> None:
@@ -64,6 +67,10 @@ def main() -> None:
                                      test_features=test_features, bank_size=args.bank_size)
         # scored as the app scores: each calibration through its OODScorer
         scorers = {"energy": OODScorer(energy), "knn": OODScorer(knn, load_tensors(payload)[BANK_KEY].double())}
+        # and the calibration the weights ship with (its own bank and threshold), as the server flags
+        served = f"served ({explainer.ood.method})" if explainer.ood else None
+        if served:
+            scorers[served] = explainer.scorer
 
         def flagged(images: list[Image.Image]) -> dict[str, list[bool]]:
             x = torch.stack([explainer.preprocess(im) for im in images])
@@ -73,9 +80,11 @@ def main() -> None:
 
         print(f"\n{w.name}: calibrated on {len(train_logits)} training images (knn: {args.bank_size} in the bank, "
               f"k = {args.k}); the share flagged")
-        print("| | energy | knn |\n|---|---|---|")
-        print(f"| CIFAR-10 test split ({energy.test_images} images) | {100 * energy.test_fraction_flagged:.1f}% | "
-              f"{100 * knn.test_fraction_flagged:.1f}% |")
+        print("| | " + " | ".join(scorers) + " |")
+        print("|---" * (len(scorers) + 1) + "|")
+        shipped = [explainer.ood.test_fraction_flagged] if served else []
+        print(f"| CIFAR-10 test split ({energy.test_images} images) | " + " | ".join(
+            f"{100 * v:.1f}%" for v in (energy.test_fraction_flagged, knn.test_fraction_flagged, *shipped)) + " |")
         for name, images in probes(w.input_size).items():
             result = flagged(images)
             print(f"| {name} ({len(images)}) | " + " | ".join(f"{100 * np.mean(result[m]):.0f}%" for m in scorers) + " |")

@@ -198,7 +198,7 @@ def test_noise_is_flagged_and_cifar_test_images_mostly_are_not(explainer):
 
 def test_noise_and_flat_colours_at_the_input_size_are_flagged(explainer):
     """What the energy score missed (a confident 'frog'): the features of pictures that are nothing like
-    a photo lie far from every training image's. (Noise at 48 to 64 pixels, which the reduction to 32
+    a photo lie far from every training image's. (Noise at 48 to 128 pixels, which the reduction to 32
     smooths part way, is flagged only part of the time: README, 'Honest about other subjects'.)"""
     flagged = [explainer.explain(noise(seed, 32)).out_of_distribution for seed in NOISE_SEEDS]
     flat = [explainer.explain(Image.new("RGB", (size, size), colour)).out_of_distribution
