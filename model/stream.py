@@ -31,9 +31,12 @@ def _is_image(path: str) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def train_transform(size: int) -> T.Compose:
-    """RandomResizedCrop (8-100% of the area, aspect 3/4-4/3) and a horizontal flip, as uint8 CHW."""
-    return T.Compose([T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip(), T.PILToTensor()])
+def train_transform(size: int, trivial_augment: bool = False) -> T.Compose:
+    """RandomResizedCrop (8-100% of the area, aspect 3/4-4/3) and a horizontal flip, then TrivialAugment if
+    asked, as uint8 CHW. Here TrivialAugment runs in the loader's workers, whose random state follows
+    (seed, epoch, rank), rather than per image in the training process."""
+    ops = [T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip()]
+    return T.Compose([*ops, *([T.TrivialAugmentWide()] if trivial_augment else []), T.PILToTensor()])
 
 
 def eval_transform(size: int) -> T.Compose:

@@ -446,13 +446,13 @@ def _stream_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
 
     if cfg.source != "folder":
         raise ValueError(f"the stream loader reads ImageFolder trees (--source folder), not {cfg.source!r}")
-    train_folder = stream.image_folder(cfg.data, "train", stream.train_transform(cfg.image_size))
+    train_folder = stream.image_folder(cfg.data, "train", stream.train_transform(cfg.image_size, cfg.trivial_augment))
     test_folder = stream.image_folder(cfg.data, "test", stream.eval_transform(cfg.image_size))
     train_set = stream.limited(train_folder, cfg.limit_train, cfg.seed)
     test_set = stream.limited(test_folder, cfg.limit_test, cfg.seed)
     pin = device.type == "cuda"
     loader = stream.train_loader(train_set, per, procs.rank, procs.world_size, cfg.seed, cfg.workers, pin)
-    # the loader's batches are this process's own; TrivialAugment and cutout draw as for the memory loader
+    # the loader's batches are this process's own; cutout draws as for the memory loader
     generator, share = torch.Generator(), (distributed.batch_rows(cfg.batch_size, procs, cfg.accumulate), cfg.batch_size)
 
     def batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -461,10 +461,8 @@ def _stream_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
         loader.generator.manual_seed((cfg.seed * 1000 + epoch) * 1000 + procs.rank)
         generator.manual_seed(cfg.seed * 1000 + epoch)
         for images, labels in loader:
-            x = images.to(device, non_blocking=True)
-            if cfg.trivial_augment:
-                x = trivial_augment(x, generator, share)
-            yield cutout(normalize(x, mean, std), cfg.cutout, generator, share), labels.to(device, non_blocking=True)
+            x = normalize(images.to(device, non_blocking=True), mean, std)
+            yield cutout(x, cfg.cutout, generator, share), labels.to(device, non_blocking=True)
 
     test_loader = stream.eval_loader(test_set, range(procs.rank, len(test_set), procs.world_size), per,
                                      cfg.workers, pin)

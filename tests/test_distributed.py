@@ -54,13 +54,14 @@ def image_folder(tmp_path) -> Path:
 def test_two_processes_stream_an_image_folder_and_one_resumes(tmp_path, image_folder):
     run = tmp_path / "run"
     common = ["--arch", "attention56", "--image-size", "64", "--loader", "stream", "--workers", "1",
-              "--data", str(image_folder), "--out", str(run), "--batch-size", "4", "--epochs", "2", "--lr", "0.01"]
+              "--data", str(image_folder), "--out", str(run), "--batch-size", "4", "--epochs", "2", "--lr", "0.01",
+              "--trivial-augment"]  # here in the loader's workers
     two = ranlens_train(tmp_path, 2, *common, "--stop-after", "1")
     # rank 0 alone logs: one epoch record, not one per process
     assert sum(line.startswith('{"epoch"') for line in two.stdout.splitlines()) == 1, two.stdout
     config = json.loads((run / "config.json").read_text())
     assert config["world_size"] == 2 and config["machine"]["processes"] == 2
-    assert config["classes"] == ["ant", "bee", "cow"] and config["loader"] == "stream"
+    assert config["classes"] == ["ant", "bee", "cow"] and config["loader"] == "stream" and config["trivial_augment"]
     assert config["input_size"] == 64 and config["image_size"] == 64
     assert config["mean"] == [0.485, 0.456, 0.406]  # an ImageNet-layout network: ImageNet statistics
     assert config["train_images"] == 24 and config["test_images"] == 6  # the test split from val/

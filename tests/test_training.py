@@ -103,6 +103,21 @@ def test_trivial_augment_is_torchvisions_policy_seeded_per_image():
     assert changed.sum() >= 18  # one of its 14 operations is "identity", and some strengths change little
 
 
+def test_stream_transform_adds_trivial_augment_in_the_workers():
+    from torchvision.transforms import TrivialAugmentWide
+
+    from ranlens.model.stream import train_transform
+
+    assert not any(isinstance(t, TrivialAugmentWide) for t in train_transform(48).transforms)
+    with_ta = train_transform(48, trivial_augment=True)
+    assert any(isinstance(t, TrivialAugmentWide) for t in with_ta.transforms)
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 70, 3), dtype=np.uint8))
+    torch.manual_seed(0)  # a worker's random state, seeded by the loader
+    first = with_ta(picture)
+    torch.manual_seed(0)
+    assert first.shape == (3, 48, 48) and first.dtype == torch.uint8 and torch.equal(first, with_ta(picture))
+
+
 def test_cutout_zeroes_one_clipped_square_per_image():
     images = torch.ones(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     out = cutout(images, 8, torch.Generator().manual_seed(0))
