@@ -1,4 +1,5 @@
-"""Training throughput of the CIFAR networks, float32 against bfloat16 autocast, as ratios.
+"""Training throughput of the CIFAR networks, float32 against bfloat16 autocast, as ratios, and what
+``--trivial-augment`` adds to a step.
 
     python benchmarks/train_speed.py --threads 2 --steps 6
     python benchmarks/train_speed.py --compile --models attention56_cifar   # eager against torch.compile
@@ -18,6 +19,7 @@ import time
 import torch
 
 from ranlens.model import get_model
+from ranlens.model.data import trivial_augment
 from ranlens.model.train import TrainConfig, make_optimizer, resolve_amp, train_step
 
 
@@ -33,6 +35,18 @@ def images_per_second(model, optimizer, batch: int, steps: int, amp: str) -> flo
     for _ in range(steps):
         step()
     return steps * batch / (time.perf_counter() - start)
+
+
+def augment_seconds(batch: int, repeats: int) -> float:
+    """Median seconds of ``trivial_augment`` on a uint8 batch of CIFAR-sized images."""
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        trivial_augment(images, generator)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def compare_compiled(name: str, model, optimizer, args, amp: str) -> None:
@@ -78,6 +92,12 @@ def main() -> None:
                 rates[mode].append(images_per_second(model, optimizer, args.batch, args.steps, "bf16" if mode == "bf16" else "off"))
         fp32, bf16 = (statistics.median(rates[m]) for m in ("fp32", "bf16"))
         print(f"{name:<20} fp32 {fp32:7.1f} img/s   bf16 {bf16:7.1f} img/s   bf16/fp32 {bf16 / fp32:.2f}x")
+        # what --trivial-augment adds to a step: its per-image work runs in the training process
+        fastest = bf16 if native else fp32
+        seconds = augment_seconds(args.batch, args.rounds * args.steps)
+        print(f"{name:<20} TrivialAugment {1000 * seconds:6.1f} ms per batch of {args.batch} "
+              f"({1000 * seconds / args.batch:.2f} ms an image), {100 * seconds * fastest / args.batch:.0f}% "
+              f"of a {'bf16' if native else 'fp32'} step")
 
 
 if __name__ == "__main__":
