@@ -514,7 +514,12 @@ def train(cfg: TrainConfig) -> list[dict]:
 
     device = distributed.start(procs, device_type)
     try:
-        return _train(cfg, procs, device, state, per)
+        history = _train(cfg, procs, device, state, per)
+        # rank 0 still writes its files after the last exchange; a process that tore the group down
+        # meanwhile was once aborted inside gloo ("terminate called without an active exception", on a
+        # loaded machine), so every process waits until all are done
+        distributed.barrier()
+        return history
     finally:
         distributed.shutdown()
 
