@@ -218,6 +218,15 @@ def lengthens_swa(saved: dict, cfg: TrainConfig) -> int:
     return 0
 
 
+def recorded_setting(saved: dict, key: str):
+    """The value of setting ``key`` a run recorded; for a run made before the setting existed, what it
+    meant then (``LEGACY_SETTINGS``, else the default)."""
+    if key in saved:
+        return saved[key]
+    legacy = LEGACY_SETTINGS.get(key, _DEFAULTS[key])
+    return legacy(saved) if callable(legacy) else legacy
+
+
 def check_resumable(saved: dict, cfg: TrainConfig, source: Path) -> None:
     """Refuses to resume with any setting that shapes the run changed, naming it; an averaging run
     may lengthen (``lengthens_swa``)."""
@@ -226,8 +235,7 @@ def check_resumable(saved: dict, cfg: TrainConfig, source: Path) -> None:
     for key, value in current.items():
         if key in RESUMABLE_SETTINGS or (longer and key in ("epochs", "swa")):
             continue
-        legacy = LEGACY_SETTINGS.get(key, _DEFAULTS[key])
-        before = saved.get(key, legacy(saved) if callable(legacy) else legacy)
+        before = recorded_setting(saved, key)
         if before != value:
             hint = (" (an averaging run lengthens when --epochs and --swa grow by the same number)"
                     if key in ("epochs", "swa") and saved.get("swa", 0) > 0 else "")
@@ -253,15 +261,7 @@ def resumed_config(run: str | Path, given: dict) -> TrainConfig:
     recorded = json.loads(path.read_text())
     if "out" in given and Path(given["out"]) != Path(run):
         raise ValueError(f"--resume {run} continues the run in that folder; leave out --out (got {given['out']})")
-    values = {}
-    for f in fields(TrainConfig):
-        if f.name in NOT_CARRIED:
-            continue
-        if f.name in recorded:
-            values[f.name] = recorded[f.name]
-        elif f.name in LEGACY_SETTINGS:  # recorded before the setting existed: what it meant then
-            legacy = LEGACY_SETTINGS[f.name]
-            values[f.name] = legacy(recorded) if callable(legacy) else legacy
+    values = {f.name: recorded_setting(recorded, f.name) for f in fields(TrainConfig) if f.name not in NOT_CARRIED}
     return TrainConfig(**{**values, **given, "out": str(run)})
 
 
@@ -409,6 +409,13 @@ def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
     share, mine = (rows, batch), rows.to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
 
+    def augmented(x: Tensor, g: torch.Generator, share: tuple[Tensor, int] | None = None) -> Tensor:
+        # the one definition of a training view, for the batches and the averaged network's batch norm alike
+        x = augment(x, g, share=share)
+        if cfg.trivial_augment:
+            x = trivial_augment(x, g, share)
+        return cutout(normalize(x, mean, std), cfg.cutout, g, share)
+
     def batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         # each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches;
         # every process draws the same global order and augmentation and keeps its own rows of each
@@ -417,10 +424,7 @@ def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
         order = torch.randperm(len(train_split), generator=generator).to(device)
         for i in range(len(train_split) // batch):
             index = order[i * batch : (i + 1) * batch][mine]
-            x = augment(images[index], generator, share=share)
-            if cfg.trivial_augment:
-                x = trivial_augment(x, generator, share)
-            yield cutout(normalize(x, mean, std), cfg.cutout, generator, share), labels[index]
+            yield augmented(images[index], generator, share), labels[index]
 
     def bn_batches() -> Iterator[Tensor]:
         # augmented as the network was trained: its batch norm's affine parameters were learnt on
@@ -430,10 +434,7 @@ def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
         chosen = subset(Split(images, labels, train_split.classes), SWA_BN_IMAGES, cfg.seed).images
         g = torch.Generator().manual_seed(cfg.seed * 1000 + 999)  # no epoch of a run draws with this seed
         for start in range(0, len(chosen), batch):
-            x = augment(chosen[start : start + batch], g)
-            if cfg.trivial_augment:
-                x = trivial_augment(x, g)
-            yield cutout(normalize(x, mean, std), cfg.cutout, g)
+            yield augmented(chosen[start : start + batch], g)
 
     part = slice(procs.rank, None, procs.world_size)
     test_part = Split(test_split.images[part], test_split.labels[part], test_split.classes)
