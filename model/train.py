@@ -9,6 +9,11 @@ DistributedDataParallel, with batch norm over the global batch; see ``distribute
 
 One-cycle-style schedule (linear warm-up, cosine decay to zero) stepped per batch and computed
 from the global step, so a resumed run lands on exactly the learning rate it stopped at.
+
+``last.pt`` is written at every epoch's end and, in one process, every ``save_every`` minutes inside
+an epoch too (a CPU epoch of Attention-92 takes a quarter of an hour). A run resumed from inside an
+epoch draws that epoch's batches again from its start and skips those already trained on: the
+augmentation's random draws then follow on exactly, whichever loader made them.
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ class TrainConfig:
     limit_train: int = _setting(0, "use only N training images (smoke tests); 0 = all")
     limit_test: int = _setting(0, "evaluate on only N test images after each epoch; 0 = all")
     stop_after: int = _setting(0, "stop this invocation after N more epochs (resume later); 0 = run to the end")
+    save_every: float = _setting(10.0, "also save last.pt every N minutes inside an epoch, so a stopped run loses "
+                                 "at most that much of it (one process; under torchrun at epoch ends); "
+                                 "0 = at epoch ends only")
     init: str = _setting("", "start from these weights (a .safetensors file), e.g. to continue a shipped model")
     amp: str = _setting("auto", "bf16: autocast forward and loss to bfloat16; off: float32; "
                         "auto: bf16 where the device has native bfloat16", choices=["auto", "bf16", "off"])
@@ -166,7 +174,7 @@ def resolve_amp(amp: str, device: str = "cpu") -> str:
 # "world_size") is no setting and may change too: with the global batch, its sampling and batch norm
 # the same whatever the count, the processes compute what one would (the stream loader's sampler and
 # worker seeds do depend on it; see README).
-RESUMABLE_SETTINGS = ("out", "data", "threads", "stop_after", "device", "workers", "compile")
+RESUMABLE_SETTINGS = ("out", "data", "threads", "stop_after", "save_every", "device", "workers", "compile")
 # What a run recorded before a setting existed means: it trained in float32 (no --amp yet), in memory
 # at the architecture's reference size, in one step per batch, with no preset.
 LEGACY_SETTINGS = {"amp": "off", "loader": "memory", "accumulate": 1, "preset": "none",
@@ -552,13 +560,15 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
     averaged = torch.optim.swa_utils.AveragedModel(net) if cfg.swa else None
 
     history: list[dict] = []
-    start_epoch = 0
+    start_epoch, resumed_steps, resumed_sums = 0, 0, None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])  # moves the momentum buffers to the model's device
         if averaged is not None:
             averaged.load_state_dict(state["swa"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"]
+        # saved inside an epoch: the steps of epoch start_epoch + 1 already trained, and their sums
+        resumed_steps, resumed_sums = state.get("steps", 0), state.get("sums")
         history = json.loads((out / "metrics.json").read_text())[:start_epoch]
         if procs.main:
             added = lengthens_swa(state["config"], cfg)
@@ -568,7 +578,8 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
                 (out / "config.json").write_text(json.dumps({**recorded, "epochs": cfg.epochs, "swa": cfg.swa},
                                                             indent=2))
                 print(f"lengthening the averaging by {added} epoch(s): {cfg.swa} of {cfg.epochs}")
-            print(f"resuming {cfg.arch} at epoch {start_epoch}/{cfg.epochs} in {procs.world_size} process(es)")
+            inside = f", batch {resumed_steps}/{data.steps_per_epoch} of the next" if resumed_steps else ""
+            print(f"resuming {cfg.arch} at epoch {start_epoch}/{cfg.epochs}{inside} in {procs.world_size} process(es)")
     elif procs.main:
         # what `ranlens export` writes into the manifest: the facts of this run, not assumptions
         (out / "config.json").write_text(json.dumps({
@@ -577,14 +588,34 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
             "test_images": data.test_images, "machine": machine(cfg, procs.world_size),
         }, indent=2))
 
+    def save_state(epoch: int, **inside) -> None:
+        """``last.pt`` after ``epoch`` whole epochs (and, ``inside`` the next one, its steps done so far)."""
+        tmp = out / "last.pt.tmp"
+        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                    "torch_rng": torch.get_rng_state(), "config": asdict(cfg), "world_size": procs.world_size,
+                    **({"swa": averaged.state_dict()} if averaged is not None else {}), **inside}, tmp)
+        tmp.replace(state_path)  # atomic: a run killed mid-save keeps the previous checkpoint
+
+    # only one process saves inside an epoch: the others' shares of the epoch's sums are theirs alone
+    save_seconds = 60 * cfg.save_every if cfg.save_every > 0 and not procs.distributed else math.inf
     end_epoch = cfg.epochs if not cfg.stop_after else min(cfg.epochs, start_epoch + cfg.stop_after)
     for epoch in range(start_epoch, end_epoch):
         model.train()
         # running sums stay on the device: reading them every step would make a GPU wait for the CPU
         seen, correct, loss_sum, t0 = 0, torch.zeros((), device=device), torch.zeros((), device=device), time.time()
+        skip = resumed_steps if epoch == start_epoch else 0
+        if skip:
+            t0 -= resumed_sums["seconds"]
+            if procs.main:  # the whole batches' sums so far: one process's share, as the processes add up
+                seen = resumed_sums["seen"]
+                correct += resumed_sums["correct"]
+                loss_sum += resumed_sums["loss_sum"]
+        last_save = time.time()
         bar = tqdm(data.batches(epoch), total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not procs.main)
         for i, (x, y) in enumerate(bar):
+            if i < skip:
+                continue  # trained on before the stop; drawn again so the draws after it are the same
             step = epoch * data.steps_per_epoch + i
             lr = lr_at(step, total_steps, cfg, swa_steps)
             for group in optimizer.param_groups:
@@ -596,6 +627,10 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
             if procs.main and (i % 20 == 19 or i == data.steps_per_epoch - 1):  # rank 0's share of the batches
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
                                 lr=f"{lr:.3f}", ips=f"{procs.world_size * seen / (time.time() - t0):.0f}")
+            if time.time() - last_save >= save_seconds and i < data.steps_per_epoch - 1:
+                save_state(epoch, steps=i + 1, sums={"seen": seen, "correct": int(correct),
+                                                     "loss_sum": float(loss_sum), "seconds": time.time() - t0})
+                last_save = time.time()
         # the whole global batch's sums (waits for the device's last step)
         loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
         train_time = time.time() - t0
@@ -626,11 +661,7 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
         print(json.dumps(record), flush=True)
         save_checkpoint(result, out / f"epoch{epoch + 1:03d}.safetensors", cfg.arch,
                         {"epoch": str(epoch + 1), "test_acc": f"{record['test_acc']:.4f}"})
-        tmp = out / "last.pt.tmp"
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                    "torch_rng": torch.get_rng_state(), "config": asdict(cfg), "world_size": procs.world_size,
-                    **({"swa": averaged.state_dict()} if averaged is not None else {})}, tmp)
-        tmp.replace(state_path)  # atomic: a run killed mid-save keeps the previous checkpoint
+        save_state(epoch + 1)
         (out / "metrics.json").write_text(json.dumps(history, indent=2))
         if device.type == "cpu" or epoch + 1 == end_epoch:  # a plot costs seconds, a GPU epoch not many more
             plot_curves(history, out / "curves.png")

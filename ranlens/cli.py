@@ -147,7 +147,7 @@ def _train_command(config: dict) -> str:
 
     flags = [f"--{f.name.replace('_', '-')}" + ("" if isinstance(f.default, bool) else f" {config[f.name]}")
              for f in fields(TrainConfig)
-             if f.name not in ("out", "data", "threads", "stop_after", "workers") and f.name in config
+             if f.name not in ("out", "data", "threads", "stop_after", "save_every", "workers") and f.name in config
              and config[f.name] != f.default]
     return " ".join(["ranlens train", *flags])
 

@@ -170,6 +170,61 @@ def test_stopped_run_resumes_where_it_stopped_to_the_same_weights(tiny_folder, t
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+def _kill_at_step(monkeypatch, n: int) -> list:
+    """Makes training stop as a killed process would, inside step ``n`` (counted from 1) before that
+    step changes anything; returns the list of steps begun, which goes on counting the steps after."""
+    import ranlens.model.train as training
+
+    real_step, begun = training.train_step, []
+
+    def step(*args, **kwargs):
+        begun.append(1)
+        if len(begun) == n:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", step)
+    return begun
+
+
+def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, tmp_path, monkeypatch):
+    """``--save-every`` writes last.pt inside an epoch; a run killed there loses only the steps after
+    that save and resumes to the weights and train figures of a run that never stopped."""
+    from safetensors.torch import load_file
+
+    # 25 training images in batches of 4: 6 steps an epoch; trivial augment and cutout draw per image
+    common = dict(data=str(tiny_folder), epochs=2, batch_size=4, cutout=8, trivial_augment=True, threads=1)
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), save_every=0, **common))
+
+    run = tmp_path / "killed"
+    begun = _kill_at_step(monkeypatch, 9)  # the third step of epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(run), save_every=1e-9, **common))  # a save after every step
+    saved = torch.load(run / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["steps"], saved["sums"]["seen"]) == (1, 2, 8)
+
+    resumed = train(TrainConfig(out=str(run), save_every=1e-9, **common))
+    assert len(begun) == 9 + 4  # the resume trained the 4 steps left, not the 2 saved again
+    assert [h["epoch"] for h in resumed] == [1, 2]
+    # the epoch's figures cover all its steps, those before the stop included
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert resumed[1][key] == pytest.approx(straight[1][key], rel=1e-4, abs=1e-5)
+    assert "steps" not in torch.load(run / "last.pt", weights_only=True)  # the epoch's end was saved last
+    a = load_file(str(tmp_path / "straight" / "epoch002.safetensors"))
+    b = load_file(str(run / "epoch002.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_save_every_zero_saves_at_epoch_ends_only(tiny_folder, tmp_path, monkeypatch):
+    _kill_at_step(monkeypatch, 9)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "run"), data=str(tiny_folder), epochs=2, batch_size=4, save_every=0,
+                          threads=1))
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and "steps" not in saved
+
+
 def test_resume_flag_continues_a_run_with_its_recorded_settings(tiny_folder, tmp_path, capsys):
     """``ranlens train --resume RUN`` needs none of the run's settings typed again; what is typed wins,
     and a setting that would change what the run learns is refused as for any resume."""
