@@ -1,5 +1,5 @@
-"""The ``ranlens`` command: train, evaluate, calibrate-ood, export, explain, figure, curves, serve,
-serve-ray.
+"""The ``ranlens`` command: train, status, evaluate, calibrate-ood, export, explain, figure, curves,
+serve, serve-ray.
 
 It sits above both sides: it uses ``ranlens.model`` and starts ``ranlens.app``; neither imports it.
 """
@@ -34,6 +34,19 @@ def _train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     # a preset's values stand in for the defaults; the options typed on the command line win
     train(with_preset(cfg, given=given))
+
+
+def _status(args: argparse.Namespace) -> None:
+    from ranlens.model.progress import run_progress
+
+    missing = []
+    for run in args.runs:
+        try:
+            print(run_progress(run).summary())
+        except FileNotFoundError as exc:  # the other runs are still worth a line each
+            missing.append(str(exc))
+    if missing:
+        raise CommandError("; ".join(missing))
 
 
 def _remembered(action: type[argparse.Action]) -> type[argparse.Action]:
@@ -495,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", default="",
                    help="continue the run in folder RUN with the settings it recorded; options given here win "
                         "(--threads, --stop-after, ...; one that would change what the run learns is refused)")
+
+    st = command("status", "where training runs stand: epochs and batches done, last test accuracy, time left "
+                 "at the recent pace", _status)
+    st.add_argument("runs", nargs="+", metavar="RUN", help="run folders (a training run's --out)")
 
     e = command("evaluate", "top-1/top-5/per-class accuracy of weights on a data split", _evaluate)
     _add_weights_args(e)

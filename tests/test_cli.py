@@ -29,7 +29,8 @@ PARENT = get_weights("attention56_cifar", DEFAULT).recipe["warm_start"]["from"]
 
 from .conftest import CIFAR_FIXTURES, PHOTOS, RANLENS, running_server
 
-COMMANDS = {"train", "evaluate", "calibrate-ood", "export", "explain", "figure", "curves", "serve", "serve-ray"}
+COMMANDS = {"train", "status", "evaluate", "calibrate-ood", "export", "explain", "figure", "curves", "serve",
+            "serve-ray"}
 
 
 def ranlens(*args: str, **env: str) -> subprocess.CompletedProcess:

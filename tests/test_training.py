@@ -187,10 +187,13 @@ def _kill_at_step(monkeypatch, n: int) -> list:
     return begun
 
 
-def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, tmp_path, monkeypatch):
+def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, tmp_path, monkeypatch, capsys):
     """``--save-every`` writes last.pt inside an epoch; a run killed there loses only the steps after
     that save and resumes to the weights and train figures of a run that never stopped."""
     from safetensors.torch import load_file
+
+    from ranlens.cli import main
+    from ranlens.model.progress import run_progress
 
     # 25 training images in batches of 4: 6 steps an epoch; trivial augment and cutout draw per image
     common = dict(data=str(tiny_folder), epochs=2, batch_size=4, cutout=8, trivial_augment=True, threads=1)
@@ -202,6 +205,13 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, t
         train(TrainConfig(out=str(run), save_every=1e-9, **common))  # a save after every step
     saved = torch.load(run / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["steps"], saved["sums"]["seen"]) == (1, 2, 8)
+    # `ranlens status` tells where it stopped, and the time left at the pace of its one epoch
+    stopped = run_progress(run)
+    assert (stopped.epochs_done, stopped.steps_done, stopped.steps_per_epoch, stopped.finished) == (1, 2, 6, False)
+    assert stopped.seconds_left == pytest.approx((1 - 2 / 6) * stopped.epoch_seconds)
+    capsys.readouterr()  # the training's own output
+    main(["status", str(run)])
+    assert capsys.readouterr().out.startswith(f"{run}: attention56_cifar epoch 1/2 + 2/6 batches, test ")
 
     resumed = train(TrainConfig(out=str(run), save_every=1e-9, **common))
     assert len(begun) == 9 + 4  # the resume trained the 4 steps left, not the 2 saved again
@@ -210,10 +220,23 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, t
     for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
         assert resumed[1][key] == pytest.approx(straight[1][key], rel=1e-4, abs=1e-5)
     assert "steps" not in torch.load(run / "last.pt", weights_only=True)  # the epoch's end was saved last
+    done = run_progress(run)
+    assert (done.epochs_done, done.steps_done, done.finished, done.seconds_left) == (2, 0, True, 0)
+    assert done.test_acc == resumed[-1]["test_acc"] and done.test_images == 8
     a = load_file(str(tmp_path / "straight" / "epoch002.safetensors"))
     b = load_file(str(run / "epoch002.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_status_of_a_folder_with_no_run_is_one_line(tmp_path, capsys):
+    from ranlens.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["status", str(tmp_path)])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (f"ranlens status: error: {tmp_path} holds no training run: it has no "
+                                       "config.json (a run writes one when it starts)\n")
 
 
 def test_save_every_zero_saves_at_epoch_ends_only(tiny_folder, tmp_path, monkeypatch):
