@@ -569,7 +569,8 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
         start_epoch = state["epoch"]
         # saved inside an epoch: the steps of epoch start_epoch + 1 already trained, and their sums
         resumed_steps, resumed_sums = state.get("steps", 0), state.get("sums")
-        history = json.loads((out / "metrics.json").read_text())[:start_epoch]
+        # a run saved inside its first epoch has no metrics.json yet
+        history = json.loads((out / "metrics.json").read_text())[:start_epoch] if start_epoch else []
         if procs.main:
             added = lengthens_swa(state["config"], cfg)
             if added:

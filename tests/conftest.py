@@ -105,3 +105,27 @@ def cifar_test_images() -> dict[str, list[Path]]:
     found = {d.name: sorted(d.glob("*.jpg")) for d in sorted(CIFAR_FIXTURES.iterdir()) if d.is_dir()}
     assert len(found) == 10 and all(len(v) == 3 for v in found.values()), "tests/fixtures/cifar10-test is incomplete"
     return found
+
+
+@pytest.fixture
+def kill_at_step(monkeypatch):
+    """``kill_at_step(n)`` makes training stop as a killed process would, inside step ``n`` (counted
+    from 1) before that step changes anything; it returns the list of steps begun, which goes on
+    counting the steps after."""
+    import ranlens.model.train as training
+
+    real_step = training.train_step
+
+    def arm(n: int) -> list:
+        begun = []
+
+        def step(*args, **kwargs):
+            begun.append(1)
+            if len(begun) == n:
+                raise KeyboardInterrupt
+            return real_step(*args, **kwargs)
+
+        monkeypatch.setattr(training, "train_step", step)
+        return begun
+
+    return arm

@@ -122,6 +122,37 @@ def test_two_processes_learn_what_one_learns_from_the_same_global_batches(tmp_pa
     assert records[1]["train_acc"] == records[0]["train_acc"]
 
 
+def test_two_processes_finish_an_epoch_one_process_stopped_inside(tmp_path, kill_at_step):
+    """A one-process run saved inside an epoch (a CPU run, say) is taken over by two processes (torchrun
+    on GPUs): they skip the batches trained on, and the epoch's train figures count those once."""
+    from ranlens.model.train import train
+    from ranlens.model.weights import get_weights
+
+    # from trained weights, whose loss and accuracy differ from batch to batch: a stopped step counted
+    # twice, or not at all, changes the epoch's figures
+    start = get_weights("attention56_cifar", "DEFAULT").path
+    common = dict(data=str(CIFAR_FIXTURES), limit_train=16, limit_test=4, batch_size=8, epochs=1, lr=0.005,
+                  cutout=8, trivial_augment=True, init=str(start), amp="off", threads=1)
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), **common))
+    kill_at_step(2)  # the second and last step of the epoch
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "run"), save_every=1e-9, **common))
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["steps"] == 1
+
+    two = ranlens_train(tmp_path, 2, "--resume", str(tmp_path / "run"))
+    assert "resuming attention56_cifar at epoch 0/1, batch 1/2 of the next in 2 process(es)" in two.stdout
+    (record,) = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["world_size"] == 2
+    assert record["train_loss"] == pytest.approx(straight[0]["train_loss"], rel=1e-3)
+    assert record["train_acc"] == straight[0]["train_acc"]
+    w0 = load_file(str(start))
+    w1, w2 = (load_file(str(tmp_path / name / "epoch001.safetensors")) for name in ("straight", "run"))
+    params = [k for k in w0 if "running" not in k and "num_batches" not in k]
+    moved = sum(float((w1[k] - w0[k]).norm() ** 2) for k in params) ** 0.5
+    apart = sum(float((w2[k] - w1[k]).norm() ** 2) for k in params) ** 0.5
+    assert moved > 0 and apart < 0.2 * moved, (apart, moved)  # as two processes against one, above
+
+
 def test_each_process_draws_its_rows_of_the_global_augmentation():
     torch.manual_seed(2)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)

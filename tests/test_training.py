@@ -170,24 +170,7 @@ def test_stopped_run_resumes_where_it_stopped_to_the_same_weights(tiny_folder, t
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
-def _kill_at_step(monkeypatch, n: int) -> list:
-    """Makes training stop as a killed process would, inside step ``n`` (counted from 1) before that
-    step changes anything; returns the list of steps begun, which goes on counting the steps after."""
-    import ranlens.model.train as training
-
-    real_step, begun = training.train_step, []
-
-    def step(*args, **kwargs):
-        begun.append(1)
-        if len(begun) == n:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_step", step)
-    return begun
-
-
-def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, tmp_path, monkeypatch, capsys):
+def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, tmp_path, kill_at_step, capsys):
     """``--save-every`` writes last.pt inside an epoch; a run killed there loses only the steps after
     that save and resumes to the weights and train figures of a run that never stopped."""
     from safetensors.torch import load_file
@@ -200,7 +183,7 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, t
     straight = train(TrainConfig(out=str(tmp_path / "straight"), save_every=0, **common))
 
     run = tmp_path / "killed"
-    begun = _kill_at_step(monkeypatch, 9)  # the third step of epoch 2
+    begun = kill_at_step(9)  # the third step of epoch 2
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(out=str(run), save_every=1e-9, **common))  # a save after every step
     saved = torch.load(run / "last.pt", weights_only=True)
@@ -239,8 +222,8 @@ def test_status_of_a_folder_with_no_run_is_one_line(tmp_path, capsys):
                                        "config.json (a run writes one when it starts)\n")
 
 
-def test_save_every_zero_saves_at_epoch_ends_only(tiny_folder, tmp_path, monkeypatch):
-    _kill_at_step(monkeypatch, 9)
+def test_save_every_zero_saves_at_epoch_ends_only(tiny_folder, tmp_path, kill_at_step):
+    kill_at_step(9)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(out=str(tmp_path / "run"), data=str(tiny_folder), epochs=2, batch_size=4, save_every=0,
                           threads=1))
