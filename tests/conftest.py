@@ -96,7 +96,14 @@ def running_server(command: list[str], base_env: dict[str, str] | None = None, *
             yield url
         finally:
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                # generous: a request still running when the test ends finishes first, and on two busy
+                # cores that took over ten seconds once (a CI run beside two training jobs)
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+                pytest.fail("server did not stop within 60 s of SIGTERM: " + output())
 
 
 @pytest.fixture(scope="session")
