@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -95,15 +95,21 @@ def running_server(command: list[str], base_env: dict[str, str] | None = None, *
                 pytest.fail("server did not become ready: " + output())
             yield url
         finally:
-            proc.terminate()
-            try:
-                # generous: a request still running when the test ends finishes first, and on two busy
-                # cores that took over ten seconds once (a CI run beside two training jobs)
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-                pytest.fail("server did not stop within 60 s of SIGTERM: " + output())
+            stop_server(proc, output)
+
+
+def stop_server(proc: subprocess.Popen, output: Callable[[], str], timeout: float = 60) -> None:
+    """SIGTERM, then wait ``timeout`` seconds; a server still up is killed and the test fails with
+    ``output()`` (its log), so a hung shutdown never passes silently or leaves a process behind."""
+    proc.terminate()
+    try:
+        # generous: a request still running when the test ends finishes first, and on two busy
+        # cores that took over ten seconds once (a CI run beside two training jobs)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        pytest.fail(f"server did not stop within {timeout:g} s of SIGTERM: " + output())
 
 
 @pytest.fixture(scope="session")

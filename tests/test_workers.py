@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from . import corpus
-from .conftest import RANLENS
+from .conftest import RANLENS, stop_server
 
 
 def worker_processes(pid: int) -> list[str]:
@@ -28,6 +28,11 @@ def test_two_workers_share_the_socket_and_each_loads_the_models():
         proc = subprocess.Popen([RANLENS, "serve", "--workers", "2", "--fd", str(sock.fileno())], cwd=cwd,
                                 env={**os.environ, "RANLENS_TORCH_THREADS": "1"}, stdout=log,
                                 stderr=subprocess.STDOUT, pass_fds=[sock.fileno()])
+
+        def tail() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-2000:]
+
         try:
             deadline, started = time.time() + 180, 0
             with httpx.Client(base_url=url, timeout=60) as client:
@@ -36,8 +41,7 @@ def test_two_workers_share_the_socket_and_each_loads_the_models():
                     time.sleep(1)
                     log.seek(0)
                     started = log.read().count(b"Application startup complete")
-                log.seek(0)
-                assert started == 2, log.read().decode(errors="replace")[-2000:]
+                assert started == 2, tail()
                 assert len(worker_processes(proc.pid)) == 2
                 image = corpus.png(corpus.photo("chelsea.jpg"))
                 for _ in range(4):
@@ -47,8 +51,7 @@ def test_two_workers_share_the_socket_and_each_loads_the_models():
                     assert r.status_code == 200, r.text
                     assert r.json()["predictions"][0]["label"] == "cat" and len(r.json()["attention"]) == 6
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_server(proc, tail, timeout=30)
 
 
 def test_connections_workers_accept_send_at_once():
