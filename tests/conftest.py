@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -78,8 +79,7 @@ def running_server(command: list[str], base_env: dict[str, str] | None = None, *
         url = f"http://127.0.0.1:{port}/"
 
         def output() -> str:
-            log.seek(0)
-            return log.read().decode(errors="replace")[-2000:]
+            return log_tail(log)
 
         try:
             ready, deadline = False, time.time() + 120
@@ -96,6 +96,12 @@ def running_server(command: list[str], base_env: dict[str, str] | None = None, *
             yield url
         finally:
             stop_server(proc, output)
+
+
+def log_tail(log: IO[bytes]) -> str:
+    """The end of a server's log file, for a failing test's message."""
+    log.seek(0)
+    return log.read().decode(errors="replace")[-2000:]
 
 
 def stop_server(proc: subprocess.Popen, output: Callable[[], str], timeout: float = 60) -> None:

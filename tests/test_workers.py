@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from . import corpus
-from .conftest import RANLENS, stop_server
+from .conftest import RANLENS, log_tail, stop_server
 
 
 def worker_processes(pid: int) -> list[str]:
@@ -30,8 +30,7 @@ def test_two_workers_share_the_socket_and_each_loads_the_models():
                                 stderr=subprocess.STDOUT, pass_fds=[sock.fileno()])
 
         def tail() -> str:
-            log.seek(0)
-            return log.read().decode(errors="replace")[-2000:]
+            return log_tail(log)
 
         try:
             deadline, started = time.time() + 180, 0
