@@ -396,7 +396,7 @@ def _serve(args: argparse.Namespace) -> None:
     host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     # the path prefix belongs to the server (FastAPI deprecated its own root_path)
     config = uvicorn.Config("ranlens.app.main:app", root_path=settings.root_path, proxy_headers=True,
-                            forwarded_allow_ips="127.0.0.1")
+                            forwarded_allow_ips="127.0.0.1", timeout_graceful_shutdown=settings.shutdown_timeout_s)
     only = f" of {settings.arch}" if settings.arch else ""
     workers = f", {args.workers} worker processes" if args.workers > 1 else ""
     print(f"ranlens serving on http://{host}:{port}/ (loading weights {settings.weights}{only}{workers})", flush=True)
@@ -405,7 +405,8 @@ def _serve(args: argparse.Namespace) -> None:
         # each loads its own models and runs its own batcher (memory and loading time grow with N)
         _without_nagle(sock)
         uvicorn.run("ranlens.app.main:app", fd=sock.fileno(), workers=args.workers, root_path=settings.root_path,
-                    proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+                    proxy_headers=True, forwarded_allow_ips="127.0.0.1",
+                    timeout_graceful_shutdown=settings.shutdown_timeout_s)
         return
     uvicorn.Server(config).run(sockets=[sock])
 

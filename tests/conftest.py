@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,14 +62,15 @@ def _isolated_from_the_caller(tmp_path_factory) -> Iterator[None]:
 
 
 @contextmanager
-def running_server(command: list[str], base_env: dict[str, str] | None = None, **env: str) -> Iterator[str]:
+def running_server(command: list[str], base_env: dict[str, str] | None = None, stop_timeout: float = 60,
+                   **env: str) -> Iterator[str]:
     """Run ``command --fd N`` (uvicorn, or ``ranlens serve``) on a socket this process bound, until
     ``/readyz`` answers 200; yield its base URL.
 
     Binding here and handing the socket over leaves no moment in which another process could take
     the port (a port picked, released, then bound by the server can be). The server runs in an
     empty working directory, so no .env is read; its environment is ``base_env`` (default: this
-    process's) plus ``env``.
+    process's) plus ``env``. Leaving the block stops it (``stop_server`` with ``stop_timeout``).
     """
     with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryFile() as log:
         sock.bind(("127.0.0.1", 0))
@@ -95,7 +97,19 @@ def running_server(command: list[str], base_env: dict[str, str] | None = None, *
                 pytest.fail("server did not become ready: " + output())
             yield url
         finally:
-            stop_server(proc, output)
+            stop_server(proc, output, timeout=stop_timeout)
+
+
+def stall_upload(sock: socket.socket, url: str) -> None:
+    """Start a POST /api/v1/predict on ``sock`` that the app begins to read, then send no more of its
+    body: a client gone quiet mid-upload, whose request never ends on its own."""
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", urllib.parse.urlsplit(url).port))
+    sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+                 b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n")
+    # uvicorn answers 100 Continue when the app first asks for the body: the request is in its hands
+    assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue"), "the app never read the body"
+    sock.sendall(b"--b\r\n")
 
 
 def log_tail(log: IO[bytes]) -> str:

@@ -27,7 +27,7 @@ DEFAULT = DEFAULT_WEIGHTS["attention56_cifar"]
 # a shipped checkpoint that is not the default: the default's parent stays beside it
 PARENT = get_weights("attention56_cifar", DEFAULT).recipe["warm_start"]["from"]
 
-from .conftest import CIFAR_FIXTURES, PHOTOS, RANLENS, running_server
+from .conftest import CIFAR_FIXTURES, PHOTOS, RANLENS, running_server, stall_upload
 
 COMMANDS = {"train", "status", "evaluate", "calibrate-ood", "export", "explain", "figure", "curves", "serve",
             "serve-ray"}
@@ -257,6 +257,16 @@ def test_serve_loads_weights_named_in_the_environment(tmp_path):
     with running_server([RANLENS, "serve"], RANLENS_WEIGHTS=str(tmp_path / "copy.json")) as url:
         assert readyz(url) == {"status": "ready", "model": "attention56_cifar", "weights": "copied.v4",
                                "models": ["copied.v4"]}
+
+
+def test_serve_stops_on_sigterm_while_a_client_stalls_mid_upload():
+    """uvicorn waits for open requests before it exits, and one whose client stopped sending its
+    body never ends: ``RANLENS_SHUTDOWN_TIMEOUT_S`` bounds that wait, so a restart cannot hang."""
+    with socket.socket() as stalled:
+        with running_server([RANLENS, "serve"], stop_timeout=20, RANLENS_ARCH="attention56_cifar",
+                            RANLENS_TRACE="false", RANLENS_SHUTDOWN_TIMEOUT_S="2") as url:
+            stall_upload(stalled, url)
+        # leaving the block sent SIGTERM and waited up to 20 s: a hung shutdown fails there with the log
 
 
 def test_serve_behind_a_path_prefix():

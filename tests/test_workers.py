@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from . import corpus
-from .conftest import RANLENS, log_tail, stop_server
+from .conftest import RANLENS, log_tail, stall_upload, stop_server
 
 
 def worker_processes(pid: int) -> list[str]:
@@ -22,11 +22,12 @@ def worker_processes(pid: int) -> list[str]:
 
 
 def test_two_workers_share_the_socket_and_each_loads_the_models():
-    with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryFile() as log:
+    with socket.socket() as sock, tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryFile() as log, \
+            socket.socket() as stalled:
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         proc = subprocess.Popen([RANLENS, "serve", "--workers", "2", "--fd", str(sock.fileno())], cwd=cwd,
-                                env={**os.environ, "RANLENS_TORCH_THREADS": "1"}, stdout=log,
+                                env={**os.environ, "RANLENS_TORCH_THREADS": "1", "RANLENS_SHUTDOWN_TIMEOUT_S": "2"}, stdout=log,
                                 stderr=subprocess.STDOUT, pass_fds=[sock.fileno()])
 
         def tail() -> str:
@@ -49,6 +50,8 @@ def test_two_workers_share_the_socket_and_each_loads_the_models():
                                     files={"file": ("cat.png", image, "image/png")})
                     assert r.status_code == 200, r.text
                     assert r.json()["predictions"][0]["label"] == "cat" and len(r.json()["attention"]) == 6
+                # a client gone quiet mid-upload holds a worker's shutdown for at most the timeout
+                stall_upload(stalled, url)
         finally:
             stop_server(proc, tail, timeout=30)
 

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     max_queued_inferences: int = Field(32, ge=0, description="requests that may wait for an inference slot; "
                                        "more are answered 503 with Retry-After at once")
     max_queue_wait_s: float = Field(10.0, gt=0, description="the longest a request waits for a slot before 503")
+    shutdown_timeout_s: float = Field(15.0, gt=0, description="on SIGTERM, how long `ranlens serve` waits for "
+                                      "open requests to finish before it cancels them and exits (a client "
+                                      "that stalls mid-upload would otherwise keep the server up for ever)")
     display_size: int = Field(256, ge=32, le=1024, description="side of the crop the page draws masks on")
 
     @field_validator("root_path")
