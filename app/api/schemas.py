@@ -40,7 +40,7 @@ class Ready(BaseModel):
     model: str = Field(description="the default model's architecture", examples=["attention56_cifar"])
     weights: str = Field(description="the default model's weights", examples=["attention56_cifar.v7"])
     models: list[str] = Field(description="every loaded model's weights name",
-                              examples=[["attention56_cifar.v7", "attention92_cifar.v4"]])
+                              examples=[["attention56_cifar.v7", "attention92_cifar.v6"]])
 
 
 class PredictionOut(BaseModel):
