@@ -394,9 +394,10 @@ def _serve(args: argparse.Namespace) -> None:
         sock = _listen(args.host or settings.host, settings.port if args.port is None else args.port)
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
-    # the path prefix belongs to the server (FastAPI deprecated its own root_path)
-    config = uvicorn.Config("ranlens.app.main:app", root_path=settings.root_path, proxy_headers=True,
-                            forwarded_allow_ips="127.0.0.1", timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    # the same server options with one process or several; the path prefix belongs to the server
+    # (FastAPI deprecated its own root_path)
+    options = dict(root_path=settings.root_path, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
+                   timeout_graceful_shutdown=settings.shutdown_timeout_s)
     only = f" of {settings.arch}" if settings.arch else ""
     workers = f", {args.workers} worker processes" if args.workers > 1 else ""
     print(f"ranlens serving on http://{host}:{port}/ (loading weights {settings.weights}{only}{workers})", flush=True)
@@ -404,11 +405,9 @@ def _serve(args: argparse.Namespace) -> None:
         # uvicorn's supervisor hands the bound socket to each worker; every worker imports the app, so
         # each loads its own models and runs its own batcher (memory and loading time grow with N)
         _without_nagle(sock)
-        uvicorn.run("ranlens.app.main:app", fd=sock.fileno(), workers=args.workers, root_path=settings.root_path,
-                    proxy_headers=True, forwarded_allow_ips="127.0.0.1",
-                    timeout_graceful_shutdown=settings.shutdown_timeout_s)
+        uvicorn.run("ranlens.app.main:app", fd=sock.fileno(), workers=args.workers, **options)
         return
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config("ranlens.app.main:app", **options)).run(sockets=[sock])
 
 
 def _serve_ray(args: argparse.Namespace) -> None:

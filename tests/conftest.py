@@ -104,7 +104,8 @@ def stall_upload(sock: socket.socket, url: str) -> None:
     """Start a POST /api/v1/predict on ``sock`` that the app begins to read, then send no more of its
     body: a client gone quiet mid-upload, whose request never ends on its own."""
     sock.settimeout(30)
-    sock.connect(("127.0.0.1", urllib.parse.urlsplit(url).port))
+    where = urllib.parse.urlsplit(url)
+    sock.connect((where.hostname, where.port))
     sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
                  b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n")
     # uvicorn answers 100 Continue when the app first asks for the body: the request is in its hands
