@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .data import Split, augment, cutout, load_split, normalize, trivial_augment
+from .distill import distillation_loss, load_teachers, parse_teachers, soft_targets
 from .distributed import Processes
 from .network import ResidualAttentionNet
 from .registry import ARCHITECTURES
@@ -105,6 +106,14 @@ class TrainConfig:
                         "--swa-lr over the last N epochs and average the weights at the end of each; their "
                         "checkpoints are the average, with batch-norm statistics recomputed; 0 = off")
     swa_lr: float = _setting(0.01, "the learning rate held over the --swa epochs")
+    teacher: str = _setting("", "distil from these weights (comma-separated shipped names, e.g. "
+                            "attention56_cifar.v7,attention92_cifar.v6, or manifest paths): the loss adds the KL "
+                            "divergence to their averaged softened predictions on the same augmented batch "
+                            "(Hinton et al. 2015); empty = off")
+    distill_weight: float = _setting(0.5, "with --teacher: the share of the loss that is the teachers' (the rest "
+                                     "is the cross-entropy with the labels)")
+    distill_temperature: float = _setting(4.0, "with --teacher: the temperature both sides' predictions are "
+                                          "softened at")
     preset: str = _setting("none", "a published recipe: imagenet = SGD momentum 0.9, weight decay 1e-4, "
                            "batch 256, lr 0.1, 90 epochs, cosine (options given explicitly win)",
                            choices=["none", "imagenet"])
@@ -283,10 +292,21 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """What ``train_step`` distils from: teacher networks in eval mode, the loss's share and temperature."""
+
+    teachers: tuple[nn.Module, ...]
+    weight: float
+    temperature: float
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-               label_smoothing: float = 0.0, amp: str = "off", micro_steps: int = 1) -> tuple[Tensor, Tensor]:
+               label_smoothing: float = 0.0, amp: str = "off", micro_steps: int = 1,
+               distill: Distillation | None = None) -> tuple[Tensor, Tensor]:
     """One optimisation step on a batch, in ``micro_steps`` equal parts whose gradients add up
-    before the update; returns the batch's logits and mean loss (detached)."""
+    before the update; returns the batch's logits and mean loss (detached). With ``distill`` the
+    loss is ``(1 - w) * cross-entropy + w * distillation_loss`` against the teachers' view of each part."""
     if len(x) % micro_steps:
         raise ValueError(f"a batch of {len(x)} does not split into {micro_steps} equal micro-steps")
     optimizer.zero_grad(set_to_none=True)
@@ -299,6 +319,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y:
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
                 logits = model(xj)
                 loss = F.cross_entropy(logits, yj, label_smoothing=label_smoothing)
+            if distill is not None:
+                targets = soft_targets(distill.teachers, xj, distill.temperature, amp)
+                loss = ((1 - distill.weight) * loss
+                        + distill.weight * distillation_loss(logits, targets, distill.temperature))
             (loss / micro_steps if micro_steps > 1 else loss).backward()
         logits_parts.append(logits.detach())
         losses.append(loss.detach())
@@ -499,6 +523,11 @@ def train(cfg: TrainConfig) -> list[dict]:
                          f"got {cfg.swa}")
     if cfg.swa and cfg.swa_lr <= 0:
         raise ValueError(f"--swa-lr must be positive, got {cfg.swa_lr}")
+    if cfg.teacher and not 0 < cfg.distill_weight <= 1:
+        raise ValueError(f"--distill-weight is the teachers' share of the loss: it must be in (0, 1], "
+                         f"got {cfg.distill_weight}")
+    if cfg.teacher and cfg.distill_temperature <= 0:
+        raise ValueError(f"--distill-temperature must be positive, got {cfg.distill_temperature}")
     procs = distributed.processes_from_env()
     size = cfg.image_size or ARCHITECTURES[cfg.arch].reference_size
     device_type = resolve_device(cfg.device)
@@ -554,6 +583,9 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
+    teachers = load_teachers(parse_teachers(cfg.teacher), data.classes, cfg.image_size, mean, std, device)
+    distill = (Distillation(tuple(t for _, t in teachers), cfg.distill_weight, cfg.distill_temperature)
+               if teachers else None)
     optimizer = make_optimizer(net, cfg)
     total_steps = data.steps_per_epoch * cfg.epochs
     swa_steps = data.steps_per_epoch * cfg.swa
@@ -587,6 +619,8 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
             **asdict(cfg), "world_size": procs.world_size, "classes": list(data.classes),
             "input_size": cfg.image_size, "mean": list(mean), "std": list(std), "train_images": data.train_images,
             "test_images": data.test_images, "machine": machine(cfg, procs.world_size),
+            "teachers": [{"name": w.name, "arch": w.arch, "sha256": w.sha256, "top1": w.metrics.get("top1")}
+                         for w, _ in teachers],
         }, indent=2))
 
     def save_state(epoch: int, **inside) -> None:
@@ -621,7 +655,7 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
             lr = lr_at(step, total_steps, cfg, swa_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits, loss = train_step(model, optimizer, x, y, cfg.label_smoothing, cfg.amp, cfg.accumulate)
+            logits, loss = train_step(model, optimizer, x, y, cfg.label_smoothing, cfg.amp, cfg.accumulate, distill)
             seen += len(y)
             correct += (logits.argmax(1) == y).sum()
             loss_sum += loss.float() * len(y)

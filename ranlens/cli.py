@@ -246,6 +246,9 @@ def _export(args: argparse.Namespace) -> None:
                                   "label_smoothing", "cutout", "seed", "amp")},
         **({k: config[k] for k in ("swa", "swa_lr")} if config.get("swa") else {}),
         **({"trivial_augment": True} if config.get("trivial_augment") else {}),
+        # which networks taught it, by hash: their recipes are in their own manifests
+        **({"distillation": {"teachers": config.get("teachers", []), "weight": config["distill_weight"],
+                             "temperature": config["distill_temperature"]}} if config.get("teacher") else {}),
         "epochs_completed": epochs_done,
         "optimizer": "SGD, Nesterov momentum; no weight decay on BN and biases",
         "schedule": _schedule(config),

@@ -497,3 +497,67 @@ def test_a_finished_averaging_run_lengthens_to_the_run_planned_that_long(tiny_fo
 def test_swa_refuses_settings_it_cannot_honour(tiny_folder, tmp_path, settings, message):
     with pytest.raises(ValueError, match=message):
         train(TrainConfig(out=str(tmp_path / "run"), data=str(tiny_folder), threads=1, amp="off", **settings))
+
+
+def test_distillation_loss_is_zero_at_the_teachers_predictions_and_pulls_towards_them():
+    from ranlens.model.distill import distillation_loss
+
+    teacher_logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.5]])
+    targets = torch.softmax(teacher_logits / 4.0, dim=1)
+    assert float(distillation_loss(teacher_logits, targets, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.zeros(2, 3, requires_grad=True)
+    loss = distillation_loss(student, targets, 4.0)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    # a gradient step raises the logits the teachers favour
+    assert (-student.grad).argmax(1).tolist() == teacher_logits.argmax(1).tolist()
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        distillation_loss(student, targets, 0.0)
+
+
+def test_a_distilled_run_learns_from_its_teacher_and_its_export_names_it(tiny_folder, tmp_path):
+    from ranlens.cli import main
+    from ranlens.model.weights import Weights, read_checkpoint
+
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    common = dict(data=str(tiny_folder), epochs=1, batch_size=12, threads=1, amp="off")
+    train(TrainConfig(out=str(tmp_path / "teacher"), **common))
+    main(["export", str(tmp_path / "teacher"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
+    manifest = str(shipped / "tiny.v1.json")
+    train(TrainConfig(out=str(tmp_path / "taught"), teacher=manifest, distill_weight=0.7, seed=1, **common))
+    train(TrainConfig(out=str(tmp_path / "alone"), seed=1, **common))
+    taught = read_checkpoint(tmp_path / "taught" / "epoch001.safetensors")
+    alone = read_checkpoint(tmp_path / "alone" / "epoch001.safetensors")
+    # the same seed, data and schedule: only the teacher's term can make them differ
+    assert any(not torch.equal(taught[k], alone[k]) for k in taught)
+
+    main(["export", str(tmp_path / "taught"), "--name", "tiny.v2", "--weights-dir", str(shipped)])
+    recipe = Weights.from_manifest(shipped / "tiny.v2.json").recipe
+    teacher = Weights.from_manifest(shipped / "tiny.v1.json")
+    assert recipe["distillation"]["weight"] == 0.7 and recipe["distillation"]["temperature"] == 4.0
+    assert [(t["name"], t["sha256"]) for t in recipe["distillation"]["teachers"]] == [("tiny.v1", teacher.sha256)]
+    assert f"--teacher {manifest}" in recipe["command"] and "--distill-weight 0.7" in recipe["command"]
+    main(["export", str(tmp_path / "alone"), "--name", "tiny.v3", "--weights-dir", str(shipped)])
+    assert "distillation" not in Weights.from_manifest(shipped / "tiny.v3.json").recipe
+
+
+def test_a_teacher_that_reads_other_inputs_or_classes_is_refused(tiny_folder, tmp_path):
+    from ranlens.cli import main
+    from ranlens.model.weights import WeightsError
+
+    shipped = tmp_path / "weights"
+    shipped.mkdir()
+    common = dict(data=str(tiny_folder), epochs=1, batch_size=12, threads=1, amp="off")
+    train(TrainConfig(out=str(tmp_path / "teacher"), **common))
+    main(["export", str(tmp_path / "teacher"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
+    manifest = json.loads((shipped / "tiny.v1.json").read_text())
+    odd = shipped / "odd.json"
+    odd.write_text(json.dumps({**manifest, "name": "odd", "classes": ["dog", "cat"], "mean": [0.5, 0.5, 0.5]}))
+    with pytest.raises(ValueError, match=r"teacher odd cannot teach this run: its classes \['dog', 'cat'\].*"
+                                         r"normalises with mean \[0.5, 0.5, 0.5\]"):
+        train(TrainConfig(out=str(tmp_path / "taught"), teacher=str(odd), **common))
+    with pytest.raises(WeightsError, match="unknown teacher 'attention56_cifar.v0'"):
+        train(TrainConfig(out=str(tmp_path / "taught2"), teacher="attention56_cifar.v0", **common))
+    with pytest.raises(ValueError, match=r"--distill-weight .* must be in \(0, 1\], got 1.5"):
+        train(TrainConfig(out=str(tmp_path / "taught3"), teacher=str(odd), distill_weight=1.5, **common))
