@@ -298,10 +298,13 @@ def test_resume_uses_the_saved_optimizer_state(tiny_folder, tmp_path):
 @pytest.mark.parametrize("setting,value", [
     ("epochs", 3), ("lr", 0.1), ("warmup", 0.3), ("cutout", 4), ("label_smoothing", 0.0), ("momentum", 0.8),
     ("weight_decay", 1e-3), ("amp", "bf16"), ("seed", 1), ("batch_size", 6), ("limit_train", 10),
-    ("limit_test", 2), ("source", "torchvision"), ("arch", "attention92_cifar"),
+    ("limit_test", 2), ("source", "torchvision"), ("arch", "attention92_cifar"), ("teacher", "attention56_cifar.v7"),
+    ("distill_weight", 0.9), ("distill_temperature", 2.0),
 ])
 def test_resume_refuses_any_changed_setting(tiny_folder, tmp_path, setting, value):
-    common = dict(data=str(tiny_folder), epochs=2, batch_size=12, threads=1, amp="off")
+    # as a run records them: resolved, not "auto" or 0 (each setting is checked, in order)
+    common = dict(data=str(tiny_folder), epochs=2, batch_size=12, threads=1, amp="off", device="cpu", image_size=32,
+                  loader="memory")
     run = tmp_path / "run"
     run.mkdir()
     # only last.pt matters for the check, and writing it takes no training
