@@ -267,6 +267,14 @@ def test_serve_stops_on_sigterm_while_a_client_stalls_mid_upload():
                             RANLENS_TRACE="false", RANLENS_SHUTDOWN_TIMEOUT_S="2") as url:
             stall_upload(stalled, url)
         # leaving the block sent SIGTERM and waited up to 20 s: a hung shutdown fails there with the log
+        answer = b""
+        while chunk := stalled.recv(65536):
+            answer += chunk
+    # the cancelled request is answered as such, not as uvicorn's "Internal Server Error" after a traceback
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer
+    assert b"content-type: application/problem+json" in head.lower() and b"retry-after: 1" in head.lower()
+    assert json.loads(body)["detail"] == "the server stopped before this request finished; send it again"
 
 
 def test_serve_behind_a_path_prefix():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
@@ -76,9 +80,54 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, send_without_body)
 
 
+log = logging.getLogger("ranlens")
+
+
+class AnswerCancelled:
+    """Answers a request the server cancelled with a 503 problem, logged in one line.
+
+    uvicorn cancels the requests still open when ``RANLENS_SHUTDOWN_TIMEOUT_S`` runs out at shutdown
+    (a client stalled mid-upload, say). Left to it, the cancellation comes out as "Exception in ASGI
+    application", a whole traceback and a 500, for what is no fault of the app's or the client's.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            # the task ends here, answered; uncancel so that what awaits it next is not cancelled too
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.warning("%s %s cancelled unfinished (the server is stopping)", scope["method"], scope["path"])
+            if started:
+                return  # the status is already sent; the server closes the connection
+            body = json.dumps({"type": "about:blank", "title": "Service Unavailable", "status": 503,
+                               "detail": "the server stopped before this request finished; send it again",
+                               "instance": scope["path"]}).encode()
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"), (b"retry-after", b"1")]})
+            await send({"type": "http.response.body", "body": body})
+
+
 def install_transport(app) -> None:
     """Outermost first: HEAD becomes GET before anything else sees it; security headers go on every
-    answer, compressed or not."""
+    answer, compressed or not; a request cancelled at shutdown is answered inside them all."""
+    app.add_middleware(AnswerCancelled)
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HeadAsGet)
