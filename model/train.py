@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .data import Split, augment, cutout, load_split, normalize, trivial_augment
-from .distill import distillation_loss, load_teachers, parse_teachers, soft_targets
+from .distill import distillation_loss, load_teachers, parse_teachers, resolve_teacher, soft_targets
 from .distributed import Processes
 from .network import ResidualAttentionNet
 from .registry import ARCHITECTURES
@@ -528,6 +528,8 @@ def train(cfg: TrainConfig) -> list[dict]:
                          f"got {cfg.distill_weight}")
     if cfg.teacher and cfg.distill_temperature <= 0:
         raise ValueError(f"--distill-temperature must be positive, got {cfg.distill_temperature}")
+    for spec in parse_teachers(cfg.teacher):
+        resolve_teacher(spec)  # a misspelt teacher is refused before the data set is read
     procs = distributed.processes_from_env()
     size = cfg.image_size or ARCHITECTURES[cfg.arch].reference_size
     device_type = resolve_device(cfg.device)
