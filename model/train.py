@@ -588,6 +588,14 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
     teachers = load_teachers(parse_teachers(cfg.teacher), data.classes, cfg.image_size, mean, std, device)
     distill = (Distillation(tuple(t for _, t in teachers), cfg.distill_weight, cfg.distill_temperature)
                if teachers else None)
+    if state is not None and teachers:
+        # a name can come to mean other weights (a manifest edited, a file replaced): the run goes on
+        # learning from the networks it started with, or not at all
+        recorded = {t["name"]: t["sha256"] for t in json.loads((out / "config.json").read_text()).get("teachers", [])}
+        changed = [w.name for w, _ in teachers if recorded.get(w.name) != w.sha256]
+        if changed:
+            raise ValueError(f"teacher {', '.join(changed)} is not the network {out} started learning from "
+                             "(its sha256 differs from the one config.json recorded); resume with the same files")
     optimizer = make_optimizer(net, cfg)
     total_steps = data.steps_per_epoch * cfg.epochs
     swa_steps = data.steps_per_epoch * cfg.swa

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 
 import numpy as np
@@ -543,6 +544,15 @@ def test_a_distilled_run_learns_from_its_teacher_and_its_export_names_it(tiny_fo
     assert f"--teacher {manifest}" in recipe["command"] and "--distill-weight 0.7" in recipe["command"]
     main(["export", str(tmp_path / "alone"), "--name", "tiny.v3", "--weights-dir", str(shipped)])
     assert "distillation" not in Weights.from_manifest(shipped / "tiny.v3.json").recipe
+
+    # the teacher's name now means other weights: resuming the taught run would learn from another network
+    from ranlens.model.weights import sha256_of
+
+    shutil.copyfile(tmp_path / "alone" / "epoch001.safetensors", shipped / "tiny.v1.safetensors")
+    (shipped / "tiny.v1.json").write_text(json.dumps({**json.loads((shipped / "tiny.v1.json").read_text()),
+                                                      "sha256": sha256_of(shipped / "tiny.v1.safetensors")}))
+    with pytest.raises(ValueError, match="teacher tiny.v1 is not the network .* started learning from"):
+        train(TrainConfig(out=str(tmp_path / "taught"), teacher=manifest, distill_weight=0.7, seed=1, **common))
 
 
 def test_a_teacher_that_reads_other_inputs_or_classes_is_refused(tiny_folder, tmp_path):
