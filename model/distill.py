@@ -9,6 +9,7 @@ than any one of them, and the student learns towards the ensemble.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +19,15 @@ from torch import Tensor, nn
 from .network import ResidualAttentionNet
 from .registry import ARCHITECTURES
 from .weights import Weights, WeightsError, list_weights
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """What a training step distils from: teacher networks in eval mode, the loss's share and temperature."""
+
+    teachers: tuple[nn.Module, ...]
+    weight: float
+    temperature: float
 
 
 def resolve_teacher(spec: str) -> Weights:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .data import Split, augment, cutout, load_split, normalize, trivial_augment
-from .distill import distillation_loss, load_teachers, parse_teachers, resolve_teacher, soft_targets
+from .distill import Distillation, distillation_loss, load_teachers, parse_teachers, resolve_teacher, soft_targets
 from .distributed import Processes
 from .network import ResidualAttentionNet
 from .registry import ARCHITECTURES
@@ -290,15 +290,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
     )
-
-
-@dataclass(frozen=True)
-class Distillation:
-    """What ``train_step`` distils from: teacher networks in eval mode, the loss's share and temperature."""
-
-    teachers: tuple[nn.Module, ...]
-    weight: float
-    temperature: float
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
