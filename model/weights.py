@@ -41,7 +41,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # deliberate choice, changed in the commit that ships a better checkpoint, never implied by file names.
 DEFAULT_WEIGHTS: dict[str, str] = {
     "attention56_cifar": "attention56_cifar.v7",
-    "attention92_cifar": "attention92_cifar.v6",
+    "attention92_cifar": "attention92_cifar.v7",
 }
 
 CIFAR10_CLASSES = (

@@ -37,10 +37,10 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: Literal["ready"]
-    model: str = Field(description="the default model's architecture", examples=["attention56_cifar"])
-    weights: str = Field(description="the default model's weights", examples=["attention56_cifar.v7"])
+    model: str = Field(description="the default model's architecture", examples=["attention92_cifar"])
+    weights: str = Field(description="the default model's weights", examples=["attention92_cifar.v7"])
     models: list[str] = Field(description="every loaded model's weights name",
-                              examples=[["attention56_cifar.v7", "attention92_cifar.v6"]])
+                              examples=[["attention56_cifar.v7", "attention92_cifar.v7"]])
 
 
 class PredictionOut(BaseModel):
@@ -304,7 +304,7 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     default: str = Field(description="the weights name of the model that answers requests naming none",
-                         examples=["attention56_cifar.v7"])
+                         examples=["attention92_cifar.v7"])
     models: list[ModelInfo]
 
 
