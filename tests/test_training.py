@@ -519,15 +519,27 @@ def test_distillation_loss_is_zero_at_the_teachers_predictions_and_pulls_towards
         distillation_loss(student, targets, 0.0)
 
 
-def test_a_distilled_run_learns_from_its_teacher_and_its_export_names_it(tiny_folder, tmp_path):
+TINY_RUN = dict(epochs=1, batch_size=12, threads=1, amp="off")
+
+
+@pytest.fixture
+def tiny_teacher(tiny_folder, tmp_path):
+    """A one-epoch network on the tiny folder, exported as ``tiny.v1`` into ``tmp_path/weights``."""
     from ranlens.cli import main
-    from ranlens.model.weights import Weights, read_checkpoint
 
     shipped = tmp_path / "weights"
     shipped.mkdir()
-    common = dict(data=str(tiny_folder), epochs=1, batch_size=12, threads=1, amp="off")
-    train(TrainConfig(out=str(tmp_path / "teacher"), **common))
+    train(TrainConfig(out=str(tmp_path / "teacher"), data=str(tiny_folder), **TINY_RUN))
     main(["export", str(tmp_path / "teacher"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
+    return shipped
+
+
+def test_a_distilled_run_learns_from_its_teacher_and_its_export_names_it(tiny_folder, tiny_teacher, tmp_path):
+    from ranlens.cli import main
+    from ranlens.model.weights import Weights, read_checkpoint
+
+    shipped = tiny_teacher
+    common = dict(data=str(tiny_folder), **TINY_RUN)
     manifest = str(shipped / "tiny.v1.json")
     train(TrainConfig(out=str(tmp_path / "taught"), teacher=manifest, distill_weight=0.7, seed=1, **common))
     train(TrainConfig(out=str(tmp_path / "alone"), seed=1, **common))
@@ -555,15 +567,11 @@ def test_a_distilled_run_learns_from_its_teacher_and_its_export_names_it(tiny_fo
         train(TrainConfig(out=str(tmp_path / "taught"), teacher=manifest, distill_weight=0.7, seed=1, **common))
 
 
-def test_a_teacher_that_reads_other_inputs_or_classes_is_refused(tiny_folder, tmp_path):
-    from ranlens.cli import main
+def test_a_teacher_that_reads_other_inputs_or_classes_is_refused(tiny_folder, tiny_teacher, tmp_path):
     from ranlens.model.weights import WeightsError
 
-    shipped = tmp_path / "weights"
-    shipped.mkdir()
-    common = dict(data=str(tiny_folder), epochs=1, batch_size=12, threads=1, amp="off")
-    train(TrainConfig(out=str(tmp_path / "teacher"), **common))
-    main(["export", str(tmp_path / "teacher"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
+    shipped = tiny_teacher
+    common = dict(data=str(tiny_folder), **TINY_RUN)
     manifest = json.loads((shipped / "tiny.v1.json").read_text())
     odd = shipped / "odd.json"
     odd.write_text(json.dumps({**manifest, "name": "odd", "classes": ["dog", "cat"], "mean": [0.5, 0.5, 0.5]}))

@@ -36,8 +36,8 @@ def add_security_headers(headers: MutableHeaders) -> None:
         headers.setdefault(name, value)
 
 
-class SecurityHeaders:
-    """Adds SECURITY_HEADERS to every HTTP answer that does not set its own."""
+class HTTPMiddleware:
+    """ASGI middleware that acts on HTTP requests (``http``) and passes anything else (lifespan) through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -46,7 +46,16 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.http(scope, receive, send)
 
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class SecurityHeaders(HTTPMiddleware):
+    """Adds SECURITY_HEADERS to every HTTP answer that does not set its own."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 add_security_headers(MutableHeaders(scope=message))
@@ -55,18 +64,15 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class HeadAsGet:
+class HeadAsGet(HTTPMiddleware):
     """Answers HEAD as GET without the body, for every GET route.
 
     FastAPI's routes (unlike Starlette's) do not add HEAD to GET, so HEAD would be 405 everywhere.
     Headers, Content-Length included, are those GET would send (RFC 9110, 9.3.2).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "HEAD":
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return
 
@@ -83,7 +89,7 @@ class HeadAsGet:
 log = logging.getLogger("ranlens")
 
 
-class AnswerCancelled:
+class AnswerCancelled(HTTPMiddleware):
     """Answers a request the server cancelled with a 503 problem, logged in one line.
 
     uvicorn cancels the requests still open when ``RANLENS_SHUTDOWN_TIMEOUT_S`` runs out at shutdown
@@ -91,13 +97,7 @@ class AnswerCancelled:
     application", a whole traceback and a 500, for what is no fault of the app's or the client's.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def tracked(message: Message) -> None:
