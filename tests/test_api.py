@@ -66,9 +66,7 @@ def test_models_metadata(client):
     listing = client.get("/api/v1/models").json()
     models = {m["name"]: m for m in listing["models"]}
     assert set(models) == {"attention56_cifar", "attention92_cifar"}  # every shipped default is served
-    # the default is the best recorded top-1
-    best = max(listing["models"], key=lambda m: m["metrics"]["top1"])
-    assert listing["default"] == best["weights"]
+    assert listing["default"] == A56  # as the suite pins it (tests/conftest.py)
     meta = client.get("/api/v1/models/attention56_cifar").json()
     assert meta == models["attention56_cifar"]
     assert client.get(f"/api/v1/models/{meta['weights']}").json() == meta  # by weights name too
@@ -81,6 +79,11 @@ def test_models_metadata(client):
     for m in models.values():
         assert 0 < m["metrics"]["top1"] <= 1
     assert_problem(client.get("/api/v1/models/resnet50"), 404, "Unknown model", "'resnet50'")
+    # unpinned, the default is the best recorded top-1
+    best = max(listing["models"], key=lambda m: m["metrics"]["top1"])
+    with TestClient(create_app(Settings(default_model=""))) as unpinned:
+        assert unpinned.get("/api/v1/models").json()["default"] == best["weights"]
+        assert unpinned.get("/readyz").json()["weights"] == best["weights"]
 
 
 @pytest.mark.parametrize(("name", "modules"), [("attention56_cifar", 3), ("attention92_cifar", 6)])
