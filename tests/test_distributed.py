@@ -250,7 +250,7 @@ def test_an_exported_imagenet_layout_run_is_served_with_its_classes_and_masks_at
     manifest = json.loads((weights_dir / "attention56.tiny.json").read_text())
     assert manifest["classes"] == ["ant", "bee", "cow"] and manifest["input_size"] == 224
     with running_server([sys.executable, "-m", "ranlens", "serve"], RANLENS_TORCH_THREADS="1",
-                        RANLENS_WEIGHTS=str(weights_dir / "attention56.tiny.json")) as url:
+                        RANLENS_WEIGHTS=str(weights_dir / "attention56.tiny.json"), RANLENS_DEFAULT_MODEL="") as url:
         photo = tmp_path / "photos" / "val" / "bee" / "0.jpg"
         response = httpx.post(url + "api/v1/predict", files={"file": ("bee.jpg", photo.read_bytes(), "image/jpeg")},
                               timeout=120)
