@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from .network import ResidualAttentionNet
 from .registry import ARCHITECTURES
-from .weights import Weights, WeightsError, list_weights
+from .weights import Weights, WeightsError, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -32,17 +31,10 @@ class Distillation:
 
 def resolve_teacher(spec: str) -> Weights:
     """A teacher named as shipped weights (``attention56_cifar.v7``) or by a manifest path (``*.json``)."""
-    if spec.endswith(".json"):
-        path = Path(spec)
-        if not path.is_file():
-            raise WeightsError(f"teacher manifest {path} not found")
-        return Weights.from_manifest(path)
-    shipped = list_weights()
-    for weights in shipped:
-        if weights.name == spec:
-            return weights
-    raise WeightsError(f"unknown teacher {spec!r}: name shipped weights ({', '.join(w.name for w in shipped)}) "
-                       "or a manifest path (*.json)")
+    try:
+        return resolve_weights(None, spec)
+    except WeightsError as error:
+        raise WeightsError(f"teacher {spec!r}: {error}") from None
 
 
 def parse_teachers(value: str) -> list[str]:

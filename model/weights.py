@@ -204,14 +204,22 @@ def list_weights(arch: str | None = None, directory: Path = WEIGHTS_DIR) -> list
     return [w for w in found if arch is None or w.arch == arch]
 
 
-def resolve_weights(arch: str, spec: str) -> Weights:
-    """A manifest path (``*.json``, whatever its architecture) or a name/``DEFAULT`` for ``arch``."""
+def resolve_weights(arch: str | None, spec: str) -> Weights:
+    """A manifest path (``*.json``, whatever its architecture) or a name: a name or ``DEFAULT`` for
+    ``arch``, or with ``arch`` None any shipped weights' name (``attention56_cifar.v7``)."""
     if spec.endswith(".json"):
         path = Path(spec)
         if not path.is_file():
             raise WeightsError(f"weights manifest {path} not found")
         return Weights.from_manifest(path)
-    return get_weights(arch, spec)
+    if arch is not None:
+        return get_weights(arch, spec)
+    shipped = list_weights()
+    for weights in shipped:
+        if weights.name == spec:
+            return weights
+    raise WeightsError(f"unknown weights {spec!r}: name shipped weights ({', '.join(w.name for w in shipped)}) "
+                       "or a manifest path (*.json)")
 
 
 def get_weights(arch: str, weights: Weights | str, directory: Path = WEIGHTS_DIR) -> Weights:

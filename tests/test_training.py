@@ -578,7 +578,7 @@ def test_a_teacher_that_reads_other_inputs_or_classes_is_refused(tiny_folder, ti
     with pytest.raises(ValueError, match=r"teacher odd cannot teach this run: its classes \['dog', 'cat'\].*"
                                          r"normalises with mean \[0.5, 0.5, 0.5\]"):
         train(TrainConfig(out=str(tmp_path / "taught"), teacher=str(odd), **common))
-    with pytest.raises(WeightsError, match="unknown teacher 'attention56_cifar.v0'"):
+    with pytest.raises(WeightsError, match="teacher 'attention56_cifar.v0': unknown weights"):
         train(TrainConfig(out=str(tmp_path / "taught2"), teacher="attention56_cifar.v0", **common))
     assert not (tmp_path / "taught2").exists()  # refused before any work
     with pytest.raises(ValueError, match=r"--distill-weight .* must be in \(0, 1\], got 1.5"):

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from ranlens.model import Weights, WeightsError, get_model, list_weights
-from ranlens.model.weights import CIFAR10_CLASSES, DEFAULT_WEIGHTS, get_weights, save_checkpoint, sha256_of
+from ranlens.model.weights import (
+    CIFAR10_CLASSES, DEFAULT_WEIGHTS, get_weights, resolve_weights, save_checkpoint, sha256_of,
+)
 
 
 def _weights_for(model, tmp_path, name="tiny.v0") -> Weights:
@@ -140,3 +142,21 @@ def test_default_is_the_pinned_checkpoint_not_the_last_file(tmp_path, monkeypatc
     assert get_weights("attention56_cifar", "DEFAULT", directory=tmp_path).name == "attention56_cifar.v1"
     with pytest.raises(WeightsError, match="no weights are shipped for attention92_cifar"):
         get_weights("attention92_cifar", "DEFAULT", directory=tmp_path)
+
+
+def test_resolve_weights_by_manifest_by_name_of_an_architecture_or_of_any(tmp_path):
+    shipped = {w.name: w for w in list_weights()}
+    a92 = DEFAULT_WEIGHTS["attention92_cifar"]
+    # no architecture: any shipped name, whatever its architecture
+    assert resolve_weights(None, a92) == shipped[a92]
+    assert resolve_weights("attention92_cifar", "DEFAULT") == shipped[a92]
+    # a manifest path, wherever it is and whatever architecture is asked for
+    tiny = _weights_for(get_model("attention56_cifar", num_classes=10), tmp_path)
+    manifest = tiny.write_manifest()
+    assert resolve_weights("attention92_cifar", str(manifest)).name == "tiny.v0"
+    with pytest.raises(WeightsError, match=rf"unknown weights 'nope.v1': name shipped weights \(.*{a92}"):
+        resolve_weights(None, "nope.v1")
+    with pytest.raises(WeightsError, match="unknown weights 'nope.v1' for attention56_cifar"):
+        resolve_weights("attention56_cifar", "nope.v1")
+    with pytest.raises(WeightsError, match="weights manifest .*missing.json not found"):
+        resolve_weights(None, str(tmp_path / "missing.json"))
