@@ -44,6 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses run `python -P`: run from the repository root, plain `-m`/`-c` would put the working
+# directory first on sys.path, where ranlens/ (without model/ and app/) hides the installed package.
 NETWORKS = ("attention56_cifar", "attention92_cifar")
 
 
@@ -173,7 +175,7 @@ def main() -> None:
         Path(args.data).parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["tar", "-C", str(Path(args.data).parent), "-xzf", args.data_tar], check=True)
     decode = [
-        subprocess.Popen([sys.executable, "-c", f"from ranlens.model.data import load_split; load_split({args.data!r}, {split!r})"],
+        subprocess.Popen([sys.executable, "-P", "-c", f"from ranlens.model.data import load_split; load_split({args.data!r}, {split!r})"],
                          env=env, stdout=subprocess.DEVNULL, stderr=open(logs / f"decode-{split}.log", "w"))
         for split in ("train", "test")
     ]
@@ -185,7 +187,7 @@ def main() -> None:
 
     def smoke(name: str, options: list[str], stop_after: list[str]) -> subprocess.Popen:
         # the job's own options, shrunk to the 30 committed images (later options win)
-        cmd = [sys.executable, "-m", "ranlens", "train", *options, "--data", fixtures,
+        cmd = [sys.executable, "-P", "-m", "ranlens", "train", *options, "--data", fixtures,
                "--out", str(Path(args.runs) / "smoke" / name), "--epochs", "2", "--batch-size", "10",
                "--limit-test", "0", "--device", args.device, "--amp", "bf16", "--threads", "2", *stop_after]
         if "--swa" in options:
@@ -233,9 +235,9 @@ def main() -> None:
     def launch(name: str, options: list[str]) -> tuple[subprocess.Popen, Path]:
         out = Path(args.runs) / name
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", "ranlens", "train", "--data", args.data, "--out", str(out),
+        cmd = [sys.executable, "-P", "-m", "ranlens", "train", "--data", args.data, "--out", str(out),
                "--device", args.device, "--amp", "bf16", "--threads", str(args.threads), *options]
-        log(f"{name}: {' '.join(cmd[2:])}")
+        log(f"{name}: {' '.join(cmd[3:])}")
         proc = subprocess.Popen(cmd, env=env, stdout=open(logs / f"{name}.log", "a"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
         return proc, out
