@@ -1,6 +1,6 @@
 """Top-1 of shipped networks alone and of their ensemble (mean class probabilities) on a test split.
 
-    python benchmarks/ensemble.py --data /tmp/data/cifar10-jpeg --weights attention56_cifar.v7,attention92_cifar.v6
+    python benchmarks/ensemble.py --data /tmp/data/cifar10-jpeg --weights attention56_cifar.v7,attention92_cifar.v7
 
 What a ``ranlens train --teacher A,B`` run learns towards: the teachers' averaged predictions (at
 temperature 1 here; training softens them further). Read as ``ranlens evaluate`` reads the split, in

@@ -1,7 +1,7 @@
 """The set of models a server holds: every shipped default, or the weights a deployment names.
 
 Not web code: the app serves a catalog, the CLI can load one. A model is asked for by its weights
-name (``attention92_cifar.v7``) or its architecture (``attention92_cifar``, meaning the best loaded
+name (``attention92_cifar.v8``) or its architecture (``attention92_cifar``, meaning the best loaded
 weights of it); no name means the catalog's default, the loaded model with the best recorded top-1
 unless the deployment chose one.
 """

@@ -31,7 +31,7 @@ def get_model(
     num_classes: int | None = None,
     progress: bool = True,
 ) -> ResidualAttentionNet:
-    """Builds ``name``; with ``weights`` (an object or its name, e.g. ``"attention56_cifar.v6"``
+    """Builds ``name``; with ``weights`` (an object or its name, e.g. ``"attention56_cifar.v8"``
     or ``"DEFAULT"``) loads and verifies that checkpoint and puts the model in eval mode."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose one of {list_models()}")

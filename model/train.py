@@ -107,7 +107,7 @@ class TrainConfig:
                         "checkpoints are the average, with batch-norm statistics recomputed; 0 = off")
     swa_lr: float = _setting(0.01, "the learning rate held over the --swa epochs")
     teacher: str = _setting("", "distil from these weights (comma-separated shipped names, e.g. "
-                            "attention56_cifar.v7,attention92_cifar.v6, or manifest paths): the loss adds the KL "
+                            "attention56_cifar.v8,attention92_cifar.v8, or manifest paths): the loss adds the KL "
                             "divergence to their averaged softened predictions on the same augmented batch "
                             "(Hinton et al. 2015); empty = off")
     distill_weight: float = _setting(0.5, "with --teacher: the share of the loss that is the teachers' (the rest "

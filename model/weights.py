@@ -40,8 +40,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # What ``weights="DEFAULT"`` means for each architecture, as torchvision's ``Weights.DEFAULT``: a
 # deliberate choice, changed in the commit that ships a better checkpoint, never implied by file names.
 DEFAULT_WEIGHTS: dict[str, str] = {
-    "attention56_cifar": "attention56_cifar.v7",
-    "attention92_cifar": "attention92_cifar.v7",
+    "attention56_cifar": "attention56_cifar.v8",
+    "attention92_cifar": "attention92_cifar.v8",
 }
 
 CIFAR10_CLASSES = (

@@ -451,28 +451,28 @@ def test_not_ready_is_503(tmp_path):
 
 def test_settings_choose_the_served_models(tmp_path):
     # one weights name: that model alone, whatever else is shipped
-    with TestClient(create_app(Settings(weights="attention56_cifar.v6"))) as c:
+    with TestClient(create_app(Settings(weights="attention56_cifar.v7"))) as c:
         listing = c.get("/api/v1/models").json()
-        assert [m["weights"] for m in listing["models"]] == ["attention56_cifar.v6"]
-        assert listing["default"] == "attention56_cifar.v6"
+        assert [m["weights"] for m in listing["models"]] == ["attention56_cifar.v7"]
+        assert listing["default"] == "attention56_cifar.v7"
         assert_problem(post(c, corpus.one_pixel(), model="attention92_cifar"), 422, "Invalid parameters",
-                       "attention56_cifar.v6")
+                       "attention56_cifar.v7")
     # DEFAULT of one architecture
     with TestClient(create_app(Settings(arch="attention92_cifar"))) as c:
         assert [m["name"] for m in c.get("/api/v1/models").json()["models"]] == ["attention92_cifar"]
         assert post(c, corpus.png(corpus.photo())).json()["model"] == "attention92_cifar"
     # several, with a chosen default
-    with TestClient(create_app(Settings(weights="attention56_cifar.v6, DEFAULT",
+    with TestClient(create_app(Settings(weights="attention56_cifar.v7, DEFAULT",
                                         default_model="attention92_cifar"))) as c:
         listing = c.get("/api/v1/models").json()
         assert [m["weights"] for m in listing["models"]] == [
-            "attention56_cifar.v6", A56, A92]
+            "attention56_cifar.v7", A56, A92]
         assert listing["default"] == A92
         assert post(c, corpus.png(corpus.photo())).json()["weights"] == A92
         # an architecture name means the best loaded weights of it
         assert post(c, corpus.png(corpus.photo()), model="attention56_cifar").json()["weights"] == A56
-        assert post(c, corpus.png(corpus.photo()), model="attention56_cifar.v6").json()["weights"] == "attention56_cifar.v6"
-        assert c.get("/readyz").json()["models"] == ["attention56_cifar.v6", A56, A92]
+        assert post(c, corpus.png(corpus.photo()), model="attention56_cifar.v7").json()["weights"] == "attention56_cifar.v7"
+        assert c.get("/readyz").json()["models"] == ["attention56_cifar.v7", A56, A92]
 
 
 def test_a_model_that_fails_to_load_keeps_the_others_serving_but_not_ready(tmp_path):

@@ -709,6 +709,6 @@ def test_page_behind_a_path_prefix(browser):
     assert all(status == 200 for _, _, status in seen), [s for s in seen if s[2] != 200]
     paths = {path for _, path, _ in seen}
     for needed in ("/", "/static/style.css", "/static/js/main.js", "/static/js/api.js", "/api/v1/colormaps",
-                   "/api/v1/models/attention56_cifar.v7/architecture", "/static/examples/coffee.jpg",
+                   "/api/v1/models/attention56_cifar.v8/architecture", "/static/examples/coffee.jpg",
                    "/api/v1/explain", "/api/v1/ablate"):
         assert prefix + needed in paths, f"{prefix + needed} was never requested: {sorted(paths)}"

@@ -52,7 +52,7 @@ ExplainerDep = Annotated[Explainer, Depends(get_explainer)]
 
 async def served_model(
     name: Annotated[str, Path(description="a served model, by architecture or weights name",
-                              examples=["attention56_cifar", "attention92_cifar.v7"])],
+                              examples=["attention56_cifar", "attention92_cifar.v8"])],
     catalog: CatalogDep,
 ) -> Explainer:
     """The loaded model the path names, by architecture or by weights."""

@@ -38,9 +38,9 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"]
     model: str = Field(description="the default model's architecture", examples=["attention92_cifar"])
-    weights: str = Field(description="the default model's weights", examples=["attention92_cifar.v7"])
+    weights: str = Field(description="the default model's weights", examples=["attention92_cifar.v8"])
     models: list[str] = Field(description="every loaded model's weights name",
-                              examples=[["attention56_cifar.v7", "attention92_cifar.v7"]])
+                              examples=[["attention56_cifar.v8", "attention92_cifar.v8"]])
 
 
 class PredictionOut(BaseModel):
@@ -304,7 +304,7 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     default: str = Field(description="the weights name of the model that answers requests naming none",
-                         examples=["attention92_cifar.v7"])
+                         examples=["attention92_cifar.v8"])
     models: list[ModelInfo]
 
 

@@ -31,7 +31,7 @@ from ranlens.model.imaging import ImageError, decode_image
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
 ModelName = Annotated[str, Path(description="a served model, by architecture or weights name",
-                                examples=["attention56_cifar", "attention92_cifar.v7"])]
+                                examples=["attention56_cifar", "attention92_cifar.v8"])]
 
 INFER_BODY = {
     "requestBody": {
