@@ -253,6 +253,8 @@ def test_serve_loads_weights_named_in_the_environment(tmp_path):
     # by a manifest's path: a copy under another name, outside the shipped folder
     manifest = json.loads((WEIGHTS_DIR / f"{PARENT}.json").read_text())
     shutil.copyfile(WEIGHTS_DIR / manifest["file"], tmp_path / "copy.safetensors")
+    if "bank" in manifest.get("ood", {}):  # a knn calibration's bank of features travels beside the weights
+        shutil.copyfile(WEIGHTS_DIR / manifest["ood"]["bank"], tmp_path / manifest["ood"]["bank"])
     (tmp_path / "copy.json").write_text(json.dumps({**manifest, "name": "copied.v4", "file": "copy.safetensors"}))
     with running_server([RANLENS, "serve"], RANLENS_WEIGHTS=str(tmp_path / "copy.json")) as url:
         assert readyz(url) == {"status": "ready", "model": "attention56_cifar", "weights": "copied.v4",
