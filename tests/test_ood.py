@@ -180,9 +180,14 @@ def test_the_default_weights_ship_a_calibration_made_on_their_training_data(arch
     assert "CIFAR-10" in cal.data
 
 
-@pytest.fixture(scope="module")
-def explainer():
-    return Explainer.load()
+# The served Attention-92 (v7 and v8, both distilled) flags only about half of uniform noise: a known
+# gap (README, 'Honest about other subjects'); strict, so the day it is closed this says so
+KNOWN_NOISE_GAP = pytest.mark.xfail(strict=True, reason="attention92_cifar's knn score flags about half of noise")
+
+
+@pytest.fixture(scope="module", params=["attention56_cifar", pytest.param("attention92_cifar", marks=KNOWN_NOISE_GAP)])
+def explainer(request):
+    return Explainer.load(request.param)
 
 
 def test_noise_is_flagged_and_cifar_test_images_mostly_are_not(explainer):
