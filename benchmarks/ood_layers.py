@@ -5,10 +5,11 @@
 The served out-of-distribution score is the knn score (Sun et al. 2022) of the pooled features the
 classifier reads. This computes the same score on other features of the same forward pass: for each
 attention module, the per-channel mean and standard deviation over positions of its output
-``(1 + M) * T``, and some concatenations (each block made unit length first). Each score's bank is a
-seeded 5,000 of the training images (``--limit-train`` in all), its threshold keeps 95% of the other
-training images, and it prints the share flagged of a seeded ``--limit-test`` of the test split and of
-20 uniform-noise pictures at 32 and at 256 pixels (reduced to the input as the server reduces photos).
+``(1 + M) * T``, and some concatenations (each block made unit length first). Each score is calibrated
+as ``ranlens calibrate-ood`` calibrates the served one (``calibrate_knn``: a seeded bank of 5,000 of the
+``--limit-train`` training images, the threshold keeping 95% of the others), and it prints the share
+flagged of a seeded ``--limit-test`` of the test split and of ``ood_methods.py``'s 20 uniform-noise
+pictures at the input size and at 8x it (reduced to the input as the server reduces photos).
 A lead for a better score, not the served one: see the README's "Honest about other subjects".
 """
 
@@ -19,10 +20,12 @@ import argparse
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from safetensors.torch import load as load_tensors
 
+from ood_methods import probes  # noqa: E402 - beside this script
 from ranlens.model.data import load_split, normalize
 from ranlens.model.explainer import Explainer
+from ranlens.model.ood import BANK_KEY, calibrate_knn, knn_score
 from ranlens.model.train import subset
 from ranlens.model.weights import DEFAULT_WEIGHTS, resolve_weights
 
@@ -44,12 +47,6 @@ def blocks(explainer: Explainer, x: torch.Tensor, batch: int = 250) -> dict[str,
     return {name: torch.cat(parts) for name, parts in found.items()}
 
 
-def knn(bank: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """Minus the distance to the K-th nearest unit-length bank vector (higher = more like the bank)."""
-    distances = torch.cdist(F.normalize(queries, dim=1), F.normalize(bank, dim=1))
-    return -distances.topk(K, largest=False).values[:, -1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="/tmp/data/cifar10-jpeg", help="CIFAR-10 as an ImageFolder")
@@ -60,8 +57,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.limit_train <= BANK:
-        parser.error(f"--limit-train must leave images beyond the bank's {BANK}")
 
     for spec in [part.strip() for part in args.weights.split(",") if part.strip()]:
         weights = resolve_weights(None, spec)
@@ -72,13 +67,11 @@ def main() -> None:
             images = subset(load_split(args.data, name, size), limit, seed=0).images
             return normalize(images, weights.mean, weights.std)
 
-        def noise(size_px: int) -> torch.Tensor:
-            pictures = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size_px, size_px, 3), dtype=np.uint8))
-                        for seed in range(20)]
-            return torch.stack([explainer.preprocess(p) for p in pictures])
+        def noise(side: int) -> torch.Tensor:
+            return torch.stack([explainer.preprocess(p) for p in probes(size)[f"noise {side} px"]])
 
         train, test = blocks(explainer, split("train", args.limit_train)), blocks(explainer, split("test", args.limit_test))
-        noise32, noise256 = blocks(explainer, noise(size)), blocks(explainer, noise(256))
+        noise_small, noise_large = blocks(explainer, noise(size)), blocks(explainer, noise(8 * size))
         means = [name for name in train if name.endswith(" mean")]
         choices = {name: [name] for name in train}
         choices["all module means + classifier features"] = ["classifier features (served)", *means]
@@ -86,17 +79,20 @@ def main() -> None:
 
         print(f"\n{weights.name}: knn (k = {K}, bank {BANK}, threshold keeps 95% of {args.limit_train - BANK} other "
               f"training images); share flagged")
-        print("| features | test split | noise 32 px (20) | noise 256 px (20) |")
+        print(f"| features | test split | noise {size} px (20) | noise {8 * size} px (20) |")
         print("|---|---|---|---|")
         for label, names in choices.items():
             def features(found: dict[str, torch.Tensor]) -> torch.Tensor:
                 return torch.cat([F.normalize(found[n], dim=1) for n in names], dim=1)
 
-            bank, held = features(train)[:BANK], features(train)[BANK:]
-            threshold = torch.quantile(knn(bank, held), 0.05)
-            shares = [float((knn(bank, features(found)) < threshold).float().mean())
-                      for found in (test, noise32, noise256)]
-            print(f"| {label} | {shares[0]:.1%} | {shares[1]:.0%} | {shares[2]:.0%} |", flush=True)
+            # scored as the app scores: the bank as shipped (float16), the calibration's own verdict
+            calibration, payload = calibrate_knn(features(train), data="", bank_file="bank.safetensors",
+                                                 test_features=features(test), k=K, bank_size=BANK)
+            bank = load_tensors(payload)[BANK_KEY].double()
+            shares = [np.mean([calibration.flagged(v) for v in knn_score(features(found), bank, K).tolist()])
+                      for found in (noise_small, noise_large)]
+            print(f"| {label} | {calibration.test_fraction_flagged:.1%} | {shares[0]:.0%} | {shares[1]:.0%} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

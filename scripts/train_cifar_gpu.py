@@ -204,20 +204,19 @@ def main() -> None:
                      "nothing else was started")
     log(f"smoke runs (train, checkpoint, resume on {args.device}) of {', '.join(smokes)} passed; {left():.0f} s left")
 
-    # 2. throughput: the two CIFAR networks at once, as they will train, then the 224 px figures
-    if args.job:
-        args.imagenet_bench = 0
-    common = ["--device", args.device, "--precision", "bf16", "--mode", "train", "--batch", str(args.batch),
-              "--steps", "5", "--warmup", "5", "--seconds", "12"]
-    probes = {name: run_bench(["--models", name, *common], logs / f"probe-{name}.json",
-                              logs / f"probe-{name}.log") for name in ([] if args.job else NETWORKS)}
+    # 2. throughput: the two CIFAR networks at once, as they will train, then the 224 px figures (the
+    # planned runs' need; given jobs are not planned)
     rates = {}
-    for name, proc in probes.items():
-        wait(proc, 90)
-        rates[name] = rate_of(logs / f"probe-{name}.json")
-    if rates:
+    if not args.job:
+        common = ["--device", args.device, "--precision", "bf16", "--mode", "train", "--batch", str(args.batch),
+                  "--steps", "5", "--warmup", "5", "--seconds", "12"]
+        probes = {name: run_bench(["--models", name, *common], logs / f"probe-{name}.json",
+                                  logs / f"probe-{name}.log") for name in NETWORKS}
+        for name, proc in probes.items():
+            wait(proc, 90)
+            rates[name] = rate_of(logs / f"probe-{name}.json")
         log(f"concurrent bf16 training rates at batch {args.batch}: {rates}; {left():.0f} s left")
-    if args.imagenet_bench > 0:
+    if args.imagenet_bench > 0 and not args.job:
         bench = run_bench(["--models", "attention56", "resnet50", "attention92", "resnet101", "--image-size", "224",
                            "--batch", "64", "--steps", "8", "--warmup", "3", "--device", args.device],
                           logs / "throughput-224.json", logs / "throughput-224.log")
