@@ -2,9 +2,11 @@
 
     python benchmarks/ood_methods.py --data /tmp/data/cifar10-jpeg
 
-For each shipped model it calibrates, from one pass over the data, the energy score (Liu et al. 2020)
-and the k-th nearest neighbour distance (Sun et al. 2022, ``--k`` of a ``--bank-size`` bank, as
-``ranlens calibrate-ood`` makes them), each at the same TPR-95 operating point on the training split,
+For each shipped model it calibrates, from one pass over the data, the energy score (Liu et al. 2020),
+the k-th nearest neighbour distance (Sun et al. 2022, ``--k`` of a ``--bank-size`` bank) on the
+classifier's features alone, and the same on those and the first module's texture (``ranlens
+calibrate-ood``'s default views, a picture flagged when either is unfamiliar), each at the same TPR-95
+operating point on the training split,
 then prints the fraction each flags of: the CIFAR-10 test split (the cost: real pictures called
 unfamiliar), uniform noise at the input size and up to 8x larger (shrunk to it), flat colours, and the
 verdict on each shipped example photo (all but the cats are none of the ten classes). A third column,
@@ -26,7 +28,7 @@ from safetensors.torch import load as load_tensors
 from ranlens.model.evaluate import split_features
 from ranlens.model.explainer import Explainer
 from ranlens.model.imaging import decode_image
-from ranlens.model.ood import BANK_KEY, OODScorer, calibrate, calibrate_knn
+from ranlens.model.ood import DEFAULT_VIEWS, HEAD, OODScorer, calibrate, calibrate_knn
 from ranlens.model.weights import DEFAULT_WEIGHTS
 from photo_reduction import EXAMPLES  # noqa: E402 - beside this script
 
@@ -58,15 +60,19 @@ def main() -> None:
     for arch in args.arch or sorted(DEFAULT_WEIGHTS):
         explainer = Explainer.load(arch, "DEFAULT")
         w = explainer.weights
-        read = dict(mean=w.mean, std=w.std, classes=w.classes, size=w.input_size)
+        read = dict(mean=w.mean, std=w.std, classes=w.classes, size=w.input_size, views=DEFAULT_VIEWS)
         train_logits, train_features = split_features(explainer.model, args.data, "train", limit=args.limit_train,
                                                       **read)
         test_logits, test_features = split_features(explainer.model, args.data, "test", **read)
         energy = calibrate(train_logits, data="", test_logits=test_logits)
-        knn, payload = calibrate_knn(train_features, data="", bank_file="bank.safetensors", k=args.k,
-                                     test_features=test_features, bank_size=args.bank_size)
         # scored as the app scores: each calibration through its OODScorer
-        scorers = {"energy": OODScorer(energy), "knn": OODScorer(knn, load_tensors(payload)[BANK_KEY].double())}
+        scorers = {"energy": OODScorer(energy)}
+        knn = {}
+        for label, views in (("knn (head)", (HEAD,)), (f"knn ({' + '.join(DEFAULT_VIEWS)})", DEFAULT_VIEWS)):
+            knn[label], payload = calibrate_knn({v: train_features[v] for v in views}, data="", k=args.k,
+                                                bank_file="bank.safetensors", bank_size=args.bank_size,
+                                                test_features={v: test_features[v] for v in views})
+            scorers[label] = OODScorer(knn[label], {key: t.double() for key, t in load_tensors(payload).items()})
         # and the calibration the weights ship with (its own bank and threshold), as the server flags
         served = f"served ({explainer.ood.method})" if explainer.ood else None
         if served:
@@ -74,8 +80,9 @@ def main() -> None:
 
         def flagged(images: list[Image.Image]) -> dict[str, list[bool]]:
             x = torch.stack([explainer.preprocess(im) for im in images])
-            out = explainer.infer(x, features=True)
-            z, f = torch.from_numpy(out["logits"]), torch.from_numpy(out["features"])
+            out = explainer.infer(x, features=True, views=DEFAULT_VIEWS)
+            z = torch.from_numpy(out["logits"])
+            f = {key.removeprefix("features:"): torch.from_numpy(v) for key, v in out.items() if key.startswith("features:")}
             return {m: [s.calibration.flagged(v) for v in s.scores(z, f).tolist()] for m, s in scorers.items()}
 
         print(f"\n{w.name}: calibrated on {len(train_logits)} training images (knn: {args.bank_size} in the bank, "
@@ -84,7 +91,8 @@ def main() -> None:
         print("|---" * (len(scorers) + 1) + "|")
         shipped = [explainer.ood.test_fraction_flagged] if served else []
         print(f"| CIFAR-10 test split ({energy.test_images} images) | " + " | ".join(
-            f"{100 * v:.1f}%" for v in (energy.test_fraction_flagged, knn.test_fraction_flagged, *shipped)) + " |")
+            f"{100 * v:.1f}%" for v in (energy.test_fraction_flagged, *(c.test_fraction_flagged for c in knn.values()),
+                                        *shipped)) + " |")
         for name, images in probes(w.input_size).items():
             result = flagged(images)
             print(f"| {name} ({len(images)}) | " + " | ".join(f"{100 * np.mean(result[m]):.0f}%" for m in scorers) + " |")

@@ -82,15 +82,18 @@ REDUCTIONS: dict[str, Callable[[Image.Image, int], list[Image.Image]]] = {
 }
 
 
-def answer(explainer: Explainer, images: list[Image.Image], reduce) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean probabilities (N, classes), logits (N, classes) and features (N, D) over each picture's crops."""
+def answer(explainer: Explainer, images: list[Image.Image], reduce) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Mean probabilities (N, classes), logits (N, classes) and each OOD view's features (N, D) over each
+    picture's crops."""
     size = explainer.weights.input_size
     crops = [reduce(image, size) for image in images]
     per = len(crops[0])
     x = torch.stack([explainer.preprocess.to_tensor(c) for group in crops for c in group])
     out = explainer.infer(x, features=True)
     n = len(images)
-    return tuple(out[key].reshape(n, per, -1).mean(axis=1) for key in ("probabilities", "logits", "features"))
+    mean = {key: torch.from_numpy(v.reshape(n, per, -1).mean(axis=1)) for key, v in out.items()}
+    return (mean["probabilities"].numpy(), mean["logits"].numpy(),
+            {key.removeprefix("features:"): v for key, v in mean.items() if key.startswith("features:")})
 
 
 def main() -> None:
@@ -125,7 +128,7 @@ def main() -> None:
                 probs, _, _ = answer(explainer, tests[start:start + 250], reduce)
                 correct += int((probs.argmax(axis=1) == labels[start:start + 250]).sum())
             probs, logits, features = answer(explainer, list(photos.values()), reduce)
-            scores = explainer.scorer.scores(torch.from_numpy(logits), torch.from_numpy(features)).tolist()
+            scores = explainer.scorer.scores(torch.from_numpy(logits), features).tolist()
             cells, photo_results = [], {}
             for (file, p, score) in zip(photos, probs, scores):
                 top = int(p.argmax())

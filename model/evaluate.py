@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from tqdm import tqdm
 
 from .data import load_split, normalize
 from .network import ResidualAttentionNet
+from .ood import HEAD, view_features
 from .train import evaluate_split, subset
 
 
@@ -62,22 +64,24 @@ class Evaluation:
 
 def split_features(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",
                    classes: tuple[str, ...] | None = None, size: int | None = None, batch_size: int = 500,
-                   limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N, K), pooled features (N, D)) of a whole split, read as ``evaluate`` reads it, or of a
-    seeded random ``limit`` of its images."""
+                   limit: int = 0, views: Sequence[str] = (HEAD,)) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits (N, K), each of ``views``' features (N, D), ``ranlens.model.ood.view_features``) of a
+    whole split, read as ``evaluate`` reads it, or of a seeded random ``limit`` of its images."""
     loaded = load_split(data, split, size or model.config.reference_size, source)
     if classes is not None and tuple(loaded.classes) != tuple(classes):
         raise ValueError(f"data classes {loaded.classes} differ from the model's {classes}")
     loaded = subset(loaded, limit, seed=0)
     model.eval()
-    logits, features = [], []
+    logits, features = [], {view: [] for view in views}
     with torch.inference_mode():
         for start in tqdm(range(0, len(loaded), batch_size), desc=f"scoring {split}", unit="batch", leave=False):
             x = normalize(loaded.images[start:start + batch_size], mean, std).contiguous(memory_format=torch.channels_last)
-            z, f = model.forward_head_features(x)
-            logits.append(z.float())
-            features.append(f.float())
-    return torch.cat(logits), torch.cat(features)
+            # the head alone needs no masks kept; other views read the modules' outputs
+            out = model.forward_intermediates(x) if set(views) - {HEAD} else model.forward_head(x)
+            logits.append(out.logits.float())
+            for view, f in view_features(out, views).items():
+                features[view].append(f)
+    return torch.cat(logits), {view: torch.cat(parts) for view, parts in features.items()}
 
 
 def evaluate(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",

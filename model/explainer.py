@@ -20,7 +20,7 @@ from PIL import Image
 from . import render
 from .network import AttentionOutput, Intermediates, ResidualAttentionNet, describe
 from .preprocess import center_crop
-from .ood import OODCalibration, OODError, OODScorer, read_bank
+from .ood import OODCalibration, OODError, OODScorer, parse_view, read_bank, view_features
 from .registry import get_model
 from .weights import Weights, WeightsError, resolve_weights
 
@@ -129,6 +129,11 @@ class Explainer:
         self._traced: torch.jit.ScriptModule | None = None
         try:
             self.ood = None if weights.ood is None else OODCalibration.from_manifest(weights.ood)
+            # checked before the bank is read: a wrong module name says so, not that the bank lacks it
+            unknown = [v for v in (self.ood and self.ood.views) or () if (parse_view(v) or (None,))[0]
+                       not in (None, *model.module_names)]
+            if unknown:
+                raise OODError(f"the OOD views {unknown} name modules this network lacks; it has {model.module_names}")
             bank = read_bank(weights.companion(self.ood.bank), self.ood) if self.ood and self.ood.bank else None
             self.scorer = OODScorer(self.ood, bank)
         except OODError as exc:
@@ -214,7 +219,7 @@ class Explainer:
         with torch.inference_mode():
             out = self.model.forward_intermediates(x, masks_off=masks_off) if masks_off else self._intermediates(x)
             probs = torch.softmax(out.logits.float(), dim=1).numpy()
-            scores = self.scorer.scores(out.logits.float(), out.features.float()).tolist()
+            scores = self.scorer.scores(out.logits.float(), view_features(out, self.scorer.views)).tolist()
         t2 = time.perf_counter()
         timing = {"preprocess": 1000 * preprocess_s / len(images), "inference": 1000 * (t2 - t1)}
         results = []
@@ -233,10 +238,12 @@ class Explainer:
             ))
         return results
 
-    def infer(self, x: torch.Tensor, masks: bool = False, features: bool = False) -> dict[str, np.ndarray]:
+    def infer(self, x: torch.Tensor, masks: bool = False, features: bool = False,
+              views: Collection[str] = ()) -> dict[str, np.ndarray]:
         """Raw outputs for a preprocessed batch (N, 3, H, W): logits, probabilities and, with
         ``masks``, each module's soft mask (N, C, h, w) under ``mask:<module>``; with ``features``,
-        the pooled features (N, D) the classifier and the knn OOD score read."""
+        the features (N, D) of the pooled ``head`` the classifier reads and of every view the OOD
+        score reads, and of ``views``, under ``features:<view>`` (``ranlens.model.ood.view_features``)."""
         with torch.inference_mode():
             out = self._intermediates(x.contiguous(memory_format=torch.channels_last))
             logits = out.logits.float()
@@ -244,7 +251,8 @@ class Explainer:
             if masks:
                 result.update({f"mask:{a.name}": a.mask.float().numpy() for a in out.attention})
             if features:
-                result["features"] = out.features.float().numpy()
+                wanted = dict.fromkeys(("head", *self.scorer.views, *views))
+                result.update({f"features:{v}": f.numpy() for v, f in view_features(out, wanted).items()})
         return result
 
     def ablate(self, image: Image.Image, top_k: int = 5) -> dict:

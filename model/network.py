@@ -257,11 +257,10 @@ class ResidualAttentionNet(nn.Module):
     def forward(self, x: Tensor, masks_off: Collection[str] = ()) -> Tensor:
         return self._run(x, masks_off, keep=False).logits
 
-    def forward_head_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(logits, pooled features (N, head_channels)): what feature-space OOD scores compare, without
-        keeping the masks."""
-        out = self._run(x, (), keep=False)
-        return out.logits, out.features
+    def forward_head(self, x: Tensor) -> Intermediates:
+        """Logits and the pooled features (N, head_channels) the classifier reads, without keeping the
+        masks (``attention`` is empty): what a feature-space OOD score of the head compares."""
+        return self._run(x, (), keep=False)
 
     def forward_intermediates(self, x: Tensor, masks_off: Collection[str] | bool = ()) -> Intermediates:
         """Logits plus every attention module's soft mask and trunk output, in network order, and the

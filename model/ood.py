@@ -23,13 +23,24 @@ again higher = more familiar. The bank is a seeded random sample of the training
 beside the weights (``<weights>.ood.safetensors``, float16); the threshold is chosen on the training
 images outside the bank, so no image is its own neighbour. ``benchmarks/ood_methods.py`` compares the
 two on the test split, noise, flat colours and the example photos.
+
+The classifier's features alone let much of uniform noise through (about half of it for the distilled
+Attention-92): noise can land near some class. So a knn calibration reads several *views* of one
+forward pass, each with its own bank: ``head``, the classifier's pooled features, and by default
+``stage1.module1:std``, the per-channel standard deviation over positions of the first attention
+module's output ``(1 + M) * T``, which tells the texture of noise (and of flat colours) from a photo's
+(``benchmarks/ood_layers.py`` compares views). Views' distances are not on one scale, so each is read
+as a training percentile: the share of held-out training images whose score in that view is lower.
+A picture's score is its smallest percentile over the views, so it is flagged when it looks unlike the
+training images in ANY view; the threshold on that score again keeps 95% of held-out training images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +51,11 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-__all__ = ["METHODS", "OODCalibration", "OODError", "OODScorer", "calibrate", "calibrate_knn", "energy_score",
-           "kept_fraction", "knn_score", "read_bank", "threshold_for_tpr"]
+from .network import Intermediates
+
+__all__ = ["DEFAULT_VIEWS", "HEAD", "METHODS", "OODCalibration", "OODError", "OODScorer", "calibrate",
+           "calibrate_knn", "energy_score", "kept_fraction", "knn_score", "percentile", "read_bank",
+           "threshold_for_tpr", "view_features"]
 
 # what each method's score is, as the manifest and the API say it
 SCORES = {
@@ -50,7 +64,48 @@ SCORES = {
            "features), Sun et al. 2022: higher = more in-distribution",
 }
 METHODS = tuple(SCORES)
-BANK_KEY = "features"
+VIEWS_SCORE = ("the smallest, over the views, of the share of held-out training images whose knn score (minus the "
+               "distance of the unit-length features to the k-th nearest of a bank of training images', Sun et al. "
+               "2022) in that view is lower: 0 to 1, higher = more in-distribution")
+BANK_KEY = "features"  # the one bank of a calibration without views
+HEAD = "head"  # the view of the pooled features the classifier reads
+STATISTICS = ("mean", "std")  # over positions, per channel, of a module's output
+DEFAULT_VIEWS = (HEAD, "stage1.module1:std")
+QUANTILES = 1001  # each view's held-out training scores are shipped as this many quantiles
+
+
+def parse_view(view: str) -> tuple[str, str] | None:
+    """``head`` -> None; ``<module>:<statistic>`` -> (module, statistic)."""
+    if view == HEAD:
+        return None
+    module, _, statistic = view.rpartition(":")
+    if not module or statistic not in STATISTICS:
+        raise OODError(f"unknown OOD view {view!r}: use {HEAD!r} or '<attention module>:<{'|'.join(STATISTICS)}>', "
+                       f"e.g. {DEFAULT_VIEWS[1]!r}")
+    return module, statistic
+
+
+def view_features(out: Intermediates, views: Sequence[str]) -> dict[str, Tensor]:
+    """Each view's features (N, D), float32, from one forward's intermediates: ``head``, the pooled
+    features the classifier reads; ``<module>:mean`` or ``<module>:std``, that statistic over positions
+    of each channel of the module's output ``(1 + M) * T``."""
+    found = {}
+    for view in views:
+        parsed = parse_view(view)
+        if parsed is None:
+            found[view] = out.features.float()
+        else:
+            module = out[parsed[0]]
+            h = (1 + module.mask.float()) * module.trunk.float()
+            found[view] = h.mean((2, 3)) if parsed[1] == "mean" else h.std((2, 3))
+    return found
+
+
+def percentile(scores: Tensor, quantiles: Tensor) -> Tensor:
+    """The share of held-out training images that score lower, read off their ``quantiles`` (Q values
+    at 0, 1/(Q-1), ..., 1) by linear interpolation: 0 below the lowest, 1 above the highest."""
+    levels = np.linspace(0.0, 1.0, len(quantiles))
+    return torch.from_numpy(np.interp(scores.double().numpy(), quantiles.double().numpy(), levels))
 
 
 class OODError(ValueError):
@@ -108,7 +163,8 @@ def kept_fraction(scores: Tensor | np.ndarray, threshold: float) -> float:
 class OODCalibration:
     """What a weights manifest's ``ood`` entry records: how scores are made and where the line is.
 
-    ``knn`` also names its bank file (beside the manifest), that file's sha256, its size and ``k``;
+    ``knn`` also names its bank file (beside the manifest), that file's sha256, its size and ``k``, and
+    its ``views`` (None: calibrations made before views, whose score is the head view's knn score itself);
     ``temperature`` is the energy score's and None for ``knn``."""
 
     method: str
@@ -125,8 +181,15 @@ class OODCalibration:
     bank: str | None = None
     bank_sha256: str | None = None
     bank_images: int | None = None
+    views: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.views is not None:
+            object.__setattr__(self, "views", tuple(self.views))  # a manifest's list, hashable and comparable
+            if self.method != "knn" or not self.views or len(set(self.views)) != len(self.views):
+                raise OODError(f"OOD views are for knn, at least one, each once; got {self.method} {self.views!r}")
+            for view in self.views:
+                parse_view(view)
         if self.method not in METHODS:
             raise OODError(f"unknown OOD method {self.method!r}; this version knows {', '.join(METHODS)}")
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)):
@@ -143,7 +206,12 @@ class OODCalibration:
         return bool(score < self.threshold)
 
     def manifest(self) -> dict[str, Any]:
-        return asdict(self)
+        entry = asdict(self)
+        if self.views is None:  # a calibration from before views reads back as it was written
+            del entry["views"]
+        else:
+            entry["views"] = list(self.views)
+        return entry
 
     @classmethod
     def from_manifest(cls, entry: dict[str, Any]) -> OODCalibration:
@@ -155,29 +223,43 @@ class OODCalibration:
 
 @dataclass(frozen=True)
 class OODScorer:
-    """Scores pictures as a calibration says: the energy of their logits, or (``knn``) the distance
-    of their pooled features to the bank; with no calibration, the energy at T = 1 and no verdict."""
+    """Scores pictures as a calibration says: the energy of their logits, or (``knn``) each view's
+    distance to its bank read as a training percentile, the smallest over the views (calibrations
+    without views: the head view's distance itself); with no calibration, the energy at T = 1 and no
+    verdict."""
 
     calibration: OODCalibration | None = None
-    bank: Tensor | None = None  # (M, D) unit-length training features, for knn
+    bank: Mapping[str, Tensor] | None = None  # the bank file's tensors (``read_bank``), for knn
 
     def __post_init__(self) -> None:
         knn = self.calibration is not None and self.calibration.method == "knn"
         if knn != (self.bank is not None):
             raise OODError("a knn calibration needs its bank, and only knn uses one")
-        if knn and len(self.bank) != self.calibration.bank_images:
-            raise OODError(f"the bank holds {len(self.bank)} features; the calibration says "
-                           f"{self.calibration.bank_images}")
+        if knn:
+            _check_bank(self.bank, self.calibration, "the bank")
 
-    def scores(self, logits: Tensor, features: Tensor | None) -> Tensor:
-        """One score per row of ``logits`` (N, K) and ``features`` (N, D); higher = more familiar."""
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The features ``scores`` reads (``view_features``); none for the energy score."""
+        if self.calibration is None or self.calibration.method == "energy":
+            return ()
+        return self.calibration.views or (HEAD,)
+
+    def scores(self, logits: Tensor, features: Mapping[str, Tensor]) -> Tensor:
+        """One score per row of ``logits`` (N, K), given each of ``views``' features (N, D); higher =
+        more familiar."""
         if self.calibration is None:
             return energy_score(logits)
         if self.calibration.method == "energy":
             return energy_score(logits, self.calibration.temperature)
-        if features is None:
-            raise OODError("the knn score needs the pooled features")
-        return knn_score(features, self.bank, self.calibration.k)
+        missing = [view for view in self.views if view not in features]
+        if missing:
+            raise OODError(f"the knn score needs the features of the views {missing}")
+        k = self.calibration.k
+        if self.calibration.views is None:
+            return knn_score(features[HEAD], self.bank[BANK_KEY], k)
+        return torch.stack([percentile(knn_score(features[view], self.bank[f"{view}/features"], k),
+                                       self.bank[f"{view}/quantiles"]) for view in self.views]).amin(0)
 
 
 def _choose(train_scores: Tensor, tpr: float, test_scores: Tensor | None) -> dict[str, Any]:
@@ -197,30 +279,65 @@ def calibrate(train_logits: Tensor, *, data: str, test_logits: Tensor | None = N
                           **_choose(energy_score(train_logits, temperature), tpr, test_scores))
 
 
-def calibrate_knn(train_features: Tensor, *, data: str, bank_file: str, test_features: Tensor | None = None,
-                  tpr: float = 0.95, k: int = 5, bank_size: int = 5000,
-                  seed: int = 0) -> tuple[OODCalibration, bytes]:
-    """The knn calibration and its bank file's bytes (safetensors): ``bank_size`` training images drawn
-    with ``seed`` make the bank (unit length, float16); the threshold keeps ``tpr`` of the other
-    training images. ``bank_file`` is the name the bytes are to be saved under, beside the manifest."""
-    if not 1 <= k <= bank_size < len(train_features):
+def calibrate_knn(train_features: Mapping[str, Tensor], *, data: str, bank_file: str,
+                  test_features: Mapping[str, Tensor] | None = None, tpr: float = 0.95, k: int = 5,
+                  bank_size: int = 5000, seed: int = 0) -> tuple[OODCalibration, bytes]:
+    """The knn calibration over the views ``train_features`` holds (view -> (N, D), ``view_features``)
+    and its bank file's bytes (safetensors). The same ``bank_size`` training images, drawn with
+    ``seed``, make each view's bank (unit length, float16); each view's scores on the other training
+    images are kept as quantiles, and the threshold on the smallest percentile keeps ``tpr`` of those
+    images. ``bank_file`` is the name the bytes are to be saved under, beside the manifest."""
+    if not train_features:
+        raise OODError("calibrate_knn needs the features of at least one view")
+    views = tuple(train_features)
+    for view in views:
+        parse_view(view)
+    count = len(next(iter(train_features.values())))
+    if any(len(f) != count for f in train_features.values()) or (
+            test_features is not None and len({len(test_features[v]) for v in views}) != 1):
+        raise OODError("every view needs the features of the same images")
+    if not 1 <= k <= bank_size < count:
         raise OODError(f"need 1 <= k <= bank size < training images; got k={k}, bank size {bank_size}, "
-                       f"{len(train_features)} training images")
-    order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(seed))
-    bank = F.normalize(train_features[order[:bank_size]].double(), dim=-1).half().contiguous()
-    payload = save_tensors({BANK_KEY: bank})
-    # scored with the bank exactly as shipped (float16), so the threshold fits what the app computes
-    stored = bank.double()
-    train_scores = knn_score(train_features[order[bank_size:]], stored, k)
-    test_scores = None if test_features is None else knn_score(test_features, stored, k)
-    calibration = OODCalibration(method="knn", temperature=None, data=data, score=SCORES["knn"], k=k,
-                                 bank=bank_file, bank_sha256=hashlib.sha256(payload).hexdigest(),
-                                 bank_images=bank_size, **_choose(train_scores, tpr, test_scores))
-    return calibration, payload
+                       f"{count} training images")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    tensors = {}
+    for view in views:
+        bank = F.normalize(train_features[view][order[:bank_size]].double(), dim=-1).half().contiguous()
+        # scored with the bank exactly as shipped (float16), so the quantiles fit what the app computes
+        held_out = knn_score(train_features[view][order[bank_size:]], bank.double(), k)
+        levels = torch.linspace(0, 1, QUANTILES, dtype=torch.float64)
+        tensors[f"{view}/features"] = bank
+        tensors[f"{view}/quantiles"] = torch.quantile(held_out, levels).float().contiguous()
+    payload = save_tensors(tensors)
+    calibration = OODCalibration(method="knn", temperature=None, data=data, score=VIEWS_SCORE, k=k, bank=bank_file,
+                                 bank_sha256=hashlib.sha256(payload).hexdigest(), bank_images=bank_size, views=views,
+                                 threshold=0.0, tpr_target=tpr, train_tpr=0.0, test_fraction_flagged=None,
+                                 train_images=count - bank_size)
+    scorer = OODScorer(calibration, {key: t.double() for key, t in load_tensors(payload).items()})
+    train_scores = scorer.scores(torch.empty(0), {v: f[order[bank_size:]] for v, f in train_features.items()})
+    test_scores = None if test_features is None else scorer.scores(torch.empty(0), test_features)
+    return replace(calibration, **_choose(train_scores, tpr, test_scores)), payload
 
 
-def read_bank(path: Path, calibration: OODCalibration) -> Tensor:
-    """The bank a knn calibration names, checked against its sha256 and size, as float64."""
+def _check_bank(bank: Mapping[str, Tensor], calibration: OODCalibration, where: str) -> None:
+    """Refuses a bank that lacks a view's features or quantiles or holds another number of images."""
+    views = calibration.views
+    keys = [BANK_KEY] if views is None else [f"{v}/{part}" for v in views for part in ("features", "quantiles")]
+    missing = [key for key in keys if key not in bank]
+    if missing:
+        raise OODError(f"{where} lacks {', '.join(map(repr, missing))}")
+    for key in keys:
+        tensor = bank[key]
+        if key.endswith("quantiles"):
+            if tensor.ndim != 1 or len(tensor) < 2:
+                raise OODError(f"{where}: {key!r} is not a list of quantiles")
+        elif tensor.ndim != 2 or len(tensor) != calibration.bank_images:
+            raise OODError(f"{where} does not hold {calibration.bank_images} feature vectors under {key!r}")
+
+
+def read_bank(path: Path, calibration: OODCalibration) -> dict[str, Tensor]:
+    """The bank file a knn calibration names (each view's features and quantiles), checked against its
+    sha256 and the calibration, as float64."""
     try:
         payload = Path(path).read_bytes()
     except OSError as exc:
@@ -229,7 +346,6 @@ def read_bank(path: Path, calibration: OODCalibration) -> Tensor:
     if actual != calibration.bank_sha256:
         raise OODError(f"OOD bank {path} is corrupt or not this calibration's: sha256 {actual[:12]}... != "
                        f"expected {calibration.bank_sha256[:12]}...")
-    bank = load_tensors(payload).get(BANK_KEY)
-    if bank is None or bank.ndim != 2 or len(bank) != calibration.bank_images:
-        raise OODError(f"OOD bank {path} does not hold {calibration.bank_images} feature vectors under {BANK_KEY!r}")
-    return bank.double()
+    bank = {key: tensor.double() for key, tensor in load_tensors(payload).items()}
+    _check_bank(bank, calibration, f"OOD bank {path}")
+    return bank

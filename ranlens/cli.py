@@ -99,7 +99,7 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
     from ranlens.model.evaluate import split_features
     from ranlens.model.explainer import Explainer
     from ranlens.model.imaging import ImageError, decode_image
-    from ranlens.model.ood import OODError, calibrate, calibrate_knn
+    from ranlens.model.ood import DEFAULT_VIEWS, HEAD, OODError, calibrate, calibrate_knn, parse_view
 
     import torch
 
@@ -111,8 +111,20 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
             examples.append((path, decode_image(path.read_bytes(), args.max_pixels)))
         except ImageError as exc:
             raise CommandError(f"{path}: {_one_line(exc)}") from exc
+    if args.method == "energy":
+        views = (HEAD,)
+    else:
+        views = tuple(v.strip() for v in args.views.split(",") if v.strip()) if args.views else DEFAULT_VIEWS
+    try:
+        for view in views:
+            module = (parse_view(view) or (None,))[0]
+            if module is not None and module not in model.module_names:
+                raise OODError(f"OOD view {view!r}: {weights.arch} has no module {module!r}; it has "
+                               f"{', '.join(model.module_names)}")
+    except OODError as exc:
+        raise CommandError(str(exc)) from exc
     read = dict(mean=weights.mean, std=weights.std, source=args.source, classes=weights.classes,
-                size=weights.input_size)
+                size=weights.input_size, views=views)
     train_logits, train_features = split_features(model, args.data, "train", **read)
     test_logits, test_features = (None, None) if args.no_test else split_features(model, args.data, "test", **read)
     dataset = args.dataset or str(args.data)
@@ -125,7 +137,8 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
         except OODError as exc:
             raise CommandError(str(exc)) from exc
         print(f"{weights.name}: distance to the {result.k}-th nearest of {result.bank_images} training images' "
-              f"features (higher = more like the training images)")
+              f"features in the views {', '.join(result.views)}, as the training percentile, the smallest of "
+              f"them (higher = more like the training images)")
     else:
         result = calibrate(train_logits, data=dataset, test_logits=test_logits, tpr=args.tpr,
                            temperature=args.temperature)
@@ -539,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--bank-size", type=int, default=5000, help="knn: training images whose features are shipped "
                    "(k = 5 of 5,000: Sun et al.'s k = 50 of 50,000 at a tenth of the data)")
     o.add_argument("--seed", type=int, default=0, help="knn: which training images make the bank")
+    o.add_argument("--views", help="knn: the features compared, comma-separated: 'head' (the pooled features the "
+                   "classifier reads) and '<module>:mean' or '<module>:std' (that statistic over positions of a "
+                   "module's output (1 + M) * T); a picture is flagged when it is unlike the training images in any "
+                   "of them (default: head,stage1.module1:std)")
     o.add_argument("--temperature", type=float, default=1.0, help="energy: temperature T")
     o.add_argument("--examples", nargs="*", default=[], help="also print the scores of these images")
     o.add_argument("--no-test", action="store_true", help="skip the test split (no fraction flagged is recorded)")

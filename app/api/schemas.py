@@ -84,12 +84,14 @@ class OODVerdict(BaseModel):
     """How much the picture looks like the training images, by the score the weights were calibrated with
     (``/api/v1/models``' ``ood.method``): knn (Sun et al. 2022) or energy (Liu et al. 2020)."""
 
-    ood_score: float = Field(description="higher = more like the training images. knn: minus the distance of the "
+    ood_score: float = Field(description="higher = more like the training images. knn with views (ood.views): the "
+                                         "smallest over the views of the share of held-out training images that "
+                                         "score lower, 0 to 1; knn without views: minus the distance of the "
                                          "unit-length pooled features to the k-th nearest training image's; energy "
                                          "(and weights without a calibration): logsumexp of the logits",
-                             examples=[-0.312])
+                             examples=[0.412])
     ood_threshold: float | None = Field(description="scores below it are out of distribution; null when the "
-                                                    "weights have no calibration", examples=[-0.4519])
+                                                    "weights have no calibration", examples=[0.0262])
     out_of_distribution: bool | None = Field(
         description="true: the picture looks unlike the training images, so the classes are a forced choice; "
                     "null: the weights have no out-of-distribution calibration (run ranlens calibrate-ood)")
@@ -283,6 +285,12 @@ class OODCalibration(BaseModel):
     bank: str | None = Field(default=None, description="knn: the file of training features, beside the weights")
     bank_sha256: str | None = Field(default=None, description="knn: the bank file's sha256")
     bank_images: int | None = Field(default=None, description="knn: training images in the bank")
+    views: list[str] | None = Field(default=None, examples=[["head", "stage1.module1:std"]],
+                                    description="knn: the features compared, each with its own bank: 'head' (the "
+                                                "pooled features the classifier reads), '<module>:mean' or "
+                                                "'<module>:std' (over positions of the module's output); a picture "
+                                                "is flagged when it is unlike the training images in any. null: the "
+                                                "head alone, scored by its distance (calibrations made before views)")
 
 
 class ModelInfo(BaseModel):
