@@ -8,8 +8,8 @@ three crops along the longer side (the whole picture at the centre crop's scale)
 crops (corners and centre of the picture resized to 1.25x the input) and with the centre crop plus its
 mirror image. ``--limit N`` takes a seeded random N of the 10,000 test images. Multi-crop answers
 average the crops' probabilities; their out-of-distribution score is the weights' own score (knn or
-energy) of the mean features and logits, against a threshold calibrated on single centre crops (so it
-is only indicative). For each shipped model it prints the CIFAR-10 test-split top-1 under each
+energy) of the mean logits and of each view's mean features, against a threshold calibrated on single
+centre crops (so it is only indicative). For each shipped model it prints the CIFAR-10 test-split top-1 under each
 reduction, then what each shipped example photo gets: the top class and its probability, the
 out-of-distribution score and flag.
 """

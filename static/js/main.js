@@ -272,7 +272,7 @@ function showOutOfDistribution(p) {
   $("ood-warning").hidden = p.out_of_distribution !== true;
   $("ood-missing").hidden = p.out_of_distribution !== null;
   $("ood-detail").textContent = p.out_of_distribution
-    ? `Its score ${p.ood_score.toFixed(3)} is below ${p.ood_threshold.toFixed(3)}, which 95% of the training images reach.`
+    ? `Its score ${p.ood_score.toFixed(4)} is below ${p.ood_threshold.toFixed(4)}, which 95% of the training images reach.`
     : "";
 }
 
