@@ -63,6 +63,8 @@ class Explanation:
     timing_ms: dict[str, float] = field(default_factory=dict)
     ood_score: float = float("nan")  # the calibration's score (ranlens.model.ood): higher = more familiar
     ood: OODCalibration | None = None  # None: the weights have no calibration, so no verdict
+    # each view's training percentile, of which ood_score is the smallest; None: a calibration without views
+    ood_views: dict[str, float] | None = None
 
     @property
     def ood_threshold(self) -> float | None:
@@ -72,6 +74,10 @@ class Explanation:
     def out_of_distribution(self) -> bool | None:
         """True: unlike the training images, the classes are a forced choice; None: not calibrated."""
         return None if self.ood is None else self.ood.flagged(self.ood_score)
+
+    def rounded_ood_views(self) -> dict[str, float] | None:
+        """``ood_views`` as the API and manifests give them: 4 decimals, the threshold's precision."""
+        return None if self.ood_views is None else {v: round(p, 4) for v, p in self.ood_views.items()}
 
     def top(self, k: int) -> list[Prediction]:
         return self.predictions[:k]
@@ -97,6 +103,7 @@ class Explanation:
             "input": f"{stem}.input.png",
             "predictions": [p.__dict__ for p in self.predictions[:5]],
             "ood_score": round(self.ood_score, 4),
+            "ood_views": self.rounded_ood_views(),
             "ood_threshold": self.ood_threshold,
             "out_of_distribution": self.out_of_distribution,
             "attention": modules,
@@ -219,7 +226,9 @@ class Explainer:
         with torch.inference_mode():
             out = self.model.forward_intermediates(x, masks_off=masks_off) if masks_off else self._intermediates(x)
             probs = torch.softmax(out.logits.float(), dim=1).numpy()
-            scores = self.scorer.scores(out.logits.float(), view_features(out, self.scorer.views)).tolist()
+            features = view_features(out, self.scorer.views)
+            scores = self.scorer.scores(out.logits.float(), features).tolist()
+            per_view = self.scorer.view_scores(features)
         t2 = time.perf_counter()
         timing = {"preprocess": 1000 * preprocess_s / len(images), "inference": 1000 * (t2 - t1)}
         results = []
@@ -235,6 +244,7 @@ class Explainer:
                 predictions=predictions, probabilities=probs[i], attention=attention, timing_ms=dict(timing),
                 # the calibration holds for the intact network only: an ablated one gets a score, no verdict
                 ood_score=scores[i], ood=None if masks_off else self.ood,
+                ood_views=None if per_view is None else {v: float(p[i]) for v, p in per_view.items()},
             ))
         return results
 

@@ -245,6 +245,16 @@ class OODScorer:
             return ()
         return self.calibration.views or (HEAD,)
 
+    def view_scores(self, features: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+        """Each view's training percentile (N,) for a calibration with views, which ``scores`` takes
+        the smallest of (it says which view found a picture unfamiliar); None for other calibrations."""
+        if self.calibration is None or self.calibration.views is None:
+            return None
+        self._check_features(features)
+        k = self.calibration.k
+        return {view: percentile(knn_score(features[view], self.bank[f"{view}/features"], k),
+                                 self.bank[f"{view}/quantiles"]) for view in self.views}
+
     def scores(self, logits: Tensor, features: Mapping[str, Tensor]) -> Tensor:
         """One score per row of ``logits`` (N, K), given each of ``views``' features (N, D); higher =
         more familiar."""
@@ -252,14 +262,15 @@ class OODScorer:
             return energy_score(logits)
         if self.calibration.method == "energy":
             return energy_score(logits, self.calibration.temperature)
+        if self.calibration.views is None:
+            self._check_features(features)
+            return knn_score(features[HEAD], self.bank[BANK_KEY], self.calibration.k)
+        return torch.stack(list(self.view_scores(features).values())).amin(0)
+
+    def _check_features(self, features: Mapping[str, Tensor]) -> None:
         missing = [view for view in self.views if view not in features]
         if missing:
             raise OODError(f"the knn score needs the features of the views {missing}")
-        k = self.calibration.k
-        if self.calibration.views is None:
-            return knn_score(features[HEAD], self.bank[BANK_KEY], k)
-        return torch.stack([percentile(knn_score(features[view], self.bank[f"{view}/features"], k),
-                                       self.bank[f"{view}/quantiles"]) for view in self.views]).amin(0)
 
 
 def _choose(train_scores: Tensor, tpr: float, test_scores: Tensor | None) -> dict[str, Any]:

@@ -310,13 +310,17 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 
 def _ood_line(result) -> str:
-    """The out-of-distribution verdict on one picture, for a person reading the output."""
+    """The out-of-distribution verdict on one picture, for a person reading the output, with each
+    view's percentile where the calibration has views (the smallest is the score)."""
+    views = "" if not result.ood_views else " (" + ", ".join(f"{view} {value:.4f}" for view, value in
+                                                             result.ood_views.items()) + ")"
     if result.out_of_distribution is None:
-        return f"out-of-distribution score {result.ood_score:.4f}; no verdict: these weights have no OOD calibration"
+        return (f"out-of-distribution score {result.ood_score:.4f}{views}; no verdict: these weights have no OOD "
+                f"calibration")
     if result.out_of_distribution:
-        return (f"OUT OF DISTRIBUTION: score {result.ood_score:.4f} < threshold {result.ood_threshold:.4f}; "
+        return (f"OUT OF DISTRIBUTION: score {result.ood_score:.4f}{views} < threshold {result.ood_threshold:.4f}; "
                 f"unlike the training images, the classes are a forced choice")
-    return f"in distribution: score {result.ood_score:.4f} >= threshold {result.ood_threshold:.4f}"
+    return f"in distribution: score {result.ood_score:.4f}{views} >= threshold {result.ood_threshold:.4f}"
 
 
 def _explain(args: argparse.Namespace) -> None:

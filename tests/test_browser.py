@@ -493,6 +493,8 @@ def test_out_of_distribution_warning_for_noise_and_not_for_a_cifar_image(server,
     assert page.is_visible("#ood-warning") and not page.is_visible("#ood-missing")
     warning = page.inner_text("#ood-warning")
     assert "looks unlike the" in warning and "forced choice" in warning and "below" in warning
+    # which view found it unfamiliar: noise's texture, at the first attention module (model/ood.py)
+    assert "Unfamiliar in" in warning and "the texture of stage1.module1's output" in warning
     wait_for_ablation(page)  # else the next upload would (rightly) cancel it
     run_axe(page)  # the warning's colours and markup too
     upload(page, PHOTOS / "cifar10-cat.jpg")

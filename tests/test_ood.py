@@ -252,7 +252,11 @@ def test_noise_and_flat_colours_at_the_input_size_are_flagged(explainer):
     colours from a photo. Noise that the reduction to 32 pixels smooths part way (48 to 128 pixels) was
     flagged 5 to 75% of the time by the classifier's features alone; now nearly always (here all 20 for
     Attention-56 and 19 for Attention-92, whose 20th scores just above the line)."""
-    flagged = [explainer.explain(noise(seed, 32)).out_of_distribution for seed in NOISE_SEEDS]
+    results = [explainer.explain(noise(seed, 32)) for seed in NOISE_SEEDS]
+    flagged = [r.out_of_distribution for r in results]
+    # the score is the smaller of the two views' percentiles; the texture view finds every noise unfamiliar
+    assert all(r.ood_score == min(r.ood_views.values()) and r.ood_views["stage1.module1:std"] < r.ood_threshold
+               for r in results), [r.ood_views for r in results]
     flat = [explainer.explain(Image.new("RGB", (size, size), colour)).out_of_distribution
             for colour in ((0, 0, 0), (255, 255, 255), (200, 30, 30), (128, 128, 128)) for size in (32, 48, 300)]
     assert all(flagged) and all(flat), (flagged, flat)
@@ -313,8 +317,13 @@ def test_api_reports_the_score_threshold_and_verdict(client):
         flagged = _post(client, route, png(noise(1)), "noise.png", "image/png")
         assert flagged["out_of_distribution"] is True and flagged["ood_threshold"] == calibration["threshold"]
         assert flagged["ood_score"] < calibration["threshold"]
+        # each view's percentile; the score is the smallest, and the texture view is what finds noise unfamiliar
+        views = flagged["ood_views"]
+        assert list(views) == calibration["views"] and min(views.values()) == flagged["ood_score"]
+        assert views["stage1.module1:std"] < calibration["threshold"]
         kept = _post(client, route, cat, "cat.jpg", "image/jpeg")
         assert kept["out_of_distribution"] is False and kept["ood_score"] >= calibration["threshold"]
+        assert min(kept["ood_views"].values()) == kept["ood_score"]
 
 
 def test_api_says_when_the_weights_have_no_calibration(tmp_path):
@@ -323,7 +332,7 @@ def test_api_says_when_the_weights_have_no_calibration(tmp_path):
         assert client.get("/api/v1/models").json()["models"][0]["ood"] is None
         body = _post(client, "/api/v1/predict", png(noise(0)), "noise.png", "image/png")
         # null, not left out: "no calibration" is an answer
-        assert body["out_of_distribution"] is None and body["ood_threshold"] is None
+        assert body["out_of_distribution"] is None and body["ood_threshold"] is None and body["ood_views"] is None
         assert isinstance(body["ood_score"], float)
         assert "overlay" not in body["attention"][0] and "mask" not in body["attention"][0]
         schema = client.get("/openapi.json").json()["components"]["schemas"]
@@ -363,6 +372,9 @@ def test_calibrate_ood_writes_only_the_ood_entry_and_explain_prints_the_verdict(
     verdict = lines[lines.index(next(x for x in lines if x.startswith(str(PHOTOS / "cifar10-cat.jpg")))) + 1]
     entry = json.loads((out / "manifest.json").read_text())["images"][str(PHOTOS / "cifar10-cat.jpg")]
     assert entry["out_of_distribution"] is False and verdict.startswith("  in distribution: score ")
+    views = entry["ood_views"]
+    assert list(views) == ["head", "stage1.module1:std"] and entry["ood_score"] == min(views.values())
+    assert f"(head {views['head']:.4f}, stage1.module1:std {views['stage1.module1:std']:.4f}) >= threshold" in verdict
     assert entry["ood_threshold"] == get_weights("attention56_cifar", "DEFAULT").ood["threshold"]
 
 
@@ -415,6 +427,7 @@ def test_calibrations_made_before_views_still_score_by_the_head_distance():
     """The parents (v7) were calibrated on the classifier's features alone: their score is that distance."""
     explainer = Explainer.load("attention56_cifar", "attention56_cifar.v7")
     assert explainer.ood.views is None and "views" not in explainer.weights.ood
+    assert explainer.explain(noise(0, 32)).ood_views is None
     bank = read_bank(explainer.weights.companion(explainer.ood.bank), explainer.ood)["features"]
     for image in (noise(0, 32), decode_image((PHOTOS / "cifar10-cat.jpg").read_bytes(), 10**6)):
         result = explainer.explain(image)

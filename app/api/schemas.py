@@ -90,6 +90,11 @@ class OODVerdict(BaseModel):
                                          "unit-length pooled features to the k-th nearest training image's; energy "
                                          "(and weights without a calibration): logsumexp of the logits",
                              examples=[0.412])
+    ood_views: dict[str, float] | None = Field(
+        description="each view's training percentile (the share of held-out training images that score lower "
+                    "in that view), of which ood_score is the smallest: the views below ood_threshold are the ones "
+                    "that found the picture unfamiliar. null: the calibration has no views (ood.views)",
+        examples=[{"head": 0.412, "stage1.module1:std": 0.318}])
     ood_threshold: float | None = Field(description="scores below it are out of distribution; null when the "
                                                     "weights have no calibration", examples=[0.0262])
     out_of_distribution: bool | None = Field(

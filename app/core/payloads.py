@@ -54,8 +54,8 @@ def _with_channel(entry: dict, a: ModuleAttention, channel: int | None) -> dict:
 
 
 def _ood(result: Explanation) -> dict:
-    return {"ood_score": round(result.ood_score, 4), "ood_threshold": result.ood_threshold,
-            "out_of_distribution": result.out_of_distribution}
+    return {"ood_score": round(result.ood_score, 4), "ood_views": result.rounded_ood_views(),
+            "ood_threshold": result.ood_threshold, "out_of_distribution": result.out_of_distribution}
 
 
 def predict(explain: Explain, image: bytes, content_type: str, *, max_pixels: int, display_size: int,

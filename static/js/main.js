@@ -266,14 +266,28 @@ function showPredictions(p) {
   $("timing").textContent = `Server time ${t.total.toFixed(0)} ms (model ${t.inference.toFixed(0)} ms).`;
 }
 
-/** A plain warning when the picture scores below the training images' threshold; a note when the
- *  weights have no calibration (out_of_distribution null). */
+/** What a view of the forward pass (model/ood.py) reads, in words. */
+function describeView(view) {
+  if (view === "head") return "the features the classifier reads";
+  const [module, statistic] = view.split(":");
+  return statistic === "std" ? `the texture of ${module}'s output` : `the mean of ${module}'s output`;
+}
+
+/** A plain warning when the picture scores below the training images' threshold, saying which views
+ *  found it unfamiliar; a note when the weights have no calibration (out_of_distribution null). */
 function showOutOfDistribution(p) {
   $("ood-warning").hidden = p.out_of_distribution !== true;
   $("ood-missing").hidden = p.out_of_distribution !== null;
-  $("ood-detail").textContent = p.out_of_distribution
-    ? `Its score ${p.ood_score.toFixed(4)} is below ${p.ood_threshold.toFixed(4)}, which 95% of the training images reach.`
+  if (!p.out_of_distribution) {
+    $("ood-detail").textContent = "";
+    return;
+  }
+  const unfamiliar = Object.entries(p.ood_views ?? {}).filter(([, value]) => value < p.ood_threshold);
+  const which = unfamiliar.length
+    ? ` Unfamiliar in ${unfamiliar.map(([view, value]) => `${describeView(view)} (${value.toFixed(4)})`).join(" and ")}.`
     : "";
+  $("ood-detail").textContent =
+    `Its score ${p.ood_score.toFixed(4)} is below ${p.ood_threshold.toFixed(4)}, which 95% of the training images reach.${which}`;
 }
 
 // ---- one analysis: explain, draw, then the ablation; a newer one cancels it
