@@ -3,13 +3,16 @@
     python benchmarks/throughput.py --models attention56 resnet50 --image-size 224 --batch 8 --device cpu
     python benchmarks/throughput.py --models attention56 attention92 resnet50 resnet101 \\
         --image-size 224 --batch 128 --device cuda --json bench.json
+    python benchmarks/throughput.py --batch 500 64 16 --mode infer --precision fp32 --device cpu --threads 2
 
 For each model, precision (fp32, bf16 autocast) and mode (train: the project's own training step with
 SGD and label-smoothed cross-entropy; infer: eval-mode forward under ``torch.inference_mode``) it times
 ``--steps`` batches of random data after ``--warmup`` untimed ones, synchronising the GPU around the timed
 span, and prints images per second. Pairs from the paper's comparison (Attention-56 with ResNet-50,
 Attention-92 with ResNet-101) that are both measured get their ratio printed too: ratios, not absolute
-rates, are what compare across machines.
+rates, are what compare across machines. Given several ``--batch`` sizes it measures each and prints every
+rate as a ratio to the first size's: on a CPU, per-image speed falls once a batch's activations outgrow
+the caches, which is why evaluation there runs in small batches (``ranlens.model.train.eval_batch_size``).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["attention56_cifar", "attention92_cifar"])
     parser.add_argument("--image-size", type=int, default=None, help="default: each registered model's own size")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64], help="one or more batch sizes")
     parser.add_argument("--classes", type=int, default=None, help="default: 10 at 32 px and below, else 1000")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--mode", nargs="+", default=["train", "infer"], choices=["train", "infer"])
@@ -98,7 +101,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__} on {where}; batch {args.batch}, {args.steps} timed steps after {args.warmup}")
+    batches = ", ".join(map(str, args.batch))
+    print(f"torch {torch.__version__} on {where}; batch {batches}, {args.steps} timed steps after {args.warmup}")
 
     results = []
     for name in args.models:
@@ -108,19 +112,29 @@ def main() -> None:
         model = build(name, classes).to(device, memory_format=torch.channels_last)
         for mode in args.mode:
             for precision in args.precision:
-                rate = measure(model, mode, "bf16" if precision == "bf16" else "off", args.batch, size, classes,
-                               args.steps, args.warmup, device, args.seconds)
-                results.append({"model": name, "size": size, "mode": mode, "precision": precision,
-                                "batch": args.batch, "img_per_s": rate})
-                print(f"{name:<18} {size:>4}px {mode:<5} {precision}  {rate:9.1f} img/s", flush=True)
-                if args.json:  # after every figure: a run stopped at a time limit keeps what it measured
-                    with open(args.json, "w") as fh:
-                        json.dump({"device": where, "torch": torch.__version__, "results": results}, fh, indent=2)
+                for batch in args.batch:
+                    rate = measure(model, mode, "bf16" if precision == "bf16" else "off", batch, size, classes,
+                                   args.steps, args.warmup, device, args.seconds)
+                    results.append({"model": name, "size": size, "mode": mode, "precision": precision,
+                                    "batch": batch, "img_per_s": rate})
+                    print(f"{name:<18} {size:>4}px {mode:<5} {precision} batch {batch:<4} {rate:9.1f} img/s", flush=True)
+                    if args.json:  # after every figure: a run stopped at a time limit keeps what it measured
+                        with open(args.json, "w") as fh:
+                            json.dump({"device": where, "torch": torch.__version__, "results": results}, fh, indent=2)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    rate = {(r["model"], r["mode"], r["precision"]): r["img_per_s"] for r in results}
+    for name in args.models:  # each batch size against the first
+        for mode in args.mode:
+            for precision in args.precision:
+                first = next(r for r in results if (r["model"], r["mode"], r["precision"]) == (name, mode, precision))
+                for r in results:
+                    if (r["model"], r["mode"], r["precision"]) == (name, mode, precision) and r is not first:
+                        print(f"{name} {mode} {precision} batch {r['batch']} / batch {first['batch']}: "
+                              f"{r['img_per_s'] / first['img_per_s']:.2f}x")
+    # the comparisons below at the first batch size
+    rate = {(r["model"], r["mode"], r["precision"]): r["img_per_s"] for r in results if r["batch"] == args.batch[0]}
     for attention, resnet in PAIRS:
         for mode in args.mode:
             for precision in args.precision:

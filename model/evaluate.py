@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .data import load_split, normalize
 from .network import ResidualAttentionNet
 from .ood import HEAD, view_features
-from .train import evaluate_split, subset
+from .train import eval_batch_size, evaluate_split, subset
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Evaluation:
 
 
 def split_features(model: ResidualAttentionNet, data: str, split: str, mean, std, source: str = "folder",
-                   classes: tuple[str, ...] | None = None, size: int | None = None, batch_size: int = 500,
+                   classes: tuple[str, ...] | None = None, size: int | None = None, batch_size: int | None = None,
                    limit: int = 0, views: Sequence[str] = (HEAD,)) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(logits (N, K), each of ``views``' features (N, D), ``ranlens.model.ood.view_features``) of a
     whole split, read as ``evaluate`` reads it, or of a seeded random ``limit`` of its images."""
@@ -71,6 +71,7 @@ def split_features(model: ResidualAttentionNet, data: str, split: str, mean, std
     if classes is not None and tuple(loaded.classes) != tuple(classes):
         raise ValueError(f"data classes {loaded.classes} differ from the model's {classes}")
     loaded = subset(loaded, limit, seed=0)
+    batch_size = batch_size or eval_batch_size(next(model.parameters()).device, loaded.images.shape[-1])
     model.eval()
     logits, features = [], {view: [] for view in views}
     with torch.inference_mode():

@@ -342,18 +342,31 @@ def subset(split: Split, limit: int, seed: int) -> Split:
     return Split(split.images[index], split.labels[index], split.classes)
 
 
+def eval_batch_size(device: torch.device | str, size: int) -> int:
+    """Images per forward when a whole split is scored. A GPU wants big batches; on a CPU the rate per
+    image falls once a batch's activations outgrow the caches (32 px, 2 cores: batch 500 runs at about
+    half the rate of 64, ``benchmarks/throughput.py --batch 500 64 16 --mode infer``), so CPU batches
+    hold about 64 images' worth of 32 px pixels, and at least one image."""
+    if torch.device(device).type != "cpu":
+        return 500
+    return max(1, 64 * 32 * 32 // (size * size))
+
+
 @torch.no_grad()
 def evaluate_split(
-    model: ResidualAttentionNet, split: Split, mean, std, batch_size: int = 500, desc: str = "eval",
+    model: ResidualAttentionNet, split: Split, mean, std, batch_size: int | None = None, desc: str = "eval",
     show: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (logits (N, K), labels (N,)) in eval mode, on the CPU, whatever device the model is on."""
+    """Returns (logits (N, K), labels (N,)) in eval mode, on the CPU, whatever device the model is on;
+    ``batch_size`` defaults to ``eval_batch_size``."""
     model.eval()
     device = next(model.parameters()).device
+    batch_size = batch_size or eval_batch_size(device, split.images.shape[-1])
     outs = [torch.zeros((0, model.num_classes))]
     for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=not show):
         batch = split.images[start : start + batch_size].to(device, non_blocking=True)
-        outs.append(model(normalize(batch, mean, std)).float().cpu())
+        batch = normalize(batch, mean, std).contiguous(memory_format=torch.channels_last)
+        outs.append(model(batch).float().cpu())
     return torch.cat(outs), split.labels.cpu()
 
 

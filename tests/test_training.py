@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from ranlens.model import get_model
-from ranlens.model.data import augment, cutout, load_split, normalize, trivial_augment
-from ranlens.model.train import CIFAR_MEAN, CIFAR_STD, TrainConfig, lr_at, make_optimizer, train, train_step
+from ranlens.model.data import Split, augment, cutout, load_split, normalize, trivial_augment
+from ranlens.model.train import (CIFAR_MEAN, CIFAR_STD, TrainConfig, eval_batch_size, evaluate_split, lr_at,
+                                 make_optimizer, train, train_step)
 
 
 @pytest.fixture
@@ -133,6 +134,19 @@ def test_cutout_zeroes_one_clipped_square_per_image():
     assert cutout(images, 0, torch.Generator()) is images
     with pytest.raises(ValueError, match="cutout size"):
         cutout(images, -1, torch.Generator())
+
+
+def test_evaluation_batches_are_small_on_a_cpu_and_do_not_change_the_logits():
+    assert eval_batch_size("cpu", 32) == 64 and eval_batch_size("cpu", 224) == 1
+    assert eval_batch_size("cuda", 32) == 500
+    torch.manual_seed(0)
+    model = get_model("attention56_cifar", num_classes=3)
+    images = torch.randint(0, 256, (70, 3, 32, 32), dtype=torch.uint8)  # 64 + a partial batch of 6
+    split = Split(images, torch.arange(70) % 3, ("a", "b", "c"))
+    logits, labels = evaluate_split(model, split, CIFAR_MEAN, CIFAR_STD, show=False)
+    one_batch, _ = evaluate_split(model, split, CIFAR_MEAN, CIFAR_STD, batch_size=70, show=False)
+    assert logits.shape == (70, 3) and torch.equal(labels, split.labels)
+    torch.testing.assert_close(logits, one_batch, rtol=1e-4, atol=1e-4)
 
 
 def test_schedule_warms_up_then_decays_to_zero():
