@@ -18,6 +18,7 @@ the caches, which is why evaluation there runs in small batches (``ranlens.model
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -125,14 +126,11 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    for name in args.models:  # each batch size against the first
-        for mode in args.mode:
-            for precision in args.precision:
-                first = next(r for r in results if (r["model"], r["mode"], r["precision"]) == (name, mode, precision))
-                for r in results:
-                    if (r["model"], r["mode"], r["precision"]) == (name, mode, precision) and r is not first:
-                        print(f"{name} {mode} {precision} batch {r['batch']} / batch {first['batch']}: "
-                              f"{r['img_per_s'] / first['img_per_s']:.2f}x")
+    for name, mode, precision in itertools.product(args.models, args.mode, args.precision):
+        first, *others = [r for r in results if (r["model"], r["mode"], r["precision"]) == (name, mode, precision)]
+        for r in others:  # each further batch size against the first
+            print(f"{name} {mode} {precision} batch {r['batch']} / batch {first['batch']}: "
+                  f"{r['img_per_s'] / first['img_per_s']:.2f}x")
     # the comparisons below at the first batch size
     rate = {(r["model"], r["mode"], r["precision"]): r["img_per_s"] for r in results if r["batch"] == args.batch[0]}
     for attention, resnet in PAIRS:

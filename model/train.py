@@ -344,8 +344,8 @@ def subset(split: Split, limit: int, seed: int) -> Split:
 
 def eval_batch_size(device: torch.device | str, size: int) -> int:
     """Images per forward when a whole split is scored. A GPU wants big batches; on a CPU the rate per
-    image falls once a batch's activations outgrow the caches (32 px, 2 cores: batch 500 runs at about
-    half the rate of 64, ``benchmarks/throughput.py --batch 500 64 16 --mode infer``), so CPU batches
+    image falls once a batch's activations outgrow the caches (32 px, 2 cores: batch 64 runs at 2.5 to
+    3.2 times the rate of 500, ``benchmarks/throughput.py --batch 500 64 16 --mode infer``), so CPU batches
     hold about 64 images' worth of 32 px pixels, and at least one image."""
     if torch.device(device).type != "cpu":
         return 500
