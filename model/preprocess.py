@@ -19,15 +19,26 @@ __all__ = ["Preprocess", "center_crop"]
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """RGB, shorter side resized to ``size`` (bilinear; Pillow antialiases), centre square of ``size``."""
+    """RGB, shorter side resized to ``size`` (bilinear; Pillow antialiases), centre square of ``size``.
+
+    A picture over 4:1 has only the part the square keeps resized (Pillow's ``box``: the square's
+    preimage, at the scale of resizing the whole), so the work stays bounded by ``size``: resizing the
+    whole of a 1 x 20,000 PNG of a hundred bytes made it 32 x 640,000 for the model and 256 x 5,120,000
+    for the page, gigabytes. The box's arithmetic can differ by one level of 255 from resizing the
+    whole, so ordinary pictures keep torchvision's exact path.
+    """
     image = image.convert("RGB")
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(size * long / short)  # as torchvision rounds: down
     new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    if new_long > 4 * size:
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return image.resize((size, size), Image.BILINEAR, box=box)
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), Image.BILINEAR)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 
