@@ -99,11 +99,21 @@ class Weights:
 
     @classmethod
     def from_manifest(cls, path: Path) -> Weights:
-        data = json.loads(Path(path).read_text())
-        data["classes"] = tuple(data["classes"])
-        data["mean"] = tuple(data["mean"])
-        data["std"] = tuple(data["std"])
-        return cls(directory=Path(path).parent, **data)
+        """Reads a manifest; one that is not JSON or lacks a field is a ``WeightsError`` naming the file
+        (a server loading several models skips it and keeps the others)."""
+        text = Path(path).read_text()
+        try:
+            data = json.loads(text)
+            data["classes"] = tuple(data["classes"])
+            data["mean"] = tuple(data["mean"])
+            data["std"] = tuple(data["std"])
+            return cls(directory=Path(path).parent, **data)
+        except json.JSONDecodeError as exc:
+            raise WeightsError(f"weights manifest {path} is not JSON: {exc}") from exc
+        except KeyError as exc:
+            raise WeightsError(f"weights manifest {path} lacks the field {exc}") from exc
+        except TypeError as exc:  # not an object, or a field the Weights class does not have or lacks
+            raise WeightsError(f"weights manifest {path} is not a weights manifest: {exc}") from exc
 
     def _fetch(self, progress: bool) -> None:
         if self.url is None:
@@ -198,7 +208,7 @@ def list_weights(arch: str | None = None, directory: Path = WEIGHTS_DIR) -> list
     for path in directory.glob("*.json"):
         try:
             found.append(Weights.from_manifest(path))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, WeightsError) as exc:
             warnings.warn(f"skipping unreadable weights manifest {path}: {exc}", stacklevel=2)
     found.sort(key=lambda w: version_key(w.name))
     return [w for w in found if arch is None or w.arch == arch]

@@ -475,9 +475,13 @@ def test_settings_choose_the_served_models(tmp_path):
         assert c.get("/readyz").json()["models"] == ["attention56_cifar.v7", A56, A92]
 
 
-def test_a_model_that_fails_to_load_keeps_the_others_serving_but_not_ready(tmp_path):
-    with TestClient(create_app(Settings(weights=f"DEFAULT,{tmp_path / 'missing.json'}"))) as c:
-        assert_problem(c.get("/readyz"), 503, "Model not ready", "missing.json")
+@pytest.mark.parametrize("manifest", [None, "{}", "[1]", "not json"], ids=["missing", "empty", "list", "text"])
+def test_a_model_that_fails_to_load_keeps_the_others_serving_but_not_ready(tmp_path, manifest):
+    path = tmp_path / "broken.json"
+    if manifest is not None:
+        path.write_text(manifest)
+    with TestClient(create_app(Settings(weights=f"DEFAULT,{path}"))) as c:
+        assert_problem(c.get("/readyz"), 503, "Model not ready", "broken.json")
         assert post(c, corpus.png(corpus.photo())).status_code == 200
         assert len(c.get("/api/v1/models").json()["models"]) == 2
 
