@@ -392,6 +392,14 @@ def test_exif_orientation_is_applied(client):
     assert (body["image"]["width"], body["image"]["height"]) == upright
 
 
+def test_image_jpg_the_type_many_clients_send_is_a_jpeg(client):
+    data = corpus.encode(corpus.photo(), "JPEG")
+    answers = [post(client, data, name="cat.jpg", ctype=ctype).json() for ctype in ("image/jpg", "image/jpeg")]
+    for answer in answers:
+        answer.pop("timing_ms")
+    assert answers[0] == answers[1] and answers[0]["predictions"][0]["label"] == "cat"
+
+
 BAD = {
     "zero-bytes": (lambda: b"", "image/png", 400, "Empty upload", "no bytes"),
     "truncated": (corpus.truncated_jpeg, "image/jpeg", 400, "Undecodable image", "corrupt or truncated"),

@@ -126,6 +126,14 @@ def test_corrupt_or_truncated(data):
         decode_image(data, LIMIT, "image/png")
 
 
+@pytest.mark.parametrize("ctype, fmt", [
+    ("image/jpg", "JPEG"), ("image/pjpeg", "JPEG"), ("IMAGE/JPEG; charset=binary", "JPEG"), ("image/x-png", "PNG"),
+    ("image/x-bmp", "BMP"), ("image/x-tiff", "TIFF"),
+])
+def test_other_names_clients_send_for_a_supported_type(ctype, fmt):
+    assert decode(corpus.encode(Image.new("RGB", (8, 6), (200, 10, 10)), fmt), ctype).shape == (6, 8, 3)
+
+
 @pytest.mark.parametrize("data, ctype", [
     pytest.param(b"hello, I am text\n" * 10, "image/png", id="text-claiming-png"),
     pytest.param(b"%PDF-1.4\n%\xe2\xe3\n", None, id="pdf-no-type"),
@@ -150,6 +158,14 @@ def test_the_pixel_limit_is_exact():
         decode_image(data, 99)
 
 
-def test_decompression_bomb_over_pillows_guard():
-    with pytest.raises(ImageTooLargeError):
-        decode_image(corpus.decompression_bomb(), 10**9, "image/png")
+def test_decompression_bomb_over_pillows_guard_names_the_callers_limit():
+    # Pillow refuses it in Image.open, with its own limit (89,478,485) in the message
+    with pytest.raises(ImageTooLargeError, match=r"100,000,000 pixels; the limit is 40,000,000\.$"):
+        decode_image(corpus.decompression_bomb(), 40_000_000, "image/png")
+
+
+def test_a_limit_above_pillows_own_guard_is_the_limit():
+    """RANLENS_MAX_IMAGE_PIXELS=200000000 must admit a 100-megapixel picture, which Pillow's default
+    guard (89.5 MP) refuses."""
+    image = decode_image(corpus.decompression_bomb(), 200_000_000, "image/png")
+    assert image.size == (10_000, 10_000) and image.mode == "RGB"
