@@ -430,6 +430,29 @@ def test_not_multipart_and_missing_field(client):
                    422, "Missing file", "'file'")
 
 
+def test_a_thin_picture_costs_what_a_square_one_does(client):
+    """1 x 200,000 pixels in a PNG of a few hundred bytes: resized whole to the page's 256-pixel crop it
+    would have been 256 x 51,200,000 pixels (39 GB); the crop comes first now."""
+    data = corpus.png(Image.new("RGB", (1, 200_000), (200, 30, 30)))
+    assert len(data) < 2_000
+    body = client.post("/api/v1/explain", files={"file": ("thin.png", data, "image/png")}).json()
+    assert (body["image"]["width"], body["image"]["height"]) == (1, 200_000)
+    assert body["predictions"][0]["label"] in CLASSES
+
+
+def test_a_cut_off_body_and_several_files_are_refused(client):
+    image = corpus.one_pixel()
+    whole = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+             b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--b--\r\n")
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    assert client.post("/api/v1/predict", content=whole, headers=headers).status_code == 200
+    cut = whole[: whole.index(b"\r\n--b--")]  # the upload stops before the closing boundary
+    assert_problem(client.post("/api/v1/predict", content=cut, headers=headers), 400, "Incomplete upload",
+                   "closing boundary")
+    two = [("file", ("a.png", image, "image/png")), ("file", ("b.png", image, "image/png"))]
+    assert_problem(client.post("/api/v1/predict", files=two), 422, "Several files", "2 fields named 'file'")
+
+
 def test_unknown_route_is_problem_json(client):
     body = assert_problem(client.get("/api/v1/nothing"), 404, "Not Found")
     assert body["instance"] == "/api/v1/nothing"

@@ -35,7 +35,7 @@ PROBLEM_TEXT = {
     404: "no such resource",
     413: "the upload or the decoded image is over the server's limit",
     415: "not multipart/form-data, or not a supported image type",
-    422: "invalid parameters, or the multipart body has no file field",
+    422: "invalid parameters, or the multipart body has no file field or several",
     503: "the model is not loaded, or the server is busy (then with a Retry-After header)",
 }
 

@@ -73,10 +73,15 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
     def on_part_end() -> None:
         parts.append(dict(current))
 
+    ended: list[bool] = []
+
+    def on_end() -> None:
+        ended.append(True)
+
     parser = MultipartParser(params[b"boundary"], {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field,
         "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
+        "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end,
     })
     try:
         async for chunk in body:
@@ -89,13 +94,23 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
     except Exception as exc:  # python-multipart raises several error types on malformed bodies
         raise Problem(400, "Malformed multipart body", str(exc) or type(exc).__name__) from exc
 
+    if not ended:  # python-multipart's finalize accepts a body cut off before its closing boundary
+        raise Problem(400, "Incomplete upload",
+                      "The multipart body ends before its closing boundary: the upload was cut off.")
+    named = []
     for part in parts:
         _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
         if disposition.get(b"name", b"").decode("utf-8", "replace") == field:
-            part_type, _ = parse_options_header(part["headers"].get(b"content-type", b""))
-            return Upload(
-                filename=disposition.get(b"filename", b"").decode("utf-8", "replace"),
-                content_type=part_type.decode("latin-1"),
-                data=bytes(part["data"]),
-            )
-    raise Problem(422, "Missing file", f"The multipart body has no field named {field!r}.")
+            named.append((part, disposition))
+    if not named:
+        raise Problem(422, "Missing file", f"The multipart body has no field named {field!r}.")
+    if len(named) > 1:  # answering for one of them would look like an answer for all
+        raise Problem(422, "Several files", f"The multipart body has {len(named)} fields named {field!r}; "
+                                            "send one image per request.")
+    part, disposition = named[0]
+    part_type, _ = parse_options_header(part["headers"].get(b"content-type", b""))
+    return Upload(
+        filename=disposition.get(b"filename", b"").decode("utf-8", "replace"),
+        content_type=part_type.decode("latin-1"),
+        data=bytes(part["data"]),
+    )
