@@ -49,7 +49,7 @@ def filter_query(ctx, query) -> bool:
 #    elements, BYTES elements that are encoded pictures, FP32 tensors of the model's input shape, outputs
 #    the model has. A schema cannot tie one field to another, so a body the schema accepts is made into
 #    such a request; a body the schema rejects (a negative case) is left for the server to refuse.
-INFER_PATH = "/v2/models/{name}/infer"
+INFER_PATHS = {"/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
 
 
 def _picture_base64() -> str:
@@ -66,7 +66,7 @@ def map_body(ctx, body):
 
     from ranlens.app.api.schemas import InferRequest
 
-    if getattr(ctx.operation, "path", None) != INFER_PATH or not isinstance(body, dict):
+    if getattr(ctx.operation, "path", None) not in INFER_PATHS or not isinstance(body, dict):
         return body
     try:
         InferRequest.model_validate(body)

@@ -95,3 +95,59 @@ def test_bad_requests_are_clear_errors(client, server):
     r = httpx.post(server + "v2/models/attention56_cifar/infer", content=b"{not json", timeout=30)
     assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json")
     assert "not JSON" in r.json()["error"]
+
+
+def test_a_model_version_has_its_own_routes(client):
+    """The metadata's `versions` name routes of their own (/v2/models/{name}/versions/{version}/...),
+    which Triton's client calls when given model_version."""
+    version = client.get_model_metadata("attention56_cifar")["versions"][0]
+    assert client.get_model_metadata("attention56_cifar", model_version=version)["versions"] == [version]
+    assert client.is_model_ready("attention56_cifar", model_version=version)
+    image = triton.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([(FIXTURES / "cat" / "0000.jpg").read_bytes()], dtype=np.object_))
+    result = client.infer("attention56_cifar", [image], model_version=version)
+    assert result.get_response()["model_version"] == version
+    np.testing.assert_allclose(result.as_numpy("probabilities"),
+                               client.infer("attention56_cifar", [image]).as_numpy("probabilities"), atol=1e-6)
+    assert not client.is_model_ready("attention56_cifar", model_version="attention56_cifar.v1")
+    with pytest.raises(InferenceServerException, match="no version 'attention56_cifar.v1'"):
+        client.infer("attention56_cifar", [image], model_version="attention56_cifar.v1")
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "v2/nowhere", 404), ("DELETE", "v2/models/attention56_cifar/ready", 405),
+    ("GET", "v2/models/attention56_cifar/versions/nothing", 404),
+])
+def test_every_v2_error_has_the_error_member_triton_reads(server, method, path, status):
+    r = httpx.request(method, server + path, timeout=30)
+    assert r.status_code == status and r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["error"] == r.json()["detail"]
+
+
+def test_an_invalid_request_says_what_is_invalid(client):
+    half = triton.InferInput("input", [1, 3, 32, 32], "FP16")
+    half.set_data_from_numpy(np.zeros((1, 3, 32, 32), np.float16))
+    with pytest.raises(InferenceServerException, match=r"\[422\].*datatype.*'BYTES' or 'FP32'"):
+        client.infer("attention56_cifar", [half])
+    flat = triton.InferInput("image", [1, 1], "BYTES")
+    flat.set_data_from_numpy(np.array([[b"x"]], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match=r"shape \[N\].*\[1, 1\]"):
+        client.infer("attention56_cifar", [flat])
+    batch = triton.InferInput("image", [2], "BYTES")
+    batch.set_data_from_numpy(np.array([(FIXTURES / "cat" / "0000.jpg").read_bytes(), b"junk"], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match=r"image\[1\]: "):
+        client.infer("attention56_cifar", [batch])
+
+
+def test_non_finite_inputs_are_refused_in_binary_as_in_json(client, server):
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    x[0, 1, 2, 3] = np.nan
+    tensor = triton.InferInput("input", [1, 3, 32, 32], "FP32")
+    tensor.set_data_from_numpy(x, binary_data=True)  # NaN travels in binary; the answer would be NaN
+    with pytest.raises(InferenceServerException, match="values must be finite"):
+        client.infer("attention56_cifar", [tensor])
+    values = np.zeros((1, 3, 32, 32)).tolist()
+    values[0][1][2][3] = 1e39  # JSON has no NaN: a number over float32's range becomes infinity
+    r = httpx.post(server + "v2/models/attention56_cifar/infer", timeout=30, json={
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": values}]})
+    assert r.status_code == 400 and "values must be finite" in r.json()["error"]

@@ -21,8 +21,9 @@ from ranlens.app.core.problems import Problem
 
 
 def problem(status: int, title: str, detail: str) -> Problem:
-    """A problem+json answer that Triton's and KServe's clients read too: they look for ``error``."""
-    return Problem(status, title, detail, error=detail)
+    """A problem+json answer; under /v2 the handler adds ``error``, where Triton's and KServe's
+    clients look for the message."""
+    return Problem(status, title, detail)
 
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[str, bytes]]:
@@ -40,8 +41,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         if isinstance(exc, ValidationError):
             errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
             raise Problem(422, "Invalid parameters", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                              for e in errors), errors=errors,
-                          error="invalid inference request") from None
+                                                              for e in errors), errors=errors) from None
         raise problem(400, "Malformed inference request", f"the request is not JSON: {exc}") from None
     binary: dict[str, bytes] = {}
     offset = 0
@@ -93,12 +93,15 @@ def fp32_tensor(data: list | None, raw: bytes | None, shape: list[int], name: st
         if len(raw) != 4 * count:
             raise problem(400, "Malformed inference request",
                           f"input {name!r}: {len(raw)} bytes of binary data for shape {shape} (FP32 needs {4 * count})")
-        return np.frombuffer(raw, dtype="<f4").reshape(shape)
-    values = list(_flatten(data or []))
-    if len(values) != count or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise problem(400, "Malformed inference request",
-                      f"input {name!r}: shape {shape} needs {count} numbers, got {len(values)} values")
-    array = np.asarray(values, dtype=np.float32).reshape(shape)
+        array = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    else:
+        values = list(_flatten(data or []))
+        if len(values) != count or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise problem(400, "Malformed inference request",
+                          f"input {name!r}: shape {shape} needs {count} numbers, got {len(values)} values")
+        array = np.asarray(values, dtype=np.float32).reshape(shape)
+    # NaN or infinity, in JSON (1e39 overflows float32) or in binary alike: the outputs would be NaN,
+    # which JSON cannot carry as the numbers InferOutput promises
     if not np.isfinite(array).all():
         raise problem(400, "Malformed inference request", f"input {name!r}: values must be finite")
     return array

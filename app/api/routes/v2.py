@@ -22,10 +22,11 @@ from ranlens.app.api.schemas import (
     V2ServerMetadata,
 )
 from ranlens.app.core import oip
-from ranlens.app.core.problems import Problem
+from ranlens.app.core.config import Settings
 from ranlens.app.core.upload import body_within
 from ranlens.model.catalog import UnknownModel
 from ranlens.model.explainer import Explainer
+from ranlens.model.weights import DEFAULT_WEIGHTS
 from ranlens.model.imaging import ImageError, decode_image
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -44,11 +45,20 @@ INFER_BODY = {
 }
 
 
-def _model(catalog, name: str) -> Explainer:
+# the example fits the first example of ModelName, so that the two together name a served version
+Version = Annotated[str, Path(description="the model's version: the weights name its metadata lists in `versions`",
+                              examples=[DEFAULT_WEIGHTS["attention56_cifar"]])]
+
+
+def _model(catalog, name: str, version: str | None = None) -> Explainer:
     try:
-        return catalog.get(name)
+        explainer = catalog.get(name)
     except UnknownModel as exc:
         raise oip.problem(404, "Unknown model", f"{exc}.") from None
+    if version is not None and version != explainer.weights.name:
+        raise oip.problem(404, "Unknown model version",
+                          f"model {name!r} has no version {version!r}; its version is {explainer.weights.name!r}.")
+    return explainer
 
 
 @router.get("/health/live", response_model=V2Live, summary="The server is alive")
@@ -71,7 +81,16 @@ def server_metadata() -> dict:
 @router.get("/models/{name}", response_model=V2ModelMetadata, responses=problems(404, 503),
             summary="A model's inputs and outputs")
 def model_metadata(name: ModelName, catalog: CatalogDep) -> dict:
-    explainer = _model(catalog, name)
+    return _metadata(_model(catalog, name))
+
+
+@router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=problems(404, 503),
+            summary="A model version's inputs and outputs")
+def version_metadata(name: ModelName, version: Version, catalog: CatalogDep) -> dict:
+    return _metadata(_model(catalog, name, version))
+
+
+def _metadata(explainer: Explainer) -> dict:
     size, classes = explainer.weights.input_size, len(explainer.weights.classes)
     masks = [{"name": f"mask:{m['module']}", "datatype": "FP32", "shape": [-1, m["channels"], *m["shape"]]}
              for m in explainer.modules]
@@ -90,6 +109,12 @@ def model_ready(name: ModelName, catalog: CatalogDep) -> dict:
     return {"name": _model(catalog, name).name, "ready": True}
 
 
+@router.get("/models/{name}/versions/{version}/ready", response_model=V2ModelReady, responses=problems(404, 503),
+            summary="Whether a model version is ready")
+def version_ready(name: ModelName, version: Version, catalog: CatalogDep) -> dict:
+    return {"name": _model(catalog, name, version).name, "ready": True}
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     too_large = oip.problem(413, "Request too large", f"The request is over the limit of {limit:,} bytes.")
     return b"".join([chunk async for chunk in body_within(request, limit, too_large)])
@@ -103,13 +128,19 @@ def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], 
         if tensor.datatype != "BYTES":
             raise oip.problem(400, "Malformed inference request", "input 'image' is BYTES: encoded pictures")
         images = oip.bytes_elements(raw, "image") if raw is not None else oip.json_bytes_elements(tensor.data or [], "image")
-        if len(tensor.shape) != 1 or tensor.shape[0] != len(images) or not images:
+        if len(tensor.shape) != 1:
+            raise oip.problem(400, "Malformed inference request",
+                              f"input 'image' has shape [N], one encoded picture per element; got shape {tensor.shape}")
+        if tensor.shape[0] != len(images) or not images:
             raise oip.problem(400, "Malformed inference request",
                               f"input 'image' has shape {tensor.shape} but {len(images)} elements")
-        try:
-            pictures = [decode_image(data, max_pixels) for data in images]
-        except ImageError as exc:
-            raise oip.problem(400, exc.title, exc.detail) from None
+        pictures = []
+        for index, data in enumerate(images):
+            try:
+                pictures.append(decode_image(data, max_pixels))
+            except ImageError as exc:
+                where = f"image[{index}]: " if len(images) > 1 else ""
+                raise oip.problem(400, exc.title, where + exc.detail) from None
         x = torch.stack([explainer.prepare(p)[1] for p in pictures])
     else:
         if tensor.datatype != "FP32" or len(tensor.shape) != 4 or tensor.shape[1:] != [3, size, size] \
@@ -137,7 +168,18 @@ MAX_BATCH = 64  # pictures (or tensors) in one inference request
              summary="Run a model: encoded pictures (BYTES) or preprocessed tensors (FP32) in; logits, "
                      "probabilities and, on request, soft masks out")
 async def infer(name: ModelName, request: Request, catalog: CatalogDep, settings: SettingsDep) -> dict:
-    explainer = _model(catalog, name)
+    return await _infer(_model(catalog, name), request, settings)
+
+
+@router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True,
+             openapi_extra=INFER_BODY, responses=problems(400, 404, 413, 422, 503),
+             summary="Run a model version, as /v2/models/{name}/infer does")
+async def version_infer(name: ModelName, version: Version, request: Request, catalog: CatalogDep,
+                        settings: SettingsDep) -> dict:
+    return await _infer(_model(catalog, name, version), request, settings)
+
+
+async def _infer(explainer: Explainer, request: Request, settings: Settings) -> dict:
     body = await _read_body(request, settings.max_upload_bytes + 64 * 1024)
     parsed, binary = oip.parse_request(body, request.headers.get("inference-header-content-length"))
     if parsed.inputs[0].shape and parsed.inputs[0].shape[0] > MAX_BATCH:
@@ -146,9 +188,4 @@ async def infer(name: ModelName, request: Request, catalog: CatalogDep, settings
     def run(model: Explainer) -> dict:
         return _run(model, parsed, binary, settings.max_image_pixels)
 
-    try:
-        return await run_inference(request, run, explainer, batched=False)
-    except Problem as exc:
-        if "error" not in exc.extra:
-            exc.extra["error"] = exc.detail
-        raise
+    return await run_inference(request, run, explainer, batched=False)
