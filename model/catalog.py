@@ -41,7 +41,7 @@ def weights_specs(weights: str, arch: str = "") -> list[tuple[str, str]]:
         elif spec.endswith(".json"):
             pairs.append(("", spec))
         else:  # a weights name says its architecture through its manifest
-            owner = next((w.arch for w in list_weights() if w.name == spec), arch or spec.split(".")[0])
+            owner = next((w.arch for w in list_weights() if w.name == spec), arch)
             pairs.append((owner, spec))
     if not pairs:
         raise WeightsError("no weights named: give DEFAULT, weights names, or manifest paths, separated by commas")
@@ -113,12 +113,14 @@ def load_catalog(weights: str = "DEFAULT", arch: str = "", default: str = "") ->
         chosen = next((e.weights.name for e in explainers if default in {e.weights.name, e.name}), None)
         if chosen is None:
             errors.append(f"default model {default!r} is not among the loaded {[e.weights.name for e in explainers]}")
-            chosen = explainers[0].weights.name
+            # answer as if no default had been set (the best top-1), not whichever model came first;
+            # the error keeps the server unready, so the misconfiguration shows
+            chosen = max(explainers, key=_top1).weights.name
     else:
         chosen = max(explainers, key=_top1).weights.name  # max keeps the first of equals: settings order
     return Catalog(tuple(explainers), chosen), errors
 
 
 def _model_and_weights(arch: str, spec: str):
-    resolved = resolve_weights(arch, spec)
+    resolved = resolve_weights(arch or None, spec)  # no architecture: the name must be a shipped one
     return get_model(resolved.arch, weights=resolved), resolved

@@ -517,6 +517,14 @@ def test_a_model_that_fails_to_load_keeps_the_others_serving_but_not_ready(tmp_p
         assert len(c.get("/api/v1/models").json()["models"]) == 2
 
 
+def test_a_default_model_that_is_not_loaded_leaves_the_best_answering_and_the_server_unready():
+    with TestClient(create_app(Settings(default_model="nope"))) as c:
+        assert_problem(c.get("/readyz"), 503, "Model not ready", "default model 'nope'")
+        assert post(c, corpus.png(corpus.photo())).json()["weights"] == A92  # the best top-1, as unset
+    with TestClient(create_app(Settings(weights="nope,DEFAULT"))) as c:  # a name no weights have
+        assert_problem(c.get("/readyz"), 503, "Model not ready", "unknown weights 'nope': name shipped weights")
+
+
 def test_page_renders_with_relative_urls(client):
     page = client.get("/")
     assert page.headers["content-type"].startswith("text/html")
