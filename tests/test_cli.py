@@ -205,7 +205,7 @@ def test_missing_or_unreadable_files_give_one_line(tmp_path, case):
         "weights-json": (["figure", str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "f.png"),
                           "--weights", str(tmp_path / "w.json")], [str(tmp_path / "w.json"), "not found"]),
         "weights-unreadable": (["evaluate", "--data", str(CIFAR_FIXTURES), "--weights", str(junk)],
-                               [f"cannot read weights manifest {junk}: Expecting"]),
+                               [f"weights manifest {junk} is not JSON: Expecting"]),
         "weights-name": (["evaluate", "--data", str(CIFAR_FIXTURES), "--weights", "nope.v1"],
                          ["unknown weights 'nope.v1'", DEFAULT]),
         "train-data": (["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--amp", "off"],
