@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import shutil
 import socket
 import sys
@@ -233,6 +234,21 @@ def _export(args: argparse.Namespace) -> None:
     from ranlens.model.train import CIFAR_MEAN, CIFAR_STD, LEGACY_SETTINGS, TrainConfig
     from ranlens.model.weights import CIFAR10_CLASSES, read_checkpoint
 
+    name = args.name
+    # a name becomes NAME.safetensors and NAME.json in --weights-dir: it must not lead out of it
+    plain = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) and ".." not in name
+    if not plain or name.endswith((".json", ".safetensors")):
+        raise CommandError(f"--name {name!r} is not a weights name: give a plain file stem such as "
+                           f"attention56_cifar.v9 (letters, digits, '.', '_' and '-'; no path separators, '..' "
+                           f"or extension)")
+    target_dir = Path(args.weights_dir)
+    if target_dir.exists() and not target_dir.is_dir():
+        raise CommandError(f"--weights-dir {target_dir} is not a folder")
+    # the default folder holds the shipped weights: a name already there is a checkpoint someone ships
+    taken = [p for p in (target_dir / f"{name}.safetensors", target_dir / f"{name}.json") if p.exists()]
+    if taken and not args.force:
+        raise CommandError(f"{taken[0]} already exists: choose another --name (e.g. the next version) or "
+                           f"--weights-dir, or give --force to replace it")
     run = Path(args.run)
     # a run made before a setting existed trained with what that setting meant then: no cutout, float32,
     # CIFAR-10 classes and statistics at the architecture's reference size
@@ -249,8 +265,8 @@ def _export(args: argparse.Namespace) -> None:
         raise CommandError(f"{run} has finished epochs 1..{len(history)}, not epoch {epochs_done}")
     source = run / f"epoch{epochs_done:03d}.safetensors"
     read_checkpoint(source, expected_arch=config["arch"])
-    target_dir = Path(args.weights_dir)
-    target = target_dir / f"{args.name}.safetensors"
+    target = target_dir / f"{name}.safetensors"
+    target_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     done = history[:epochs_done]
     hardware, machine = _hardware(config)
@@ -286,7 +302,7 @@ def _export(args: argparse.Namespace) -> None:
     recipe["total_train_wall_hours"] = round(
         recipe["train_wall_hours"] + earlier.get("total_train_wall_hours", earlier.get("train_wall_hours", 0)), 2)
     weights = Weights(
-        name=args.name, arch=config["arch"], file=target.name, sha256=sha256_of(target),
+        name=name, arch=config["arch"], file=target.name, sha256=sha256_of(target),
         classes=tuple(config["classes"]), input_size=input_size, mean=tuple(config["mean"]),
         std=tuple(config["std"]), recipe=recipe,
         metrics={"note": "not yet measured: run ranlens evaluate --write-metrics"}, directory=target_dir,
@@ -569,9 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = command("export", "ship a run's checkpoint as WEIGHTS_DIR/NAME.safetensors with a manifest", _export)
     x.add_argument("run", help="the run folder (ranlens train --out)")
-    x.add_argument("--name", required=True, help="weights name, e.g. attention56_cifar.v7")
+    x.add_argument("--name", required=True, help="weights name, a plain file stem, e.g. attention56_cifar.v9; "
+                   "refused if NAME.safetensors or NAME.json is in WEIGHTS_DIR already (see --force)")
     x.add_argument("--epoch", type=int, default=0, help="which epoch's checkpoint; 0 = the last finished one")
-    x.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="where shipped weights live")
+    x.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="where shipped weights live (created if "
+                   "missing)")
+    x.add_argument("--force", action="store_true", help="replace weights of the same name in WEIGHTS_DIR")
 
     p = command("explain", "write overlays, raw masks and a manifest for images; print top predictions", _explain)
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, WebP, BMP, TIFF)")

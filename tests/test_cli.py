@@ -13,6 +13,7 @@ import sys
 import urllib.request
 from dataclasses import asdict
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,3 +309,55 @@ def test_a_path_prefix_without_a_slash_is_refused_in_one_line():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "a path prefix starts with '/', e.g. '/ranlens'" in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+# Arguments and paths checked before the work: each test runs the real command
+
+
+def fake_run(tmp_path, epochs: int = 1, **settings) -> Path:
+    """A run folder as ``ranlens train`` leaves it after ``epochs`` epochs, without training: config.json,
+    metrics.json, last.pt, and the shipped default's weights as each epoch's checkpoint."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = asdict(TrainConfig(out=str(run), amp="off", device="cpu", image_size=32, loader="memory",
+                                epochs=epochs, **settings))
+    (run / "config.json").write_text(json.dumps(config))
+    history = [{"epoch": e, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5, "lr_end": 0.1,
+                "train_img_per_s": 10.0, "epoch_seconds": 60.0} for e in range(1, epochs + 1)]
+    (run / "metrics.json").write_text(json.dumps(history))
+    for e in range(1, epochs + 1):
+        shutil.copyfile(WEIGHTS_DIR / f"{DEFAULT}.safetensors", run / f"epoch{e:03d}.safetensors")
+    torch.save({"config": config, "epoch": epochs}, run / "last.pt")
+    return run
+
+
+def test_export_refuses_to_replace_weights_unless_forced(tmp_path):
+    run, weights = fake_run(tmp_path), tmp_path / "new" / "weights"
+    assert ranlens("export", str(run), "--name", "mine.v1", "--weights-dir", str(weights)).returncode == 0
+    shipped = {p.name: p.read_bytes() for p in weights.iterdir()}
+    assert set(shipped) == {"mine.v1.safetensors", "mine.v1.json"}
+    assert_one_line_error(ranlens("export", str(run), "--name", "mine.v1", "--weights-dir", str(weights)),
+                          f"{weights / 'mine.v1.safetensors'} already exists", "--force")
+    (weights / "mine.v1.safetensors").unlink()  # a manifest alone is somebody's weights too
+    assert_one_line_error(ranlens("export", str(run), "--name", "mine.v1", "--weights-dir", str(weights)),
+                          f"{weights / 'mine.v1.json'} already exists")
+    assert (weights / "mine.v1.json").read_bytes() == shipped["mine.v1.json"]
+    forced = ranlens("export", str(run), "--name", "mine.v1", "--weights-dir", str(weights), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (weights / "mine.v1.safetensors").read_bytes() == shipped["mine.v1.safetensors"]
+
+
+def test_export_refuses_a_shipped_name_by_default():
+    """The README's export example once overwrote the default's parent. The run is missing: had the name
+    been let through, the error would be about the run, and nothing could be written."""
+    for name in (PARENT, DEFAULT):
+        assert_one_line_error(ranlens("export", "/nonexistent/run", "--name", name),
+                              f"{WEIGHTS_DIR / name}.safetensors already exists")
+
+
+@pytest.mark.parametrize("name", ["", "../escape", "sub/name", "..", "a..b", ".hidden", "x.safetensors", "x.json",
+                                  "/abs/name"])
+def test_export_refuses_a_name_that_is_not_a_plain_stem(tmp_path, name):
+    result = ranlens("export", str(tmp_path / "missing"), "--name", name, "--weights-dir", str(tmp_path / "w"))
+    assert_one_line_error(result, f"--name {name!r} is not a weights name", "attention56_cifar.v9")
+    assert not (tmp_path / "w").exists()
