@@ -515,9 +515,39 @@ def _test(data: _Data, net: nn.Module, procs: Processes, device: torch.device) -
     return float(F.cross_entropy(logits, labels)), float((logits.argmax(1) == labels).float().mean())
 
 
+# Each numeric setting's valid range, as (test, what it must be); NaN fails every test.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "threads": (lambda v: v >= 1, "at least 1"),
+    "accumulate": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: 0 < v < math.inf, "positive"),
+    "warmup": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "momentum": (lambda v: 0 < v < 1, "in (0, 1) (Nesterov momentum needs some)"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "0 or more"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "cutout": (lambda v: v >= 0, "0 (off) or more"),
+    "limit_train": (lambda v: v >= 0, "0 (all) or more"),
+    "limit_test": (lambda v: v >= 0, "0 (all) or more"),
+    "stop_after": (lambda v: v >= 0, "0 (run to the end) or more"),
+    "save_every": (lambda v: v >= 0, "0 (at epoch ends only) or more"),
+    "workers": (lambda v: v >= 0, "0 or more"),
+}
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """Refuses a setting no run can use, naming its option, before anything is read or written (a
+    batch size of 0 was a ZeroDivisionError after the data set was decoded)."""
+    for name, (ok, wanted) in _RANGES.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be {wanted}, got {value}")
+
+
 def train(cfg: TrainConfig) -> list[dict]:
     """Trains as ``cfg`` says (its preset already applied, see ``with_preset``); under torchrun, as one
     of ``WORLD_SIZE`` processes. Returns the per-epoch records."""
+    check_settings(cfg)
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {cfg.arch!r}")
     if cfg.image_size < 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import re
 import shutil
 import socket
@@ -24,17 +25,41 @@ class CommandError(Exception):
     """A problem the person running the command can fix; printed as one line, no traceback."""
 
 
+def _checked(convert, ok, wanted: str):
+    """An argparse type: ``convert`` the text, refused unless ``ok`` (argparse prints the option's name
+    and ``wanted``), so a value no command can use fails before any model loads."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int = _checked(int, lambda v: v >= 1, "a whole number >= 1")
+_positive_float = _checked(float, lambda v: 0 < v < math.inf, "a number > 0")
+_fraction = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+_port = _checked(int, lambda v: 0 <= v <= 65535, "a port 0..65535 (0: any free port)")
+
+
 def _train(args: argparse.Namespace) -> None:
-    from ranlens.model.train import TrainConfig, resumed_config, train, with_preset
+    from ranlens.model.train import TrainConfig, check_settings, resumed_config, train, with_preset
 
     given = getattr(args, "given", ())
     if args.resume:
         # the run's own record stands in for the defaults (its preset already applied there)
-        train(resumed_config(args.resume, {name: getattr(args, name) for name in given}))
-        return
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    # a preset's values stand in for the defaults; the options typed on the command line win
-    train(with_preset(cfg, given=given))
+        cfg = resumed_config(args.resume, {name: getattr(args, name) for name in given})
+    else:
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        # a preset's values stand in for the defaults; the options typed on the command line win
+        cfg = with_preset(cfg, given=given)
+    check_settings(cfg)  # train() checks again; here so a bad number is named before anything is read
+    train(cfg)
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -416,6 +441,16 @@ def _without_nagle(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _port_setting(given: int | None, setting: int) -> int:
+    """--port (range-checked by its type), else RANLENS_PORT, which must be a port too: the socket
+    library refuses one outside 0..65535 with an OverflowError."""
+    if given is not None:
+        return given
+    if not 0 <= setting <= 65535:
+        raise CommandError(f"RANLENS_PORT={setting} is not a port: give 0..65535 (0: any free port)")
+    return setting
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -427,7 +462,7 @@ def _serve(args: argparse.Namespace) -> None:
     if args.fd is not None:
         sock = socket.socket(fileno=args.fd)  # bound by whoever started us (systemd, a test)
     else:
-        sock = _listen(args.host or settings.host, settings.port if args.port is None else args.port)
+        sock = _listen(args.host or settings.host, _port_setting(args.port, settings.port))
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     # the same server options with one process or several; the path prefix belongs to the server
@@ -460,7 +495,7 @@ def _serve_ray(args: argparse.Namespace) -> None:
         return
     settings = get_settings()
     host = args.host or settings.host
-    port = settings.port if args.port is None else args.port
+    port = _port_setting(args.port, settings.port)
     print(f"deploying {args.replicas} replica(s) to the Ray cluster at {args.address} "
           f"(each loads weights {settings.weights})", flush=True)
     try:
@@ -557,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", help="name recorded with the metrics (default: the --data path and split)")
     e.add_argument("--confusion", help="also write the confusion matrix as a PNG here")
     e.add_argument("--write-metrics", action="store_true", help="record the result in the weights manifest")
-    e.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    e.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for torch")
 
     o = command("calibrate-ood", "choose the out-of-distribution threshold on the train split and record it in "
                 "the weights manifest (knn: and write the bank beside it)", _calibrate_ood)
@@ -565,23 +600,27 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--data", required=True, help="DATA/train/<class>/* and DATA/test/<class>/*")
     o.add_argument("--source", default="folder", choices=["folder", "torchvision"], help="how to read --data")
     o.add_argument("--dataset", help="name recorded with the calibration (default: the --data path)")
-    o.add_argument("--tpr", type=float, default=0.95, help="fraction of training images kept in-distribution")
+    o.add_argument("--tpr", type=_fraction, default=0.95, help="fraction of training images kept in-distribution, "
+                   "in (0, 1]")
     o.add_argument("--method", choices=["knn", "energy"], default="knn", help="knn: distance to the k-th nearest "
                    "training image's features (Sun et al. 2022); energy: of the logits (Liu et al. 2020)")
-    o.add_argument("--k", type=int, default=5, help="knn: which nearest neighbour's distance is the score")
-    o.add_argument("--bank-size", type=int, default=5000, help="knn: training images whose features are shipped "
-                   "(k = 5 of 5,000: Sun et al.'s k = 50 of 50,000 at a tenth of the data)")
+    o.add_argument("--k", type=_positive_int, default=5, help="knn: which nearest neighbour's distance is the score "
+                   "(at most --bank-size)")
+    o.add_argument("--bank-size", type=_positive_int, default=5000, help="knn: training images whose features are "
+                   "shipped, fewer than the train split holds (the rest choose the threshold; k = 5 of 5,000: Sun et "
+                   "al.'s k = 50 of 50,000 at a tenth of the data)")
     o.add_argument("--seed", type=int, default=0, help="knn: which training images make the bank")
     o.add_argument("--views", help="knn: the features compared, comma-separated: 'head' (the pooled features the "
                    "classifier reads) and '<module>:mean' or '<module>:std' (that statistic over positions of a "
                    "module's output (1 + M) * T); a picture is flagged when it is unlike the training images in any "
                    "of them (default: head,stage1.module1:std)")
-    o.add_argument("--temperature", type=float, default=1.0, help="energy: temperature T")
+    o.add_argument("--temperature", type=_positive_float, default=1.0, help="energy: temperature T")
     o.add_argument("--examples", nargs="*", default=[], help="also print the scores of these images")
     o.add_argument("--no-test", action="store_true", help="skip the test split (no fraction flagged is recorded)")
     o.add_argument("--dry-run", action="store_true", help="print the calibration, leave the manifest alone")
-    o.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
-    o.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    o.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
+                   help="refuse larger images (decompression bombs)")
+    o.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for torch")
 
     x = command("export", "ship a run's checkpoint as WEIGHTS_DIR/NAME.safetensors with a manifest", _export)
     x.add_argument("run", help="the run folder (ranlens train --out)")
@@ -598,15 +637,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights_args(p)
     p.add_argument("--colormap", default="viridis", choices=COLORMAPS, help="colour map of the overlays")
     p.add_argument("--alpha", type=float, default=0.6, help="opacity of the mask over the picture")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
-    p.add_argument("--top", type=int, default=3, help="how many predictions to print per image")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
+                   help="refuse larger images (decompression bombs)")
+    p.add_argument("--top", type=_positive_int, default=3, help="how many predictions to print per image (more "
+                   "than the weights have classes prints them all)")
+    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for torch")
 
     f = command("figure", "a PNG of every module's mask (channel mean, or what it adds) over some images", _figure)
     f.add_argument("images", nargs="+", help="image files, one row each")
     f.add_argument("--out", required=True, help="the PNG to write")
     _add_weights_args(f)
-    f.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images (decompression bombs)")
+    f.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
+                   help="refuse larger images (decompression bombs)")
     f.add_argument("--reduction", choices=["mean", "added"], default="mean",
                    help="channel mean of M, or added: each position's mean of M * |T|")
 
@@ -617,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("serve", "run the web app (other settings from RANLENS_* variables or .env)", _serve)
     s.add_argument("--host", help="address to listen on (default: RANLENS_HOST, else 127.0.0.1)")
-    s.add_argument("--port", type=int, help="port to listen on (default: RANLENS_PORT, else 8000)")
+    s.add_argument("--port", type=_port, help="port to listen on, 0 for any free one (default: RANLENS_PORT, else "
+                   "8000)")
     s.add_argument("--fd", type=int, help="serve on this already-bound socket (systemd, tests) instead of host:port")
     s.add_argument("--workers", type=int, default=1, help="worker processes sharing the socket, each with its "
                    "own models; on a small machine set RANLENS_INFERENCE_WORKERS=1 and RANLENS_TORCH_THREADS to "
@@ -631,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves for each replica")
     r.add_argument("--host", help="address Serve's HTTP proxy listens on, cluster-wide and fixed when Serve "
                    "first starts there (default: RANLENS_HOST, else 127.0.0.1)")
-    r.add_argument("--port", type=int, help="port of Serve's HTTP proxy (default: RANLENS_PORT, else 8000)")
+    r.add_argument("--port", type=_port, help="port of Serve's HTTP proxy (default: RANLENS_PORT, else 8000)")
     r.add_argument("--proxy-location", choices=("EveryNode", "HeadOnly"), default="EveryNode",
                    help="Serve's HTTP proxies: on every node that holds a replica (each an entry point, for a "
                    "load balancer in front) or on the head node alone; fixed when Serve first starts")

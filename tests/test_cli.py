@@ -314,6 +314,16 @@ def test_a_path_prefix_without_a_slash_is_refused_in_one_line():
 # Arguments and paths checked before the work: each test runs the real command
 
 
+def assert_refused_argument(result: subprocess.CompletedProcess, command: str, option: str, *needles: str) -> None:
+    """argparse refused the value: exit status 2, its usage, then one error line naming the option."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ranlens {command}: error: argument {option}: "), last
+    for needle in needles:
+        assert needle in last, last
+
+
 def fake_run(tmp_path, epochs: int = 1, **settings) -> Path:
     """A run folder as ``ranlens train`` leaves it after ``epochs`` epochs, without training: config.json,
     metrics.json, last.pt, and the shipped default's weights as each epoch's checkpoint."""
@@ -361,3 +371,100 @@ def test_export_refuses_a_name_that_is_not_a_plain_stem(tmp_path, name):
     result = ranlens("export", str(tmp_path / "missing"), "--name", name, "--weights-dir", str(tmp_path / "w"))
     assert_one_line_error(result, f"--name {name!r} is not a weights name", "attention56_cifar.v9")
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate", "calibrate-ood"])
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_threads_below_one_are_refused(tmp_path, command, threads):
+    args = {"explain": [str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "out")],
+            "evaluate": ["--data", str(CIFAR_FIXTURES)], "calibrate-ood": ["--data", str(CIFAR_FIXTURES)]}[command]
+    assert_refused_argument(ranlens(command, *args, "--threads", threads), command, "--threads", ">= 1")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536", "http"])
+def test_serve_refuses_a_port_out_of_range(port):
+    assert_refused_argument(ranlens("serve", "--port", port), "serve", "--port", "0..65535")
+
+
+def test_serve_refuses_a_port_out_of_range_from_the_environment():
+    assert_one_line_error(ranlens("serve", RANLENS_PORT="99999"), "RANLENS_PORT=99999 is not a port", "0..65535")
+
+
+def test_serve_on_port_0_listens_on_a_free_port():
+    server = subprocess.Popen([sys.executable, "-m", "ranlens", "serve", "--port", "0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = server.stdout.readline()  # printed once the socket is bound, before the models load
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    found = re.match(r"ranlens serving on http://127\.0\.0\.1:(\d+)/", first)
+    assert found and int(found[1]) > 0, first
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+    ("--batch-size", "-4", "--batch-size must be at least 1, got -4"),
+    ("--epochs", "0", "--epochs must be at least 1, got 0"),
+    ("--warmup", "1", "--warmup must be a fraction in [0, 1), got 1.0"),
+    ("--warmup", "-0.1", "--warmup must be a fraction in [0, 1)"),
+    ("--lr", "0", "--lr must be positive, got 0.0"),
+    ("--lr", "nan", "--lr must be positive, got nan"),
+    ("--momentum", "0", "--momentum must be in (0, 1)"),
+    ("--limit-train", "-1", "--limit-train must be 0 (all) or more, got -1"),
+    ("--limit-test", "-1", "--limit-test must be 0 (all) or more, got -1"),
+    ("--stop-after", "-1", "--stop-after must be 0 (run to the end) or more, got -1"),
+    ("--threads", "0", "--threads must be at least 1, got 0"),
+    ("--accumulate", "0", "--accumulate must be at least 1, got 0"),
+    ("--cutout", "-8", "--cutout must be 0 (off) or more, got -8"),
+])
+def test_train_refuses_settings_no_run_can_use(tmp_path, option, value, message):
+    """Refused before the data is read or the run folder made (--batch-size 0 was a ZeroDivisionError
+    after decoding the data set; --data here does not even exist)."""
+    run = tmp_path / "run"
+    assert_one_line_error(ranlens("train", "--data", str(tmp_path / "nodata"), "--out", str(run), option, value),
+                          f"ranlens train: error: {message}")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("option,value", [("--stop-after", "-1"), ("--threads", "0")])
+def test_train_resume_refuses_settings_no_run_can_use(tmp_path, option, value):
+    run = fake_run(tmp_path, epochs=1)
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert_one_line_error(ranlens("train", "--resume", str(run), option, value), f"{option} must be")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+@pytest.fixture
+def corrupt_data(tmp_path):
+    """DATA/train and DATA/test of four and one corrupt JPEGs: scoring it fails at once, naming a file, so
+    an error about an option shows it was checked before any scoring."""
+    for split, count in (("train", 4), ("test", 1)):
+        (tmp_path / "data" / split / "cat").mkdir(parents=True)
+        for i in range(count):
+            (tmp_path / "data" / split / "cat" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("option,value,needle", [
+    ("--tpr", "0", "(0, 1]"), ("--tpr", "1.5", "(0, 1]"), ("--tpr", "nan", "(0, 1]"), ("--k", "0", ">= 1"),
+    ("--bank-size", "0", ">= 1"), ("--bank-size", "-5", ">= 1"), ("--temperature", "0", "> 0"),
+    ("--temperature", "-1", "> 0"),
+])
+def test_calibrate_ood_refuses_options_out_of_range(corrupt_data, option, value, needle):
+    assert_refused_argument(ranlens("calibrate-ood", "--data", str(corrupt_data), option, value), "calibrate-ood",
+                            option, needle)
+
+
+@pytest.mark.parametrize("top", ["0", "-1"])
+def test_explain_refuses_top_below_one(tmp_path, top):
+    result = ranlens("explain", str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "o"), "--top", top)
+    assert_refused_argument(result, "explain", "--top", ">= 1")
+
+
+def test_explain_top_above_the_class_count_prints_every_class(tmp_path):
+    result = ranlens("explain", str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "o"), "--top", "25")
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith(f"{PHOTOS / 'coffee.jpg'}: ")]
+    assert len(line.split(", ")) == 10, line
