@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imaging import decode_image
+from .imaging import ImageError, decode_image
 from .network import ResidualAttentionNet
 from .render import reduce_mask
 from .weights import Weights
@@ -28,8 +28,13 @@ def mask_figure(model: ResidualAttentionNet, weights: Weights, images: list[Path
     import matplotlib.pyplot as plt
 
     preprocess = weights.transforms()
-    # all decoded before drawing: a bad file fails the call before a figure is half made
-    crops = [preprocess.crop(decode_image(path.read_bytes(), max_pixels)) for path in images]
+    # all decoded before drawing: a bad file fails the call before a figure is half made, and is named
+    crops = []
+    for path in images:
+        try:
+            crops.append(preprocess.crop(decode_image(path.read_bytes(), max_pixels)))
+        except ImageError as exc:
+            raise type(exc)(f"{path}: {exc.detail}") from exc
     names = model.module_names
     fig, axes = plt.subplots(len(images), len(names) + 1, figsize=(2.6 * (len(names) + 1), 2.7 * len(images)),
                              squeeze=False)

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from ranlens.model.imaging import ImageError
 from ranlens.model.weights import WEIGHTS_DIR, Weights, WeightsError, sha256_of
 
 
@@ -522,9 +523,7 @@ def _curves(args: argparse.Namespace) -> None:
     runs: list[dict] = []
     for spec in map(Path, args.runs):
         path = spec / "metrics.json" if spec.is_dir() else spec
-        data = json.loads(path.read_text())
-        # a file this command wrote holds several runs; a run's own metrics.json holds one
-        runs.extend(data["runs"] if isinstance(data, dict) else [{"name": spec.name, "history": data}])
+        runs.extend(_metrics_runs(path, spec.name))
     combined, restarts, offset = [], [], 0
     for run in runs:
         if combined:
@@ -536,6 +535,31 @@ def _curves(args: argparse.Namespace) -> None:
     if args.write_metrics:
         Path(args.write_metrics).write_text(json.dumps({"runs": runs}, indent=2))
         print(f"wrote {args.write_metrics}")
+
+
+# what each epoch's record needs for the curves
+CURVE_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def _metrics_runs(path: Path, name: str) -> list[dict]:
+    """The runs in a metrics file: a run's own metrics.json (a list of epoch records) holds one, a file
+    ``curves --write-metrics`` wrote (``{"runs": [{"name", "history"}, ...]}``) several."""
+    what = f"{path} is not a run's metrics.json, a file ranlens curves --write-metrics wrote, or a run folder"
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{what}: not JSON ({_one_line(exc)})") from exc
+    runs = data.get("runs") if isinstance(data, dict) else [{"name": name, "history": data}]
+    if not isinstance(runs, list) or not runs:
+        raise CommandError(f"{what}: it holds no runs")
+    for run in runs:
+        history = run.get("history") if isinstance(run, dict) else None
+        if not isinstance(history, list) or not history:
+            raise CommandError(f"{what}: a run without epoch records")
+        for record in history:
+            if not isinstance(record, dict) or not all(isinstance(record.get(k), (int, float)) for k in CURVE_KEYS):
+                raise CommandError(f"{what}: an epoch record lacks one of {', '.join(CURVE_KEYS)}")
+    return runs
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -550,7 +574,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, ImageError):  # imaging.py words its messages for the web API's clients
+        text = text.replace("this server", "ranlens")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -219,7 +219,9 @@ def test_missing_or_unreadable_files_give_one_line(tmp_path, case):
 def test_figure_refuses_a_corrupt_image_in_one_line(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    assert_one_line_error(ranlens("figure", str(bad), "--out", str(tmp_path / "f.png")), "corrupt")
+    good = PHOTOS / "coffee.jpg"
+    assert_one_line_error(ranlens("figure", str(good), str(bad), "--out", str(tmp_path / "f.png")),
+                          f"ranlens figure: error: {bad}: ", "corrupt")
     assert not (tmp_path / "f.png").exists()
 
 
@@ -322,6 +324,17 @@ def assert_refused_argument(result: subprocess.CompletedProcess, command: str, o
     assert last.startswith(f"ranlens {command}: error: argument {option}: "), last
     for needle in needles:
         assert needle in last, last
+
+
+def assert_error_after_progress(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """As ``assert_one_line_error`` for a command that failed while reading data: the progress bar it
+    drew on stderr comes first, the error's one line last."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in last, last
+    return last
 
 
 def fake_run(tmp_path, epochs: int = 1, **settings) -> Path:
@@ -468,3 +481,32 @@ def test_explain_top_above_the_class_count_prints_every_class(tmp_path):
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stdout.splitlines() if line.startswith(f"{PHOTOS / 'coffee.jpg'}: ")]
     assert len(line.split(", ")) == 10, line
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b"# ranlens\n\nnot JSON at all\n", "not JSON"),
+    (b"\xff\xfe\x00binary", "not JSON"),
+    (b'{"other": 1}', "it holds no runs"),
+    (b'{"runs": [{"name": "a"}]}', "a run without epoch records"),
+    (b"[1, 2]", "an epoch record lacks one of epoch, train_loss"),
+    (b'[{"epoch": 1, "train_loss": 1.0}]', "an epoch record lacks one of"),
+])
+def test_curves_names_a_file_that_is_not_metrics(tmp_path, content, problem):
+    bad = tmp_path / "README.md"
+    bad.write_bytes(content)
+    assert_one_line_error(ranlens("curves", str(bad), "--out", str(tmp_path / "c.png")),
+                          f"{bad} is not a run's metrics.json, a file ranlens curves --write-metrics wrote, or a run "
+                          f"folder: {problem}")
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("content,needle", [(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt"),
+                                            (b"hello, I am text\n" * 10, "not an image ranlens can read")])
+def test_evaluate_names_an_unreadable_image(tmp_path, content, needle):
+    folder = tmp_path / "data" / "cat"
+    folder.mkdir(parents=True)
+    shutil.copyfile(CIFAR_FIXTURES / "cat" / "0000.jpg", folder / "0000.jpg")
+    (folder / "0001.png").write_bytes(content)
+    line = assert_error_after_progress(ranlens("evaluate", "--data", str(tmp_path / "data")),
+                                       f"ranlens evaluate: error: {folder / '0001.png'}: ", needle)
+    assert "server" not in line
