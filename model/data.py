@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .imaging import ImageError, decode_image
 from .preprocess import center_crop
 
-__all__ = ["Split", "augment", "cutout", "load_split", "split_directory", "trivial_augment"]
+__all__ = ["Split", "augment", "count_images", "cutout", "load_split", "split_directory", "trivial_augment"]
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ranlens"
 MAX_PIXELS = 40_000_000  # as the app's default: a data set is no place for decompression bombs either
@@ -37,7 +37,8 @@ class Split:
         return int(self.labels.shape[0])
 
 
-def _folder_split(directory: Path, size: int) -> Split:
+def _folder_files(directory: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class names of an ImageFolder directory and its image files with their labels."""
     classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
     if not classes:
         raise FileNotFoundError(f"{directory} has no class folders (expected ImageFolder layout)")
@@ -47,6 +48,16 @@ def _folder_split(directory: Path, size: int) -> Split:
         for path in sorted((directory / name).iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES
     ]
+    return classes, files
+
+
+def count_images(directory: str | Path) -> int:
+    """How many images ``load_split`` would read from an ImageFolder directory, without decoding any."""
+    return len(_folder_files(Path(directory))[1])
+
+
+def _folder_split(directory: Path, size: int) -> Split:
+    classes, files = _folder_files(directory)
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {directory.name}", unit="img", leave=False)):
         # decoded as the app decodes uploads (orientation, transparency on white, first frame)

@@ -59,8 +59,26 @@ def _train(args: argparse.Namespace) -> None:
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         # a preset's values stand in for the defaults; the options typed on the command line win
         cfg = with_preset(cfg, given=given)
-    check_settings(cfg)  # train() checks again; here so a bad number is named before anything is read
+    check_settings(cfg)  # train() checks again; here so a bad number is named before the data layout
+    if cfg.source == "folder":
+        _require_splits(cfg.data, "train", test=True)
     train(cfg)
+
+
+def _require_splits(data: str | Path, command: str, test: bool) -> None:
+    """``DATA/train`` (and with ``test``, ``DATA/test`` or ``DATA/val``) must exist: given a folder of
+    class folders, the data module reads that one folder as every split (what ``evaluate`` wants), so
+    a run would silently be tested on its own training images."""
+    from ranlens.model.data import split_directory
+
+    root = Path(data)
+    if not root.is_dir():
+        raise CommandError(f"--data {root}: no such folder")
+    missing = [name for name in ("train", "test") if (name == "train" or test)
+               and split_directory(root, name) == root]
+    if missing:
+        raise CommandError(f"--data {root} has no {' and no '.join(f'{m}/' for m in missing)} folder: {command} "
+                           f"reads DATA/train/<class>/* and DATA/test/<class>/* (or DATA/val/<class>/*)")
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -123,6 +141,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _calibrate_ood(args: argparse.Namespace) -> None:
     """Chooses the out-of-distribution threshold on the train split and records it in the manifest
     (and, for knn, writes the bank beside it)."""
+    from ranlens.model.data import count_images, split_directory
     from ranlens.model.evaluate import split_features
     from ranlens.model.explainer import Explainer
     from ranlens.model.imaging import ImageError, decode_image
@@ -130,6 +149,20 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
 
     import torch
 
+    # everything the options alone decide is checked before the train split is scored (minutes);
+    # --tpr, --k, --bank-size and --temperature are in range already (their argparse types)
+    if args.source == "folder":
+        _require_splits(args.data, "calibrate-ood", test=not args.no_test)
+    if args.method == "knn":
+        if args.k > args.bank_size:
+            raise CommandError(f"--k {args.k} is more than the --bank-size {args.bank_size} images it is the k-th "
+                               f"nearest of; choose --k <= --bank-size")
+        if args.source == "folder":
+            images = count_images(split_directory(args.data, "train"))
+            # the images outside the bank are what the threshold is chosen on
+            if args.bank_size >= images:
+                raise CommandError(f"--bank-size {args.bank_size} leaves no training images to calibrate on: "
+                                   f"{split_directory(args.data, 'train')} has {images}; choose fewer")
     torch.set_num_threads(args.threads)
     model, weights = _load(args)
     examples = []

@@ -181,8 +181,14 @@ def main() -> None:
     ]
     log(f"data unpacked; decoding; {left():.0f} s left")
 
-    # 1. a few seconds on the committed test images: a broken GPU path fails here, not after minutes
-    fixtures = str(ROOT / "tests/fixtures/cifar10-test")
+    # 1. a few seconds on the committed test images: a broken GPU path fails here, not after minutes;
+    # they stand in for both splits (ranlens train refuses a folder without train/ and test/)
+    fixtures = Path(args.runs) / "smoke-data"
+    for split in ("train", "test"):
+        if not (fixtures / split).exists():
+            fixtures.mkdir(parents=True, exist_ok=True)
+            (fixtures / split).symlink_to(ROOT / "tests/fixtures/cifar10-test", target_is_directory=True)
+    fixtures = str(fixtures)
     smokes = {name: options for name, options in args.job} or {"smoke": ["--arch", NETWORKS[1]]}
 
     def smoke(name: str, options: list[str], stop_after: list[str]) -> subprocess.Popen:

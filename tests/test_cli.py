@@ -449,6 +449,19 @@ def test_train_resume_refuses_settings_no_run_can_use(tmp_path, option, value):
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
+@pytest.mark.parametrize("command", ["train", "calibrate-ood"])
+def test_train_and_calibrate_ood_need_train_and_test_folders(tmp_path, command):
+    """A folder of class folders would be read as both splits: the run tested on its training images."""
+    extra = ["--out", str(tmp_path / "run")] if command == "train" else []
+    assert_one_line_error(ranlens(command, "--data", str(CIFAR_FIXTURES), *extra),
+                          f"--data {CIFAR_FIXTURES} has no train/ and no test/ folder", "DATA/train/<class>/*")
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "train" / "cat").symlink_to(CIFAR_FIXTURES / "cat", target_is_directory=True)
+    assert_one_line_error(ranlens(command, "--data", str(tmp_path / "data"), *extra),
+                          f"--data {tmp_path / 'data'} has no test/ folder")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture
 def corrupt_data(tmp_path):
     """DATA/train and DATA/test of four and one corrupt JPEGs: scoring it fails at once, naming a file, so
@@ -468,6 +481,16 @@ def corrupt_data(tmp_path):
 def test_calibrate_ood_refuses_options_out_of_range(corrupt_data, option, value, needle):
     assert_refused_argument(ranlens("calibrate-ood", "--data", str(corrupt_data), option, value), "calibrate-ood",
                             option, needle)
+
+
+def test_calibrate_ood_checks_k_and_the_bank_against_the_data_before_scoring(corrupt_data):
+    assert_one_line_error(ranlens("calibrate-ood", "--data", str(corrupt_data), "--k", "6", "--bank-size", "5"),
+                          "--k 6 is more than the --bank-size 5")
+    assert_one_line_error(ranlens("calibrate-ood", "--data", str(corrupt_data), "--bank-size", "4", "--k", "2"),
+                          f"--bank-size 4 leaves no training images to calibrate on: {corrupt_data / 'train'} has 4")
+    # within range, the scoring starts and meets the corrupt file, which is named
+    assert_error_after_progress(ranlens("calibrate-ood", "--data", str(corrupt_data), "--bank-size", "3", "--k", "2",
+                                        "--no-test"), f"error: {corrupt_data / 'train' / 'cat' / '0.jpg'}: ", "corrupt")
 
 
 @pytest.mark.parametrize("top", ["0", "-1"])

@@ -98,7 +98,11 @@ def test_two_processes_learn_what_one_learns_from_the_same_global_batches(tmp_pa
     torch.manual_seed(0)
     start = ResidualAttentionNet(ARCHITECTURES["attention56_cifar"], num_classes=10)
     save_checkpoint(start, tmp_path / "start.safetensors", "attention56_cifar")
-    common = ["--data", str(CIFAR_FIXTURES), "--limit-train", "16", "--limit-test", "4", "--batch-size", "8",
+    data = tmp_path / "data"  # the committed fixtures stand in for both splits, as ranlens train needs
+    for split in ("train", "test"):
+        (data / split).parent.mkdir(exist_ok=True)
+        (data / split).symlink_to(CIFAR_FIXTURES, target_is_directory=True)
+    common = ["--data", str(data), "--limit-train", "16", "--limit-test", "4", "--batch-size", "8",
               "--epochs", "1", "--lr", "0.005", "--cutout", "8", "--init", str(tmp_path / "start.safetensors"), "--accumulate", str(accumulate)]
     for processes in (1, 2):
         ranlens_train(tmp_path, processes, *common, "--out", str(tmp_path / f"p{processes}"))

@@ -405,8 +405,9 @@ def test_calibrate_ood_knn_writes_the_bank_beside_the_manifest_and_the_app_uses_
     bank.unlink()
     with pytest.raises(WeightsError, match="cannot read the OOD bank"):
         Explainer.load(weights=str(manifest))
-    refused = ranlens(*common[:-2], "--bank-size", "30")
-    assert refused.returncode == 1 and "bank size < training images" in refused.stderr.strip().splitlines()[-1]
+    refused = ranlens(*common[:-2], "--bank-size", "30")  # refused before any scoring: the files are counted
+    assert refused.returncode == 1 and (f"--bank-size 30 leaves no training images to calibrate on: {data / 'train'} "
+                                        f"has 30") in refused.stderr.strip().splitlines()[-1], refused.stderr
     for views, message in (("stage9.module1:std", "attention56_cifar has no module 'stage9.module1'"),
                            ("head,stage1.module1:max", "unknown OOD view 'stage1.module1:max'")):
         refused = ranlens(*common, "--views", views)
