@@ -123,6 +123,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     import torch
 
+    confusion = _output_file("--confusion", args.confusion, figure=True) if args.confusion else None
     torch.set_num_threads(args.threads)
     model, weights = _load(args)
     result = evaluate(model, args.data, args.split, weights.mean, weights.std, args.source, weights.classes,
@@ -130,12 +131,36 @@ def _evaluate(args: argparse.Namespace) -> None:
     dataset = args.dataset or f"{args.data} ({args.split} split)"
     print(f"{weights.name} on {dataset}")
     print(result.report())
-    if args.confusion:
-        result.save_confusion(Path(args.confusion))
-        print(f"confusion matrix written to {args.confusion}")
+    if confusion:
+        result.save_confusion(confusion)
+        print(f"confusion matrix written to {confusion}{_added_png(args.confusion, confusion)}")
     if args.write_metrics:
         updated = Weights(**{**weights.__dict__, "metrics": result.metrics(dataset)})
         print(f"metrics written to {updated.write_manifest()}")
+
+
+def _output_file(option: str, value: str, figure: bool = False) -> Path:
+    """Where a command will write ``option``'s file, checked and its folder made before the work, so
+    minutes of evaluation do not end in "No such file or directory". A figure's name without an
+    extension gets .png (matplotlib would add it without saying); one matplotlib cannot write is refused."""
+    path = Path(value)
+    if path.is_dir():
+        raise CommandError(f"{option} {path} is a folder; give a file name, e.g. {path / 'figure.png'}")
+    if figure:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        formats = FigureCanvasAgg.get_supported_filetypes()
+        if not path.suffix:
+            path = path.with_name(f"{path.name}.png")
+        elif path.suffix[1:].lower() not in formats:
+            raise CommandError(f"{option} {path}: cannot write a {path.suffix} figure; end the name in .png (or "
+                               f"{', '.join(f'.{f}' for f in sorted(formats) if f != 'png')})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _added_png(given: str, path: Path) -> str:
+    return " (.png added: the name given had no extension)" if Path(given) != path else ""
 
 
 def _calibrate_ood(args: argparse.Namespace) -> None:
@@ -438,13 +463,14 @@ def _explain(args: argparse.Namespace) -> None:
 def _figure(args: argparse.Namespace) -> None:
     from ranlens.model.figures import mask_figure
 
+    out = _output_file("--out", args.out, figure=True)
     model, weights = _load(args)
-    stats = mask_figure(model, weights, [Path(p) for p in args.images], Path(args.out), max_pixels=args.max_pixels,
+    stats = mask_figure(model, weights, [Path(p) for p in args.images], out, max_pixels=args.max_pixels,
                         reduction=args.reduction)
     for row in stats:
         print(f"{row['image']:<24} {row['module']:<16} {args.reduction} {row['mean_min']:.3f}..{row['mean_max']:.3f}"
               f"  all channels {row['all_min']:.3f}..{row['all_max']:.3f} (std {row['all_std']:.3f})")
-    print(f"figure written to {args.out}")
+    print(f"figure written to {out}{_added_png(args.out, out)}")
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -553,6 +579,8 @@ def _curves(args: argparse.Namespace) -> None:
     """One training-curve figure for a chain of runs (a run and the warm-started runs after it)."""
     from ranlens.model.train import plot_curves
 
+    out = _output_file("--out", args.out, figure=True)
+    write_metrics = _output_file("--write-metrics", args.write_metrics) if args.write_metrics else None
     runs: list[dict] = []
     for spec in map(Path, args.runs):
         path = spec / "metrics.json" if spec.is_dir() else spec
@@ -563,11 +591,11 @@ def _curves(args: argparse.Namespace) -> None:
             restarts.append(offset + 0.5)
         combined += [{**record, "epoch": offset + record["epoch"]} for record in run["history"]]
         offset += len(run["history"])
-    plot_curves(combined, Path(args.out), tuple(restarts))
-    print(f"wrote {args.out}: {len(runs)} run(s), {offset} epochs")
-    if args.write_metrics:
-        Path(args.write_metrics).write_text(json.dumps({"runs": runs}, indent=2))
-        print(f"wrote {args.write_metrics}")
+    plot_curves(combined, out, tuple(restarts))
+    print(f"wrote {out}: {len(runs)} run(s), {offset} epochs{_added_png(args.out, out)}")
+    if write_metrics:
+        write_metrics.write_text(json.dumps({"runs": runs}, indent=2))
+        print(f"wrote {write_metrics}")
 
 
 # what each epoch's record needs for the curves

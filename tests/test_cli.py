@@ -140,8 +140,12 @@ def test_figure_decodes_and_preprocesses_as_the_app(tmp_path):
 
 
 def test_evaluate_on_the_committed_fixtures(tmp_path):
-    result = ranlens("evaluate", "--data", str(CIFAR_FIXTURES), "--confusion", str(tmp_path / "confusion.png"))
+    # a folder that does not exist yet and a name without an extension: made, and .png added (said)
+    confusion = tmp_path / "new" / "deeper" / "confusion"
+    result = ranlens("evaluate", "--data", str(CIFAR_FIXTURES), "--confusion", str(confusion))
     assert result.returncode == 0, result.stderr
+    assert f"confusion matrix written to {confusion}.png (.png added" in result.stdout, result.stdout
+    assert not confusion.exists()
     lines = result.stdout.splitlines()
     assert lines[0] == f"{DEFAULT} on {CIFAR_FIXTURES} (test split)"
     summary = re.fullmatch(r"test: (\d+) images  top-1 ([\d.]+)%  top-5 ([\d.]+)%", lines[1])
@@ -152,7 +156,7 @@ def test_evaluate_on_the_committed_fixtures(tmp_path):
     per_class = [line.split() for line in lines[2:12]]
     assert [row[0] for row in per_class] == sorted(p.name for p in CIFAR_FIXTURES.iterdir() if p.is_dir())
     assert sum(float(row[1].rstrip("%")) for row in per_class) / 10 == pytest.approx(top1, abs=0.01)
-    assert Image.open(tmp_path / "confusion.png").size[0] > 400
+    assert Image.open(tmp_path / "new" / "deeper" / "confusion.png").size[0] > 400
 
 
 def test_version_from_the_script_and_the_module():
@@ -521,6 +525,34 @@ def test_curves_names_a_file_that_is_not_metrics(tmp_path, content, problem):
                           f"{bad} is not a run's metrics.json, a file ranlens curves --write-metrics wrote, or a run "
                           f"folder: {problem}")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_curves_makes_its_output_folders_first(tmp_path):
+    run = fake_run(tmp_path, epochs=2)
+    out, written = tmp_path / "a" / "b" / "curves", tmp_path / "c" / "d" / "metrics.json"
+    result = ranlens("curves", str(run), "--out", str(out), "--write-metrics", str(written))
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}.png: 1 run(s), 2 epochs (.png added" in result.stdout, result.stdout
+    assert Image.open(f"{out}.png").size[0] > 400
+    assert [r["epoch"] for r in json.loads(written.read_text())["runs"][0]["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize("command", ["figure", "curves", "evaluate"])
+def test_a_folder_or_an_unknown_format_as_figure_output_is_refused_before_the_work(tmp_path, command):
+    for out, needle in ((tmp_path, f"{tmp_path} is a folder"), (tmp_path / "masks.v2", "cannot write a .v2 figure")):
+        option = "--confusion" if command == "evaluate" else "--out"
+        args = {"figure": [str(PHOTOS / "coffee.jpg")], "curves": [str(tmp_path / "missing")],
+                "evaluate": ["--data", str(tmp_path / "missing")]}[command]
+        assert_one_line_error(ranlens(command, *args, option, str(out)), f"{option} {out}", needle)
+
+
+def test_figure_without_an_extension_writes_and_names_a_png(tmp_path):
+    out = tmp_path / "new" / "masks"
+    result = ranlens("figure", str(PHOTOS / "coffee.jpg"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert last == f"figure written to {out}.png (.png added: the name given had no extension)", result.stdout
+    assert Image.open(f"{out}.png").size[0] > 500 and not out.exists()
 
 
 @pytest.mark.parametrize("content,needle", [(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt"),
