@@ -26,6 +26,10 @@ class CommandError(Exception):
     """A problem the person running the command can fix; printed as one line, no traceback."""
 
 
+# --arch when neither it nor --weights names one (--weights DEFAULT)
+DEFAULT_ARCH = "attention56_cifar"
+
+
 def _checked(convert, ok, wanted: str):
     """An argparse type: ``convert`` the text, refused unless ``ok`` (argparse prints the option's name
     and ``wanted``), so a value no command can use fails before any model loads."""
@@ -107,14 +111,22 @@ def _remembered(action: type[argparse.Action]) -> type[argparse.Action]:
 
 
 def _load(args: argparse.Namespace):
-    """A model and its weights description from ``--weights`` (name or .json manifest)."""
+    """A model and its weights description from ``--weights`` (name or .json manifest). A shipped name
+    or a manifest says which architecture its weights are for, so ``--arch`` is needed only to pick
+    another architecture's DEFAULT; given beside weights for another one, it is refused."""
     from ranlens.model.registry import get_model
     from ranlens.model.weights import resolve_weights
 
     try:
-        weights = resolve_weights(args.arch, args.weights)
+        if args.weights == "DEFAULT":
+            weights = resolve_weights(args.arch or DEFAULT_ARCH, "DEFAULT")
+        else:
+            weights = resolve_weights(None, args.weights)
     except (ValueError, TypeError, KeyError) as exc:  # a manifest that is not JSON, or lacks a field
         raise CommandError(f"cannot read weights manifest {args.weights}: {_one_line(exc)}") from exc
+    if args.arch is not None and weights.arch != args.arch:
+        raise CommandError(f"--weights {args.weights} are for {weights.arch}, not --arch {args.arch}: leave out "
+                           f"--arch (the weights name their architecture) or give weights for {args.arch}")
     return get_model(weights.arch, weights=weights), weights
 
 
@@ -570,8 +582,9 @@ def _serve_ray(args: argparse.Namespace) -> None:
 def _add_weights_args(parser: argparse.ArgumentParser) -> None:
     from ranlens.model.registry import list_models
 
-    parser.add_argument("--arch", default="attention56_cifar", choices=list_models(),
-                        help="architecture (a manifest .json given to --weights names its own)")
+    parser.add_argument("--arch", choices=list_models(),
+                        help=f"architecture whose DEFAULT weights to use (default: {DEFAULT_ARCH}); a weights name "
+                        "or manifest given to --weights names its own, and --arch must then agree with it")
     parser.add_argument("--weights", default="DEFAULT", help="weights name, DEFAULT, or a manifest .json")
 
 

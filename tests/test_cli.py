@@ -565,3 +565,16 @@ def test_evaluate_names_an_unreadable_image(tmp_path, content, needle):
     line = assert_error_after_progress(ranlens("evaluate", "--data", str(tmp_path / "data")),
                                        f"ranlens evaluate: error: {folder / '0001.png'}: ", needle)
     assert "server" not in line
+
+
+def test_weights_name_their_architecture(tmp_path):
+    result = ranlens("figure", str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "f.png"),
+                     "--weights", "attention92_cifar.v8")
+    assert result.returncode == 0, result.stderr
+    modules = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("coffee.jpg")]
+    assert modules[-1] == "stage3.module2" and len(modules) == 6, result.stdout  # Attention-92's six
+    manifest = WEIGHTS_DIR / "attention92_cifar.v8.json"
+    for weights in ("attention92_cifar.v8", str(manifest)):
+        assert_one_line_error(ranlens("evaluate", "--data", str(CIFAR_FIXTURES), "--arch", "attention56_cifar",
+                                      "--weights", weights),
+                              f"--weights {weights} are for attention92_cifar, not --arch attention56_cifar")
