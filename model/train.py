@@ -585,6 +585,13 @@ def train(cfg: TrainConfig) -> list[dict]:
     state = torch.load(state_path, weights_only=True, map_location="cpu") if state_path.is_file() else None
     if state is not None:
         check_resumable(state["config"], cfg, state_path)  # before any work: a refusal is immediate
+        if state["epoch"] >= cfg.epochs:
+            # nothing is left to train: said plainly, not as "resuming at epoch N/N" and a silent exit
+            if procs.main:
+                longer = (" (an averaging run lengthens when --epochs and --swa grow by the same number)"
+                          if cfg.swa else "")
+                print(f"{out} has finished: all {cfg.epochs} epochs are done, nothing to train{longer}")
+            return json.loads((out / "metrics.json").read_text())
 
     device = distributed.start(procs, device_type)
     try:

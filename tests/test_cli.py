@@ -453,6 +453,20 @@ def test_train_resume_refuses_settings_no_run_can_use(tmp_path, option, value):
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
+def test_train_resume_of_a_finished_run_says_so(tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        (data / split).mkdir(parents=True)
+    run = fake_run(tmp_path, epochs=2, data=str(data))
+    metrics = (run / "metrics.json").read_text()
+    for args in (["--resume", str(run)], ["--out", str(run), "--data", str(data), "--amp", "off", "--epochs", "2"]):
+        result = ranlens("train", *args)
+        assert result.returncode == 0, result.stderr
+        assert f"{run} has finished: all 2 epochs are done, nothing to train" in result.stdout, result.stdout
+        assert "resuming" not in result.stdout
+    assert (run / "metrics.json").read_text() == metrics and not (run / "epoch003.safetensors").exists()
+
+
 @pytest.mark.parametrize("command", ["train", "calibrate-ood"])
 def test_train_and_calibrate_ood_need_train_and_test_folders(tmp_path, command):
     """A folder of class folders would be read as both splits: the run tested on its training images."""

@@ -553,10 +553,13 @@ def test_a_distilled_run_learns_from_its_teacher_and_its_export_names_it(tiny_fo
     from ranlens.model.weights import Weights, read_checkpoint
 
     shipped = tiny_teacher
-    common = dict(data=str(tiny_folder), **TINY_RUN)
+    # stopped after the first of two epochs, so the resume at the end has an epoch to train (a finished
+    # run's resume only says it has finished)
+    common = dict(data=str(tiny_folder), **{**TINY_RUN, "epochs": 2})
     manifest = str(shipped / "tiny.v1.json")
-    train(TrainConfig(out=str(tmp_path / "taught"), teacher=manifest, distill_weight=0.7, seed=1, **common))
-    train(TrainConfig(out=str(tmp_path / "alone"), seed=1, **common))
+    train(TrainConfig(out=str(tmp_path / "taught"), teacher=manifest, distill_weight=0.7, seed=1, stop_after=1,
+                      **common))
+    train(TrainConfig(out=str(tmp_path / "alone"), seed=1, stop_after=1, **common))
     taught = read_checkpoint(tmp_path / "taught" / "epoch001.safetensors")
     alone = read_checkpoint(tmp_path / "alone" / "epoch001.safetensors")
     # the same seed, data and schedule: only the teacher's term can make them differ
