@@ -64,7 +64,9 @@ def _train(args: argparse.Namespace) -> None:
         # a preset's values stand in for the defaults; the options typed on the command line win
         cfg = with_preset(cfg, given=given)
     check_settings(cfg)  # train() checks again; here so a bad number is named before the data layout
-    if cfg.source == "folder":
+    # a new run only: a run already made goes on with the data it recorded (refused now, a run made
+    # on a flat folder before this check could never finish)
+    if cfg.source == "folder" and not args.resume:
         _require_splits(cfg.data, "train", test=True)
     train(cfg)
 
