@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .imaging import ImageError, decode_image
+from .imaging import decode_file
 from .preprocess import center_crop
 
 __all__ = ["Split", "augment", "count_images", "cutout", "load_split", "split_directory", "trivial_augment"]
@@ -61,10 +61,7 @@ def _folder_split(directory: Path, size: int) -> Split:
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {directory.name}", unit="img", leave=False)):
         # decoded as the app decodes uploads (orientation, transparency on white, first frame)
-        try:
-            im = decode_image(path.read_bytes(), MAX_PIXELS)
-        except ImageError as exc:  # one bad file among thousands: say which
-            raise type(exc)(f"{path}: {exc.detail}") from exc
+        im = decode_file(path, MAX_PIXELS)
         images[i] = np.asarray(im if im.size == (size, size) else center_crop(im, size))
     labels = np.array([label for _, label in files], dtype=np.int64)
     return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), tuple(classes))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imaging import ImageError, decode_image
+from .imaging import decode_file
 from .network import ResidualAttentionNet
 from .render import reduce_mask
 from .weights import Weights
@@ -29,12 +29,7 @@ def mask_figure(model: ResidualAttentionNet, weights: Weights, images: list[Path
 
     preprocess = weights.transforms()
     # all decoded before drawing: a bad file fails the call before a figure is half made, and is named
-    crops = []
-    for path in images:
-        try:
-            crops.append(preprocess.crop(decode_image(path.read_bytes(), max_pixels)))
-        except ImageError as exc:
-            raise type(exc)(f"{path}: {exc.detail}") from exc
+    crops = [preprocess.crop(decode_file(path, max_pixels)) for path in images]
     names = model.module_names
     fig, axes = plt.subplots(len(images), len(names) + 1, figsize=(2.6 * (len(names) + 1), 2.7 * len(images)),
                              squeeze=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +22,7 @@ __all__ = [
     "ImageError",
     "ImageTooLargeError",
     "UnsupportedImageError",
+    "decode_file",
     "decode_image",
     "to_rgb",
 ]
@@ -129,3 +131,12 @@ def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) 
         raise UnsupportedImageError("The file is not an image this server can read.") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptImageError(f"The image data is corrupt or truncated ({exc}).") from exc
+
+
+def decode_file(path: str | Path, max_pixels: int) -> Image.Image:
+    """``decode_image`` of a file's bytes; an ``ImageError`` names the file (one bad file among
+    thousands of a data set, or among a figure's rows, must be findable)."""
+    try:
+        return decode_image(Path(path).read_bytes(), max_pixels)
+    except ImageError as exc:
+        raise type(exc)(f"{path}: {exc.detail}") from exc

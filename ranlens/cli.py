@@ -119,13 +119,11 @@ def _load(args: argparse.Namespace):
     from ranlens.model.registry import get_model
     from ranlens.model.weights import resolve_weights
 
-    try:
-        if args.weights == "DEFAULT":
-            weights = resolve_weights(args.arch or DEFAULT_ARCH, "DEFAULT")
-        else:
-            weights = resolve_weights(None, args.weights)
-    except (ValueError, TypeError, KeyError) as exc:  # a manifest that is not JSON, or lacks a field
-        raise CommandError(f"cannot read weights manifest {args.weights}: {_one_line(exc)}") from exc
+    # a manifest that is not JSON or lacks a field is a WeightsError naming it (Weights.from_manifest)
+    if args.weights == "DEFAULT":
+        weights = resolve_weights(args.arch or DEFAULT_ARCH, "DEFAULT")
+    else:
+        weights = resolve_weights(None, args.weights)
     if args.arch is not None and weights.arch != args.arch:
         raise CommandError(f"--weights {args.weights} are for {weights.arch}, not --arch {args.arch}: leave out "
                            f"--arch (the weights name their architecture) or give weights for {args.arch}")
@@ -197,11 +195,12 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
             raise CommandError(f"--k {args.k} is more than the --bank-size {args.bank_size} images it is the k-th "
                                f"nearest of; choose --k <= --bank-size")
         if args.source == "folder":
-            images = count_images(split_directory(args.data, "train"))
+            train_dir = split_directory(args.data, "train")
+            images = count_images(train_dir)
             # the images outside the bank are what the threshold is chosen on
             if args.bank_size >= images:
                 raise CommandError(f"--bank-size {args.bank_size} leaves no training images to calibrate on: "
-                                   f"{split_directory(args.data, 'train')} has {images}; choose fewer")
+                                   f"{train_dir} has {images}; choose fewer")
     torch.set_num_threads(args.threads)
     model, weights = _load(args)
     examples = []

@@ -26,8 +26,8 @@ from ranlens.app.core.config import Settings
 from ranlens.app.core.upload import body_within
 from ranlens.model.catalog import UnknownModel
 from ranlens.model.explainer import Explainer
-from ranlens.model.weights import DEFAULT_WEIGHTS
 from ranlens.model.imaging import ImageError, decode_image
+from ranlens.model.weights import DEFAULT_WEIGHTS
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
