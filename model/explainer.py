@@ -249,17 +249,24 @@ class Explainer:
         return results
 
     def infer(self, x: torch.Tensor, masks: bool = False, features: bool = False,
-              views: Collection[str] = ()) -> dict[str, np.ndarray]:
+              views: Collection[str] = (), ood: bool = False) -> dict[str, np.ndarray]:
         """Raw outputs for a preprocessed batch (N, 3, H, W): logits, probabilities and, with
         ``masks``, each module's soft mask (N, C, h, w) under ``mask:<module>``; with ``features``,
         the features (N, D) of the pooled ``head`` the classifier reads and of every view the OOD
-        score reads, and of ``views``, under ``features:<view>`` (``ranlens.model.ood.view_features``)."""
+        score reads, and of ``views``, under ``features:<view>`` (``ranlens.model.ood.view_features``);
+        with ``ood``, each picture's ``ood_score`` (N,) as ``explain`` gives it, and where the weights
+        are calibrated its verdict ``out_of_distribution`` (N,) bool."""
         with torch.inference_mode():
             out = self._intermediates(x.contiguous(memory_format=torch.channels_last))
             logits = out.logits.float()
             result = {"logits": logits.numpy(), "probabilities": torch.softmax(logits, dim=1).numpy()}
             if masks:
                 result.update({f"mask:{a.name}": a.mask.float().numpy() for a in out.attention})
+            if ood:
+                scores = self.scorer.scores(logits, view_features(out, self.scorer.views)).float().numpy()
+                result["ood_score"] = scores
+                if self.ood is not None:
+                    result["out_of_distribution"] = np.array([self.ood.flagged(float(s)) for s in scores])
             if features:
                 wanted = dict.fromkeys(("head", *self.scorer.views, *views))
                 result.update({f"features:{v}": f.numpy() for v, f in view_features(out, wanted).items()})

@@ -151,3 +151,31 @@ def test_non_finite_inputs_are_refused_in_binary_as_in_json(client, server):
     r = httpx.post(server + "v2/models/attention56_cifar/infer", timeout=30, json={
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": values}]})
     assert r.status_code == 400 and "values must be finite" in r.json()["error"]
+
+
+def test_every_answer_carries_the_out_of_distribution_verdict_of_the_rest_api(client, server):
+    """Programs calling the protocol get what /api/v1/predict gives a person: the score, its threshold
+    and the flag, by default and per picture; noise is flagged, a CIFAR test image is not."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()  # photo-sized noise: the page's and test_ood's out-of-distribution example
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(buffer, "PNG")
+    pictures = [(FIXTURES / "cat" / "0000.jpg").read_bytes(), buffer.getvalue()]
+    meta = {o["name"]: o["datatype"] for o in client.get_model_metadata("attention56_cifar")["outputs"]}
+    assert meta["ood_score"] == "FP32" and meta["out_of_distribution"] == "BOOL"
+    image = triton.InferInput("image", [2], "BYTES")
+    image.set_data_from_numpy(np.array(pictures, dtype=np.object_), binary_data=True)
+    result = client.infer("attention56_cifar", [image])
+    answer = {o["name"]: o for o in result.get_response()["outputs"]}
+    assert list(answer) == ["logits", "probabilities", "ood_score", "out_of_distribution"]
+    flags, scores = result.as_numpy("out_of_distribution"), result.as_numpy("ood_score")
+    assert flags.dtype == np.bool_ and flags.tolist() == [False, True]
+    for data, score, flag in zip(pictures, scores, flags):
+        rest = httpx.post(server + "api/v1/predict", params={"model": "attention56_cifar"},
+                          files={"file": ("x", data, "application/octet-stream")}, timeout=60).json()
+        assert rest["out_of_distribution"] == flag and abs(rest["ood_score"] - score) < 1e-3
+        assert answer["ood_score"]["parameters"]["ood_threshold"] == rest["ood_threshold"]
+    only = client.infer("attention56_cifar", [image], outputs=[triton.InferRequestedOutput("out_of_distribution")])
+    assert [o["name"] for o in only.get_response()["outputs"]] == ["out_of_distribution"]

@@ -378,7 +378,8 @@ class InferInput(BaseModel):
 
 
 class InferOutputRequest(BaseModel):
-    name: str = Field(description="logits, probabilities, or mask:<module> (e.g. mask:stage2.module1)")
+    name: str = Field(description="logits, probabilities, ood_score, out_of_distribution (calibrated weights), "
+                                  "or mask:<module> (e.g. mask:stage2.module1)")
     parameters: dict[str, Any] | None = None
 
 
@@ -387,14 +388,17 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] | None = None
     inputs: list[InferInput] = Field(min_length=1, max_length=1)
     outputs: list[InferOutputRequest] | None = Field(
-        None, description="the outputs to return; default logits and probabilities")
+        None, description="the outputs to return; default logits, probabilities, ood_score and, for calibrated "
+                          "weights, out_of_distribution")
 
 
 class InferOutput(BaseModel):
     name: str
     shape: list[int]
-    datatype: Literal["FP32"]
-    data: list[float]
+    datatype: Literal["FP32", "BOOL"] = Field(description="BOOL for out_of_distribution, FP32 for the others")
+    data: list[float] | list[bool]
+    parameters: dict[str, Any] | None = Field(
+        None, description="ood_score's ood_threshold: scores below it are out of distribution")
 
 
 class InferResponse(BaseModel):

@@ -94,13 +94,19 @@ def _metadata(explainer: Explainer) -> dict:
     size, classes = explainer.weights.input_size, len(explainer.weights.classes)
     masks = [{"name": f"mask:{m['module']}", "datatype": "FP32", "shape": [-1, m["channels"], *m["shape"]]}
              for m in explainer.modules]
+    verdict = [{"name": name, "datatype": datatype, "shape": [-1]} for name, datatype in _verdict(explainer)]
     return {
         "name": explainer.name, "versions": [explainer.weights.name], "platform": "pytorch_ranlens",
         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
                    {"name": "input", "datatype": "FP32", "shape": [-1, 3, size, size]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
-                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}, *masks],
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}, *verdict, *masks],
     }
+
+
+def _verdict(explainer: Explainer) -> list[tuple[str, str]]:
+    """The out-of-distribution outputs: the score always, the flag where the weights are calibrated."""
+    return [("ood_score", "FP32"), *([("out_of_distribution", "BOOL")] if explainer.ood is not None else [])]
 
 
 @router.get("/models/{name}/ready", response_model=V2ModelReady, responses=problems(404, 503),
@@ -148,16 +154,27 @@ def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], 
             raise oip.problem(400, "Malformed inference request",
                               f"input 'input' is FP32 of shape [N, 3, {size}, {size}], got {tensor.datatype} {tensor.shape}")
         x = torch.from_numpy(oip.fp32_tensor(tensor.data, raw, tensor.shape, "input").copy())
-    wanted = [o.name for o in request.outputs] if request.outputs else ["logits", "probabilities"]
-    available = ["logits", "probabilities", *(f"mask:{m['module']}" for m in explainer.modules)]
+    verdict = [name for name, _ in _verdict(explainer)]
+    wanted = [o.name for o in request.outputs] if request.outputs else ["logits", "probabilities", *verdict]
+    available = ["logits", "probabilities", *verdict, *(f"mask:{m['module']}" for m in explainer.modules)]
     unknown = [name for name in wanted if name not in available]
     if unknown:
         raise oip.problem(400, "Unknown output", f"no output {unknown[0]!r}; this model has {', '.join(available)}")
-    result = explainer.infer(x, masks=any(name.startswith("mask:") for name in wanted))
-    outputs = [{"name": name, "datatype": "FP32", "shape": list(result[name].shape),
-                "data": np.round(result[name].astype(np.float64), 7).ravel().tolist()} for name in wanted]
+    result = explainer.infer(x, masks=any(name.startswith("mask:") for name in wanted),
+                             ood=any(name in verdict for name in wanted))
+    outputs = [_output(name, result[name], explainer) for name in wanted]
     return {"model_name": explainer.name, "model_version": explainer.weights.name, "id": request.id,
             "outputs": outputs}
+
+
+def _output(name: str, values: np.ndarray, explainer: Explainer) -> dict:
+    if values.dtype == np.bool_:
+        return {"name": name, "datatype": "BOOL", "shape": list(values.shape), "data": values.ravel().tolist()}
+    output = {"name": name, "datatype": "FP32", "shape": list(values.shape),
+              "data": np.round(values.astype(np.float64), 7).ravel().tolist()}
+    if name == "ood_score" and explainer.ood is not None:
+        output["parameters"] = {"ood_threshold": explainer.ood.threshold}  # below it: out_of_distribution
+    return output
 
 
 MAX_BATCH = 64  # pictures (or tensors) in one inference request
