@@ -75,9 +75,8 @@ class Explanation:
         """True: unlike the training images, the classes are a forced choice; None: not calibrated."""
         return None if self.ood is None else self.ood.flagged(self.ood_score)
 
-    def rounded_ood_views(self) -> dict[str, float] | None:
-        """``ood_views`` as the API and manifests give them: 4 decimals, the threshold's precision."""
-        return None if self.ood_views is None else {v: round(p, 4) for v, p in self.ood_views.items()}
+    def ood_fields(self) -> dict:
+        return ood_fields(self.ood_score, self.ood_views, self.ood)
 
     def top(self, k: int) -> list[Prediction]:
         return self.predictions[:k]
@@ -102,12 +101,21 @@ class Explanation:
         return {
             "input": f"{stem}.input.png",
             "predictions": [p.__dict__ for p in self.predictions[:5]],
-            "ood_score": round(self.ood_score, 4),
-            "ood_views": self.rounded_ood_views(),
-            "ood_threshold": self.ood_threshold,
-            "out_of_distribution": self.out_of_distribution,
+            **self.ood_fields(),
             "attention": modules,
         }
+
+
+def ood_fields(score: float, views: dict[str, float] | None, calibration: OODCalibration | None) -> dict:
+    """A picture's out-of-distribution verdict as the API and manifests give it: the score and the
+    views' percentiles to 4 decimals (the threshold's precision), the flag from the unrounded score,
+    and threshold and flag None without a calibration."""
+    return {
+        "ood_score": round(score, 4),
+        "ood_views": None if views is None else {v: round(p, 4) for v, p in views.items()},
+        "ood_threshold": None if calibration is None else calibration.threshold,
+        "out_of_distribution": None if calibration is None else calibration.flagged(score),
+    }
 
 
 log = logging.getLogger(__name__)
@@ -226,9 +234,7 @@ class Explainer:
         with torch.inference_mode():
             out = self.model.forward_intermediates(x, masks_off=masks_off) if masks_off else self._intermediates(x)
             probs = torch.softmax(out.logits.float(), dim=1).numpy()
-            features = view_features(out, self.scorer.views)
-            scores = self.scorer.scores(out.logits.float(), features).tolist()
-            per_view = self.scorer.view_scores(features)
+            scores, per_view = self._ood_scores(out)
         t2 = time.perf_counter()
         timing = {"preprocess": 1000 * preprocess_s / len(images), "inference": 1000 * (t2 - t1)}
         results = []
@@ -248,6 +254,11 @@ class Explainer:
             ))
         return results
 
+    def _ood_scores(self, out: Intermediates) -> tuple[list[float], dict[str, torch.Tensor] | None]:
+        """Each picture's OOD score and, for a calibration with views, each view's percentiles (N,)."""
+        features = view_features(out, self.scorer.views)
+        return self.scorer.scores(out.logits.float(), features).tolist(), self.scorer.view_scores(features)
+
     def infer(self, x: torch.Tensor, masks: bool = False, features: bool = False,
               views: Collection[str] = (), ood: bool = False) -> dict[str, np.ndarray]:
         """Raw outputs for a preprocessed batch (N, 3, H, W): logits, probabilities and, with
@@ -263,10 +274,10 @@ class Explainer:
             if masks:
                 result.update({f"mask:{a.name}": a.mask.float().numpy() for a in out.attention})
             if ood:
-                scores = self.scorer.scores(logits, view_features(out, self.scorer.views)).float().numpy()
-                result["ood_score"] = scores
+                scores = self._ood_scores(out)[0]
+                result["ood_score"] = np.array(scores, dtype=np.float32)
                 if self.ood is not None:
-                    result["out_of_distribution"] = np.array([self.ood.flagged(float(s)) for s in scores])
+                    result["out_of_distribution"] = np.array([self.ood.flagged(s) for s in scores])
             if features:
                 wanted = dict.fromkeys(("head", *self.scorer.views, *views))
                 result.update({f"features:{v}": f.numpy() for v, f in view_features(out, wanted).items()})
@@ -274,14 +285,20 @@ class Explainer:
 
     def ablate(self, image: Image.Image, top_k: int = 5) -> dict:
         """Predictions with attention on, with every mask set to zero, and with one module's mask
-        at a time set to zero (M = 0 turns a module into its trunk path)."""
+        at a time set to zero (M = 0 turns a module into its trunk path); and the intact network's
+        out-of-distribution verdict, as ``explain`` gives it (the calibration holds for it alone)."""
         x = self.preprocess(image).unsqueeze(0).contiguous(memory_format=torch.channels_last)
         names = self.model.module_names
         variants = {"normal": (), "all_off": names, **{f"off:{n}": (n,) for n in names}}
         results = {}
         with torch.inference_mode():
+            intact = self._intermediates(x)
+            scores, per_view = self._ood_scores(intact)
+            verdict = ood_fields(scores[0], None if per_view is None else {v: float(p[0]) for v, p in per_view.items()},
+                                 self.ood)
             for key, off in variants.items():
-                probs = torch.softmax(self.model(x, masks_off=off)[0], dim=0)
+                logits = intact.logits[0] if not off else self.model(x, masks_off=off)[0]
+                probs = torch.softmax(logits.float(), dim=0)
                 top = probs.topk(min(top_k, probs.numel()))
                 results[key] = {
                     "masks_off": list(off),
@@ -293,6 +310,7 @@ class Explainer:
             "model": self.name, "weights": self.weights.name, "predicted": results["normal"]["top"][0]["label"],
             "normal": results["normal"], "all_off": results["all_off"],
             "per_module": [{"module": n, **results[f"off:{n}"]} for n in names],
+            **verdict,
         }
 
     def metadata(self) -> dict:

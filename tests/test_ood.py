@@ -313,7 +313,8 @@ def test_api_reports_the_score_threshold_and_verdict(client):
     assert models[0]["ood"] == calibration
     assert client.get("/api/v1/models/attention56_cifar").json()["ood"] == calibration
     cat = (PHOTOS / "cifar10-cat.jpg").read_bytes()
-    for route in ("/api/v1/predict", "/api/v1/explain"):
+    # ablate: the intact network's verdict, beside what turning its masks off does
+    for route in ("/api/v1/predict", "/api/v1/explain", "/api/v1/ablate"):
         flagged = _post(client, route, png(noise(1)), "noise.png", "image/png")
         assert flagged["out_of_distribution"] is True and flagged["ood_threshold"] == calibration["threshold"]
         assert flagged["ood_score"] < calibration["threshold"]

@@ -214,7 +214,9 @@ class ModuleAblation(AblationRun):
     module: str
 
 
-class AblateResponse(BaseModel):
+class AblateResponse(OODVerdict):
+    """``normal``'s verdict: the calibration holds for the intact network only."""
+
     model: str
     weights: str
     predicted: str = Field(description="the top class with attention on")

@@ -53,11 +53,6 @@ def _with_channel(entry: dict, a: ModuleAttention, channel: int | None) -> dict:
     return entry
 
 
-def _ood(result: Explanation) -> dict:
-    return {"ood_score": round(result.ood_score, 4), "ood_views": result.rounded_ood_views(),
-            "ood_threshold": result.ood_threshold, "out_of_distribution": result.out_of_distribution}
-
-
 def predict(explain: Explain, image: bytes, content_type: str, *, max_pixels: int, display_size: int,
             top_k: int, overlays: bool, masks: bool, display: DisplayOptions, started: float) -> dict:
     """Top-k classes and, per module, the channel-reduced mask's range, optionally drawn and listed."""
@@ -81,7 +76,7 @@ def predict(explain: Explain, image: bytes, content_type: str, *, max_pixels: in
     return {
         "model": result.model, "weights": result.weights,
         "predictions": [p.__dict__ for p in result.top(top_k)],
-        **_ood(result),
+        **result.ood_fields(),
         "attention": attention,
         "timing_ms": {"decode": _ms(t1 - t0), **result.timing_ms, "render": _ms(t3 - t2), "total": _ms(t3 - started)},
     }
@@ -146,7 +141,7 @@ def explain(explain: Explain, image: bytes, content_type: str, *, max_pixels: in
         "image": {"width": picture.width, "height": picture.height},
         "images": images,
         "predictions": [p.__dict__ for p in result.predictions],
-        **_ood(result),
+        **result.ood_fields(),
         "attention": attention,
         "timing_ms": {"decode": _ms(t1 - t0), **result.timing_ms, "render": _ms(t3 - t2),
                       "total": _ms(t3 - started)},
