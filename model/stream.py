@@ -18,13 +18,13 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from .data import IMAGE_SUFFIXES, MAX_PIXELS, split_directory
-from .imaging import decode_image
+from .imaging import decode_file
 
 __all__ = ["eval_transform", "image_folder", "limited", "train_loader", "eval_loader", "train_transform"]
 
 
 def _decode(path: str) -> Image.Image:
-    return decode_image(Path(path).read_bytes(), MAX_PIXELS)
+    return decode_file(path, MAX_PIXELS)  # a bad file among millions is named
 
 
 def _is_image(path: str) -> bool:

@@ -11,6 +11,7 @@ from PIL import Image
 from ranlens.model.imaging import (
     CorruptImageError,
     EmptyImageError,
+    ImageError,
     ImageTooLargeError,
     UnsupportedImageError,
     decode_image,
@@ -169,3 +170,26 @@ def test_a_limit_above_pillows_own_guard_is_the_limit():
     guard (89.5 MP) refuses."""
     image = decode_image(corpus.decompression_bomb(), 200_000_000, "image/png")
     assert image.size == (10_000, 10_000) and image.mode == "RGB"
+
+
+def _in_memory(data):
+    from ranlens.model.data import load_split
+
+    return load_split(data, "test", 32)
+
+
+def _streamed(data):
+    from ranlens.model import stream
+
+    return stream.image_folder(data, "test", stream.eval_transform(32))[1]
+
+
+@pytest.mark.parametrize("read", [_in_memory, _streamed], ids=["in-memory", "streamed"])
+def test_a_bad_file_in_a_data_set_is_named(tmp_path, read):
+    """One bad file among a data set's thousands must be findable: both loaders name it."""
+    folder = tmp_path / "test" / "cat"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (32, 32), "gray").save(folder / "0.png")
+    (folder / "1.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    with pytest.raises(ImageError, match=r"1\.jpg: .*corrupt or truncated"):
+        read(tmp_path)

@@ -114,8 +114,9 @@ Colormap = Literal[render.COLORMAPS]  # type: ignore[valid-type]
 class DisplayQuery(BaseModel):
     reduction: Reduction = Field("mean", description="mean or max over channels, one channel (then give channel), or added: "
                                                "each position's mean over channels of M * |T|, what (1 + M) * T adds")
-    channel: int | None = Field(None, ge=0, description="the channel to show; required with reduction=channel, "
-                                                        "below the fewest channels of any module")
+    channel: int | None = Field(None, ge=0, description="the channel to show; required with reduction=channel "
+                                                        "(and unused with the others), below the fewest channels "
+                                                        "of any module")
     colormap: Colormap = Field("viridis", description="matplotlib colormap of the overlays")
     alpha: float = Field(0.6, ge=0, le=1, description="overlay opacity")
 
