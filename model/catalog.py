@@ -102,7 +102,7 @@ def load_catalog(weights: str = "DEFAULT", arch: str = "", default: str = "") ->
     for owner, spec in specs:
         try:
             explainer = Explainer(*_model_and_weights(owner, spec))
-        except (WeightsError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stops one model, the others still serve
             errors.append(f"{spec}: {exc}")
             continue
         if all(e.weights.name != explainer.weights.name for e in explainers):
@@ -110,7 +110,9 @@ def load_catalog(weights: str = "DEFAULT", arch: str = "", default: str = "") ->
     if not explainers:
         return None, errors
     if default:
-        chosen = next((e.weights.name for e in explainers if default in {e.weights.name, e.name}), None)
+        # an architecture's name means its best loaded weights, as in a request
+        named = [e for e in explainers if e.weights.name == default] or [e for e in explainers if e.name == default]
+        chosen = max(named, key=_top1).weights.name if named else None
         if chosen is None:
             errors.append(f"default model {default!r} is not among the loaded {[e.weights.name for e in explainers]}")
             # answer as if no default had been set (the best top-1), not whichever model came first;

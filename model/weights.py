@@ -7,6 +7,7 @@ input size, mean/std, training recipe and the metrics measured on the test split
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -47,6 +49,12 @@ DEFAULT_WEIGHTS: dict[str, str] = {
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
+
+
+@functools.cache
+def _manifest_fields() -> TypeAdapter:
+    """Checks a manifest's field types (a ``null`` metrics or a text input_size would fail later, far from the file)."""
+    return TypeAdapter(Weights)
 
 
 class WeightsError(RuntimeError):
@@ -99,21 +107,23 @@ class Weights:
 
     @classmethod
     def from_manifest(cls, path: Path) -> Weights:
-        """Reads a manifest; one that is not JSON or lacks a field is a ``WeightsError`` naming the file
-        (a server loading several models skips it and keeps the others)."""
+        """Reads a manifest; one that is not JSON, lacks a field or has one of the wrong type is a
+        ``WeightsError`` naming the file (a server loading several models skips it and keeps the others)."""
         text = Path(path).read_text()
         try:
             data = json.loads(text)
-            data["classes"] = tuple(data["classes"])
-            data["mean"] = tuple(data["mean"])
-            data["std"] = tuple(data["std"])
-            return cls(directory=Path(path).parent, **data)
         except json.JSONDecodeError as exc:
             raise WeightsError(f"weights manifest {path} is not JSON: {exc}") from exc
-        except KeyError as exc:
-            raise WeightsError(f"weights manifest {path} lacks the field {exc}") from exc
-        except TypeError as exc:  # not an object, or a field the Weights class does not have or lacks
-            raise WeightsError(f"weights manifest {path} is not a weights manifest: {exc}") from exc
+        if not isinstance(data, dict):
+            raise WeightsError(f"weights manifest {path} is not a weights manifest: not a JSON object")
+        try:
+            return _manifest_fields().validate_python({**data, "directory": Path(path).parent})
+        except ValidationError as exc:
+            missing = [e["loc"][0] for e in exc.errors() if e["type"] == "missing" and len(e["loc"]) == 1]
+            if missing:
+                raise WeightsError(f"weights manifest {path} lacks the field {missing[0]!r}") from None
+            wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise WeightsError(f"weights manifest {path} is not a weights manifest: {wrong}") from None
 
     def _fetch(self, progress: bool) -> None:
         if self.url is None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ranlens.app.core.config import Settings
 from ranlens.app.main import create_app
-from ranlens.model.weights import DEFAULT_WEIGHTS
+from ranlens.model.weights import DEFAULT_WEIGHTS, WEIGHTS_DIR
 
 from . import corpus
 from .conftest import running_server
@@ -504,9 +504,22 @@ def test_settings_choose_the_served_models(tmp_path):
         assert post(c, corpus.png(corpus.photo()), model="attention56_cifar").json()["weights"] == A56
         assert post(c, corpus.png(corpus.photo()), model="attention56_cifar.v7").json()["weights"] == "attention56_cifar.v7"
         assert c.get("/readyz").json()["models"] == ["attention56_cifar.v7", A56, A92]
+    # a default named by architecture is its best loaded weights, whatever the settings' order
+    with TestClient(create_app(Settings(weights="attention56_cifar.v7, DEFAULT", arch="attention56_cifar",
+                                        default_model="attention56_cifar"))) as c:
+        assert c.get("/api/v1/models").json()["default"] == A56
+        assert post(c, corpus.png(corpus.photo()), model="attention56_cifar").json()["weights"] == A56
 
 
-@pytest.mark.parametrize("manifest", [None, "{}", "[1]", "not json"], ids=["missing", "empty", "list", "text"])
+def _shipped_with(**fields) -> str:
+    """The shipped default A56 manifest with some fields replaced, its weights file by absolute path."""
+    shipped = json.loads((WEIGHTS_DIR / f"{A56}.json").read_text())
+    return json.dumps({**shipped, "file": str(WEIGHTS_DIR / shipped["file"]), **fields})
+
+
+@pytest.mark.parametrize("manifest", [None, "{}", "[1]", "not json", _shipped_with(metrics=None),
+                                      _shipped_with(input_size="32px"), _shipped_with(mean=[0.5, 0.5])],
+                         ids=["missing", "empty", "list", "text", "null-metrics", "text-size", "short-mean"])
 def test_a_model_that_fails_to_load_keeps_the_others_serving_but_not_ready(tmp_path, manifest):
     path = tmp_path / "broken.json"
     if manifest is not None:
