@@ -202,8 +202,8 @@ class OODCalibration:
                            f"bank={self.bank!r}, bank_images={self.bank_images!r}")
 
     def flagged(self, score: float) -> bool:
-        """True when a picture with this score looks unlike the training images."""
-        return bool(score < self.threshold)
+        """True when a picture with this score looks unlike the training images (a NaN score too)."""
+        return not score >= self.threshold
 
     def manifest(self) -> dict[str, Any]:
         entry = asdict(self)

@@ -453,6 +453,23 @@ def test_a_cut_off_body_and_several_files_are_refused(client):
     assert_problem(client.post("/api/v1/predict", files=two), 422, "Several files", "2 fields named 'file'")
 
 
+def test_boundary_parameter_case_and_length(client):
+    """MIME parameter names ignore case (Boundary= is a boundary); one longer than the parser takes
+    (256 bytes) is a malformed body, not a server error."""
+    image = corpus.one_pixel()
+
+    def body(boundary: bytes) -> bytes:
+        return (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+                b"Content-Type: image/png\r\n\r\n" + image + b"\r\n--" + boundary + b"--\r\n")
+
+    r = client.post("/api/v1/predict", content=body(b"b"), headers={"content-type": "multipart/form-data; Boundary=b"})
+    assert r.status_code == 200, r.text
+    long = b"x" * 300
+    assert_problem(client.post("/api/v1/predict", content=body(long),
+                               headers={"content-type": "multipart/form-data; boundary=" + long.decode()}),
+                   400, "Malformed multipart body", "Boundary length 300")
+
+
 def test_unknown_route_is_problem_json(client):
     body = assert_problem(client.get("/api/v1/nothing"), 404, "Not Found")
     assert body["instance"] == "/api/v1/nothing"

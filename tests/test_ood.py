@@ -99,6 +99,7 @@ def test_calibrate_records_what_it_measured():
     assert result.test_fraction_flagged == round(1 - kept_fraction(energy_score(test), result.threshold), 4) > 0.3
     assert OODCalibration.from_manifest(json.loads(json.dumps(result.manifest()))) == result
     assert result.flagged(result.threshold - 1e-6) and not result.flagged(result.threshold)
+    assert result.flagged(math.nan)  # a score that is no number is no evidence of a familiar picture
 
 
 def test_knn_score_is_the_distance_to_the_kth_nearest_unit_vector_computed_by_hand():

@@ -179,3 +179,38 @@ def test_every_answer_carries_the_out_of_distribution_verdict_of_the_rest_api(cl
         assert answer["ood_score"]["parameters"]["ood_threshold"] == rest["ood_threshold"]
     only = client.infer("attention56_cifar", [image], outputs=[triton.InferRequestedOutput("out_of_distribution")])
     assert [o["name"] for o in only.get_response()["outputs"]] == ["out_of_distribution"]
+
+
+@pytest.mark.parametrize(("header_length", "body", "detail"), [
+    ("\u00b2", b'{"inputs": []}', "does not fit"),  # a digit to str.isdigit, not to int()
+    (None, b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # nested past the JSON parser's depth
+])
+def test_malformed_headers_and_bodies_are_400_not_500(header_length, body, detail):
+    from ranlens.app.core import oip
+    from ranlens.app.core.problems import Problem
+
+    with pytest.raises(Problem, match=detail) as caught:
+        oip.parse_request(body, header_length)
+    assert caught.value.status == 400
+
+
+def test_deep_json_and_a_boolean_binary_size_are_clear_errors(server):
+    infer = server + "v2/models/attention56_cifar/infer"
+    deep = '{"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": %s1%s}]}'
+    for depth in (900, 100_000):  # within the JSON parser's depth, and past it
+        r = httpx.post(infer, content=deep % ("[" * depth, "]" * depth), timeout=60)
+        assert r.status_code == 400 and r.json()["error"], r.text[:300]
+    header = b'{"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", ' \
+             b'"parameters": {"binary_data_size": true}}]}'
+    r = httpx.post(infer, content=header + b"\0", headers={"inference-header-content-length": str(len(header))},
+                   timeout=60)
+    assert r.status_code == 400 and "binary_data_size True" in r.json()["error"]
+
+
+def test_finite_inputs_that_overflow_the_network_are_refused(client):
+    """Values no normalised image has (3e38) are finite, but the network's outputs overflow: NaN
+    outputs would break the schema's numbers and read as in distribution."""
+    tensor = triton.InferInput("input", [1, 3, 32, 32], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 3, 32, 32), 3e38, np.float32), binary_data=True)
+    with pytest.raises(InferenceServerException, match="too large for the network"):
+        client.infer("attention56_cifar", [tensor])

@@ -29,7 +29,8 @@ def problem(status: int, title: str, detail: str) -> Problem:
 def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[str, bytes]]:
     """The validated JSON header and each binary input's raw bytes, by input name."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # isascii: str.isdigit is also true of digits int() cannot read, such as '²' (a latin-1 header byte)
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise problem(400, "Malformed inference request",
                           f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
         header, rest = body[: int(header_length)], body[int(header_length):]
@@ -37,7 +38,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         header, rest = body, b""
     try:
         request = InferRequest.model_validate(json.loads(header))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         if isinstance(exc, ValidationError):
             errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
             raise Problem(422, "Invalid parameters", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
@@ -49,7 +50,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is None:
             continue
-        if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(rest):
             raise problem(400, "Malformed inference request",
                           f"input {tensor.name!r}: binary_data_size {size!r} runs past the body")
         binary[tensor.name] = rest[offset: offset + size]
@@ -108,8 +109,13 @@ def fp32_tensor(data: list | None, raw: bytes | None, shape: list[int], name: st
 
 
 def _flatten(data):
-    for item in data:
-        if isinstance(item, list):
-            yield from _flatten(item)
-        else:
+    """The leaves of nested lists, in order; iterative, since a body may nest as deep as JSON allows."""
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
             yield item
+        else:
+            stack.pop()

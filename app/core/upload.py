@@ -19,7 +19,7 @@ async def body_within(request: Request, limit: int, too_large: Problem) -> Async
     """The body's chunks as they stream in; ``too_large`` is raised as soon as the declared length or
     the bytes received pass ``limit``, so an oversized body is never read whole."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     received = 0
     async for chunk in request.stream():
@@ -38,6 +38,7 @@ class Upload:
 
 async def read_upload(request: Request, max_bytes: int, field: str = "file") -> Upload:
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    params = {name.lower(): value for name, value in params.items()}  # MIME parameter names ignore case
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "Unsupported media type",
                       f"Send the image as multipart/form-data with a field named {field!r}.")
@@ -78,12 +79,13 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
     def on_end() -> None:
         ended.append(True)
 
-    parser = MultipartParser(params[b"boundary"], {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end,
-    })
     try:
+        # inside the try: the parser refuses some boundaries (over 256 bytes) as it is made
+        parser = MultipartParser(params[b"boundary"], {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+            "on_header_value": on_header_value, "on_header_end": on_header_end,
+            "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end,
+        })
         async for chunk in body:
             parser.write(chunk)
         parser.finalize()

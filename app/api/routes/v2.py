@@ -140,14 +140,16 @@ def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], 
         if tensor.shape[0] != len(images) or not images:
             raise oip.problem(400, "Malformed inference request",
                               f"input 'image' has shape {tensor.shape} but {len(images)} elements")
-        pictures = []
+        tensors = []
         for index, data in enumerate(images):
             try:
-                pictures.append(decode_image(data, max_pixels))
+                picture = decode_image(data, max_pixels)
             except ImageError as exc:
                 where = f"image[{index}]: " if len(images) > 1 else ""
                 raise oip.problem(400, exc.title, where + exc.detail) from None
-        x = torch.stack([explainer.prepare(p)[1] for p in pictures])
+            # cropped before the next is decoded: a batch of large pictures holds one at a time, not all
+            tensors.append(explainer.prepare(picture)[1])
+        x = torch.stack(tensors)
     else:
         if tensor.datatype != "FP32" or len(tensor.shape) != 4 or tensor.shape[1:] != [3, size, size] \
                 or tensor.shape[0] < 1:
@@ -162,6 +164,12 @@ def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], 
         raise oip.problem(400, "Unknown output", f"no output {unknown[0]!r}; this model has {', '.join(available)}")
     result = explainer.infer(x, masks=any(name.startswith("mask:") for name in wanted),
                              ood=any(name in verdict for name in wanted))
+    overflowed = [name for name in ("logits", *wanted) if result[name].dtype != np.bool_
+                  and not np.isfinite(result[name]).all()]
+    if overflowed:  # finite inputs far outside a normalised image's range overflow inside the network
+        raise oip.problem(400, "Malformed inference request",
+                          f"input {tensor.name!r}: the values are too large for the network, whose output "
+                          f"{overflowed[0]!r} overflows; send images normalised with the model's mean and std")
     outputs = [_output(name, result[name], explainer) for name in wanted]
     return {"model_name": explainer.name, "model_version": explainer.weights.name, "id": request.id,
             "outputs": outputs}
