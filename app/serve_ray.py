@@ -26,6 +26,7 @@ Serve passes paths on unchanged.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 try:
     import ray
@@ -53,8 +54,12 @@ class Ranlens:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """``settings`` as the ``RANLENS_*`` variables that make ``Settings()`` read them back unchanged."""
-    return {f"RANLENS_{name.upper()}": str(value) for name, value in settings.model_dump().items()}
+    """``settings`` as the ``RANLENS_*`` variables that make ``Settings()`` read them back unchanged,
+    but for manifest paths, made absolute: a replica runs in Ray's working directory, not the caller's."""
+    values = settings.model_dump()
+    values["weights"] = ",".join(str(Path(spec).resolve()) if spec.endswith(".json") else spec
+                                 for spec in (s.strip() for s in settings.weights.split(",")) if spec)
+    return {f"RANLENS_{name.upper()}": str(value) for name, value in values.items()}
 
 
 def application(settings: Settings, replicas: int = 2, replica_cpus: float = 1.0) -> serve.Application:

@@ -230,3 +230,18 @@ def test_no_cluster_is_one_line():
     assert result.returncode == 1, result
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ranlens serve-ray: error: no Ray cluster at") and "ray start --head" in last, result.stderr
+
+
+def test_replica_settings_name_manifests_by_absolute_path(tmp_path, monkeypatch):
+    """A replica starts in Ray's working directory: a manifest path relative to the caller's would not
+    be found there. Everything else reads back unchanged."""
+    from ranlens.app.core.config import Settings
+    from ranlens.app.serve_ray import settings_env
+
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(weights="DEFAULT, runs/mine.json,attention56_cifar.v7", max_upload_bytes=12345)
+    env = settings_env(settings)
+    assert env["RANLENS_WEIGHTS"] == f"DEFAULT,{tmp_path / 'runs' / 'mine.json'},attention56_cifar.v7"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().model_dump() == {**settings.model_dump(), "weights": env["RANLENS_WEIGHTS"]}
