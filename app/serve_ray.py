@@ -62,6 +62,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {f"RANLENS_{name.upper()}": str(value) for name, value in values.items()}
 
 
+def replica_settings(settings: Settings, replica_cpus: float) -> Settings:
+    """``settings`` for one replica: automatic workers and threads (0) follow the replica's CPU share,
+    not the node's cores, which every replica on a large node would otherwise take as its own."""
+    cpus = max(1, int(replica_cpus))
+    workers = settings.inference_workers or min(2, cpus)
+    return settings.model_copy(update={"inference_workers": workers,
+                                       "torch_threads": settings.torch_threads or max(1, cpus // workers)})
+
+
 def application(settings: Settings, replicas: int = 2, replica_cpus: float = 1.0) -> serve.Application:
     if replicas < 1 or replica_cpus <= 0:
         raise ValueError(f"need at least one replica and some CPU for each; got {replicas}, {replica_cpus}")
@@ -72,7 +81,7 @@ def application(settings: Settings, replicas: int = 2, replica_cpus: float = 1.0
     return Ranlens.options(
         num_replicas=replicas,
         max_ongoing_requests=ongoing,
-        ray_actor_options={"num_cpus": replica_cpus, "runtime_env": {"env_vars": settings_env(settings)}},
+        ray_actor_options={"num_cpus": replica_cpus, "runtime_env": {"env_vars": settings_env(replica_settings(settings, replica_cpus))}},
     ).bind()
 
 

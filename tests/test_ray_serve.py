@@ -245,3 +245,15 @@ def test_replica_settings_name_manifests_by_absolute_path(tmp_path, monkeypatch)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert Settings().model_dump() == {**settings.model_dump(), "weights": env["RANLENS_WEIGHTS"]}
+
+
+@pytest.mark.parametrize(("cpus", "workers", "threads", "expected"), [
+    (1.0, 0, 0, (1, 1)), (4.0, 0, 0, (2, 2)), (8.0, 1, 0, (1, 8)), (0.5, 0, 0, (1, 1)), (4.0, 3, 5, (3, 5)),
+])
+def test_automatic_workers_and_threads_follow_the_replica_cpu_share(cpus, workers, threads, expected):
+    from ranlens.app.core.config import Settings
+    from ranlens.app.serve_ray import replica_settings
+
+    mine = replica_settings(Settings(inference_workers=workers, torch_threads=threads), cpus)
+    assert (mine.inference_workers, mine.torch_threads) == expected
+    assert mine.forward_threads() == expected  # what the replica's app resolves, whatever its node's cores
