@@ -214,3 +214,39 @@ def test_finite_inputs_that_overflow_the_network_are_refused(client):
     tensor.set_data_from_numpy(np.full((1, 3, 32, 32), 3e38, np.float32), binary_data=True)
     with pytest.raises(InferenceServerException, match="too large for the network"):
         client.infer("attention56_cifar", [tensor])
+
+
+MEMORY_PROBE = """
+import io, json, resource, struct
+from PIL import Image
+from ranlens.app.api.routes import v2
+from ranlens.app.core import oip
+from ranlens.model.catalog import load_catalog
+
+buffer = io.BytesIO()
+Image.new("RGB", (3000, 3000), (120, 30, 200)).save(buffer, "PNG")  # 27 MB decoded, 33 KB as a PNG
+explainer = load_catalog("DEFAULT", arch="attention56_cifar")[0].default
+peaks = []
+for n in (1, 16):
+    raw = b"".join(struct.pack("<I", len(buffer.getvalue())) + buffer.getvalue() for _ in range(n))
+    header = json.dumps({"inputs": [{"name": "image", "shape": [n], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    v2._run(explainer, *oip.parse_request(header + raw, str(len(header))), 40_000_000)
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(json.dumps(peaks))
+"""
+
+
+def test_a_batch_of_large_pictures_holds_one_decoded_picture_at_a_time():
+    """Sixteen 3000 x 3000 PNGs fit a request in half a megabyte but decode to 27 MB each: decoded all
+    before cropping they took 430 MB more than one did (peak RSS); cropped as each is decoded, a few."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, sixteen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sixteen - one < 3 * 27_000_000, (one, sixteen)
