@@ -151,6 +151,11 @@ class Explainer:
                 raise OODError(f"the OOD views {unknown} name modules this network lacks; it has {model.module_names}")
             bank = read_bank(weights.companion(self.ood.bank), self.ood) if self.ood and self.ood.bank else None
             self.scorer = OODScorer(self.ood, bank)
+            if bank is not None:
+                size = weights.input_size
+                with torch.inference_mode():
+                    probe = model.forward_intermediates(torch.zeros(1, 3, size, size))
+                self.scorer.check_widths(view_features(probe, self.scorer.views))
         except OODError as exc:
             raise WeightsError(f"weights {weights.name}: {exc}") from exc
 

@@ -267,6 +267,18 @@ class OODScorer:
             return knn_score(features[HEAD], self.bank[BANK_KEY], self.calibration.k)
         return torch.stack(list(self.view_scores(features).values())).amin(0)
 
+    def check_widths(self, features: Mapping[str, Tensor]) -> None:
+        """Refuses a bank whose feature vectors are not as wide as ``features``, the network's (a bank
+        made for another network would fail every request instead)."""
+        if self.bank is None:
+            return
+        self._check_features(features)
+        for view in self.views:
+            stored = self.bank[BANK_KEY if self.calibration.views is None else f"{view}/features"].shape[1]
+            if features[view].shape[1] != stored:
+                raise OODError(f"the bank's {view!r} features have {stored} values; this network's have "
+                               f"{features[view].shape[1]}")
+
     def _check_features(self, features: Mapping[str, Tensor]) -> None:
         missing = [view for view in self.views if view not in features]
         if missing:

@@ -426,6 +426,20 @@ def test_a_calibration_whose_views_name_modules_the_network_lacks_is_refused_at_
         Explainer.load(weights=str(manifest))
 
 
+def test_a_bank_made_for_another_network_is_refused_at_load(tmp_path):
+    """Feature vectors of another width (another network's) would fail every request with a matmul
+    error; the weights refuse to load instead, naming the view."""
+    shipped = get_weights("attention56_cifar", "DEFAULT")
+    (tmp_path / shipped.file).symlink_to(shipped.path)
+    rng = np.random.default_rng(0)
+    narrow = {view: torch.from_numpy(rng.normal(0, 1, (40, 4))) for view in ("head", "stage1.module1:std")}
+    result, payload = calibrate_knn(narrow, data="d", bank_file="narrow.ood.safetensors", k=2, bank_size=10)
+    _write(tmp_path / "narrow.ood.safetensors", payload)
+    manifest = dataclasses.replace(shipped, name="narrow", ood=result.manifest(), directory=tmp_path).write_manifest()
+    with pytest.raises(WeightsError, match=r"bank's 'head' features have 4 values; this network's have 256"):
+        Explainer.load(weights=str(manifest))
+
+
 def test_calibrations_made_before_views_still_score_by_the_head_distance():
     """The parents (v7) were calibrated on the classifier's features alone: their score is that distance."""
     explainer = Explainer.load("attention56_cifar", "attention56_cifar.v7")
