@@ -541,6 +541,63 @@ def test_a_newer_upload_cancels_the_older_one(server, browser):
     page.close()
 
 
+def _hold_first(held: list):
+    """A route handler that keeps the first matching request unanswered and lets the others through."""
+    def handler(route):
+        if not held:
+            held.append(route)
+        else:
+            route.fallback()
+    return handler
+
+
+def _wait_held(page, held: list) -> None:
+    for _ in range(400):
+        if held:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError("the request to hold was never made")
+
+
+def test_switching_model_while_an_upload_is_analysed_analyses_that_upload(server, browser):
+    """The image asked for last is what a switch re-analyses, not the older one on screen (or none);
+    and the attention-off table is the masks' model's."""
+    a92 = next(m["weights"] for m in httpx.get(server + "api/v1/models").json()["models"]
+               if m["name"] == "attention92_cifar")
+    page, watch = open_page(browser, server)
+    held = []
+    page.route("**/api/v1/explain*", _hold_first(held))
+    page.set_input_files("#file", str(PHOTOS / "chelsea.jpg"))
+    _wait_held(page, held)
+    page.select_option("#model", a92)
+    _wait_text(page, "#status", f"by {a92}")
+    assert page.inner_text("#status").startswith("chelsea.jpg: ")
+    assert page.locator("#modules article").count() == 6
+    page.wait_for_function("() => document.querySelectorAll('table.ablation-table thead th').length === 9",
+                           timeout=SLOW)
+    watch.check(failed_ok="api/v1/explain.*ERR_ABORTED")
+    page.close()
+
+
+def test_a_failed_upload_leaves_the_image_on_screen_whole(server, browser):
+    """Starting a new image stops the on-screen one's ablation; when the new one fails, the old one,
+    still on screen, gets its ablation back rather than "Stopped"."""
+    page, watch = open_page(browser, server)
+    held = []
+    page.route("**/api/v1/ablate*", _hold_first(held))
+    page.set_input_files("#file", str(PHOTOS / "chelsea.jpg"))
+    _wait_held(page, held)
+    wait_status(page, "chelsea.jpg:")
+    page.route("**/api/v1/explain*", lambda route: route.abort("connectionrefused"))
+    page.set_input_files("#file", str(PHOTOS / "coffee.jpg"))
+    wait_status(page, "Could not analyse coffee.jpg", error=True)
+    wait_for_ablation(page)
+    assert page.inner_text("table.ablation-table tbody tr:first-child th") == "cat"
+    assert page.inner_text("#topbar-text").startswith("chelsea.jpg: ")
+    watch.check(console_ok="ERR_CONNECTION_REFUSED", failed_ok="ERR_CONNECTION_REFUSED|api/v1/ablate.*ERR_ABORTED")
+    page.close()
+
+
 def test_failed_requests_show_a_message_not_a_spinner(server, browser):
     page, watch = open_page(browser, server)
     page.route("**/api/v1/ablate*", lambda route: route.abort("connectionrefused"))
@@ -582,6 +639,8 @@ def test_teaching_view_and_presenter_mode_by_keyboard(server, browser, shots):
     page.focus("body")
     page.keyboard.press("p")
     assert page.evaluate("document.body.classList.contains('presenter')")
+    # the header is kept for screen readers, but its selects would be invisible tab stops
+    assert page.is_hidden("#model") and page.is_hidden("#compare")
     assert page.get_attribute("#presenter-toggle", "aria-pressed") == "true"
     run_axe(page)
     shown = []

@@ -20,6 +20,9 @@ const $ = (id) => document.getElementById(id);
 const state = {
   name: null, payload: null, decoded: [], display: null, channels: [], luts: null,
   model: document.body.dataset.model || null, compare: null, source: null, fetched: freshChannels(),
+  // the image asked for last while its analysis runs ({name, source}): what a model switch re-analyses,
+  // since the one on screen (source) is older; and whether the on-screen image's ablation was cut short
+  pending: null, ablationStopped: false,
 };
 const CHANNEL_DELAY_MS = 250;  // a channel is asked for once the box has been still this long
 let catalog = null;  // GET api/v1/models: every served model's metadata, for the model line
@@ -295,6 +298,7 @@ async function analyse(name, source) {
   controller?.abort();
   const ctl = new AbortController();
   controller = ctl;
+  state.pending = { name, source };
   setStatus(`Analysing ${name}…`);
   try {
     const blob = typeof source === "function" ? await source(ctl.signal) : source;
@@ -308,15 +312,33 @@ async function analyse(name, source) {
     if (ctl.signal.aborted) return;  // superseded while the images decoded
     state.luts = luts;
     state.source = { name, blob };
+    state.pending = null;
     state.compare = q ? { payload: q, decoded: q.attention.map(decodeModule) } : null;
     show(name, p, decoded, display, input);
     setStatus(`${name}: ${p.predictions[0].label} (${(100 * p.predictions[0].probability).toFixed(1)}%) ` +
               `by ${p.weights}.`);
-    runAblation(blob, name, ctl.signal);
+    runAblation(blob, name, ctl.signal, p.weights);
   } catch (err) {
     if (isAbort(err) || ctl.signal.aborted) return;
+    state.pending = null;
     setStatus(`Could not analyse ${name}: ${failureText(err)}`, true);
+    resumeOnScreen(ctl.signal);
   }
+}
+
+/** After a new image failed, the one still on screen gets back what starting the new one stopped:
+ * its ablation and the channels it was loading. */
+function resumeOnScreen(signal) {
+  if (!state.payload || !state.source) return;
+  if (state.ablationStopped) runAblation(state.source.blob, state.source.name, signal, state.payload.weights);
+  drawOverlays();  // asks again for any channel whose request was cut short
+}
+
+/** Analyses again what was asked for last (a model or comparison changed): the image whose analysis
+ * is still running, or else the one on screen. */
+function reanalyse() {
+  const next = state.pending ?? (state.source && { name: state.source.name, source: state.source.blob });
+  if (next) analyse(next.name, next.source);
 }
 
 function show(name, p, decoded, display, input) {
@@ -342,12 +364,16 @@ function show(name, p, decoded, display, input) {
   $("topbar").hidden = false;
 }
 
-async function runAblation(blob, name, signal) {
+async function runAblation(blob, name, signal, model) {
+  // model: the weights that answered the analysis, so the table is always the masks' model's;
+  // top_k left to the server (5, or fewer for a model with fewer classes)
   const box = $("ablation");
   box.replaceChildren(hint("Running with attention off…"));
+  state.ablationStopped = false;
   try {
-    box.replaceChildren(...ablationTable(await postImage(withModel("api/v1/ablate?top_k=5", state.model), blob, name, signal)));
+    box.replaceChildren(...ablationTable(await postImage(withModel("api/v1/ablate", model), blob, name, signal)));
   } catch (err) {
+    state.ablationStopped = isAbort(err);
     box.replaceChildren(isAbort(err) ? hint("Stopped: another image was chosen.")
                                      : hint(`Could not run with attention off: ${failureText(err)}`, "error"));
   }
@@ -402,8 +428,10 @@ async function loadArchitecture() {
   if (!name) return;
   try {
     const arch = await getJSON(`api/v1/models/${encodeURIComponent(name)}/architecture`);
+    if (name !== state.model) return;  // switched again while it loaded: the newer answer draws
     $("arch-svg").replaceChildren(architectureSvg(arch, selectModule));
   } catch (err) {
+    if (name !== state.model) return;
     $("arch-svg").replaceChildren(hint(`Could not draw the architecture: ${failureText(err)}`, "error"));
   }
 }
@@ -427,12 +455,12 @@ async function switchModel(weights) {
   try {
     catalog ??= await getJSON("api/v1/models");
     const m = catalog.models.find((x) => x.weights === weights);
-    if (m) $("model-line").replaceChildren(...modelLine(m));
+    if (m && weights === state.model) $("model-line").replaceChildren(...modelLine(m));
   } catch (err) {
     setStatus(`Could not read the models' details: ${failureText(err)}`, true);
   }
   loadArchitecture();
-  if (state.source) analyse(state.source.name, state.source.blob);
+  reanalyse();
 }
 
 // ---- wiring
@@ -472,5 +500,5 @@ onModuleChange((i) => {
 });
 installPresenter(() => state.payload !== null);
 $("model")?.addEventListener("change", (e) => switchModel(e.target.value));
-$("compare")?.addEventListener("change", () => { if (state.source) analyse(state.source.name, state.source.blob); });
+$("compare")?.addEventListener("change", reanalyse);
 loadArchitecture();
