@@ -43,6 +43,7 @@ def test_metrics_count_requests_by_route_and_report_models_and_queue():
         c.get("/api/v1/models/attention92_cifar")
         c.get("/api/v1/models/nothing")
         c.get("/no/such/page")
+        c.head("/api/v1/models/attention92_cifar")  # a load balancer's health check, say
         response = c.get("/metrics")
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
         text = response.text
@@ -52,6 +53,8 @@ def test_metrics_count_requests_by_route_and_report_models_and_queue():
     assert sample(text, "ranlens_http_requests_total", method="GET", route="/api/v1/models/{name}", status="404") == 1
     assert sample(text, "ranlens_http_requests_total", method="GET", route="unmatched", status="404") == 1
     assert "nothing" not in text and "/no/such/page" not in text
+    # HEAD is answered as GET; it is still counted under its route, not with scanners' unknown paths
+    assert sample(text, "ranlens_http_requests_total", method="HEAD", route="/api/v1/models/{name}", status="200") == 1
     assert sample(text, "ranlens_http_request_duration_seconds_count", method="POST", route="/api/v1/predict") == 2
     assert sample(text, "ranlens_inference_batch_size_count") == 2
     for weights in (A56, A92):

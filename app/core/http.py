@@ -83,7 +83,12 @@ class HeadAsGet(HTTPMiddleware):
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, send_without_body)
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, send_without_body)
+        finally:
+            if "route" in inner:  # the router writes the matched route into the copy; metrics read the original
+                scope["route"] = inner["route"]
 
 
 log = logging.getLogger("ranlens")
