@@ -49,6 +49,7 @@ def _checked(convert, ok, wanted: str):
 _positive_int = _checked(int, lambda v: v >= 1, "a whole number >= 1")
 _positive_float = _checked(float, lambda v: 0 < v < math.inf, "a number > 0")
 _fraction = _checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+_opacity = _checked(float, lambda v: 0 <= v <= 1, "an opacity in [0, 1]")
 _port = _checked(int, lambda v: 0 <= v <= 65535, "a port 0..65535 (0: any free port)")
 
 
@@ -738,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     _add_weights_args(p)
     p.add_argument("--colormap", default="viridis", choices=COLORMAPS, help="colour map of the overlays")
-    p.add_argument("--alpha", type=float, default=0.6, help="opacity of the mask over the picture")
+    p.add_argument("--alpha", type=_opacity, default=0.6, help="opacity of the mask over the picture, 0 to 1")
     p.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
                    help="refuse larger images (decompression bombs)")
     p.add_argument("--top", type=_positive_int, default=3, help="how many predictions to print per image (more "

@@ -517,6 +517,13 @@ def test_explain_refuses_top_below_one(tmp_path, top):
     assert_refused_argument(result, "explain", "--top", ">= 1")
 
 
+@pytest.mark.parametrize("alpha", ["1.5", "-0.1", "nan"])
+def test_explain_refuses_an_opacity_outside_0_to_1_before_writing_anything(tmp_path, alpha):
+    result = ranlens("explain", str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "o"), "--alpha", alpha)
+    assert_refused_argument(result, "explain", "--alpha", "[0, 1]")
+    assert not (tmp_path / "o").exists()
+
+
 def test_explain_top_above_the_class_count_prints_every_class(tmp_path):
     result = ranlens("explain", str(PHOTOS / "coffee.jpg"), "--out", str(tmp_path / "o"), "--top", "25")
     assert result.returncode == 0, result.stderr
