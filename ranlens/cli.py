@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import math
+import os
 import re
 import shutil
 import socket
@@ -246,23 +247,29 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
           f"{result.train_images} training images in-distribution")
     if result.test_fraction_flagged is not None:
         print(f"  test split: {100 * result.test_fraction_flagged:.2f}% of {result.test_images} images flagged")
-    directory = Path(tempfile.mkdtemp()) if args.dry_run else weights.directory
-    if payload is not None:
-        (directory / bank_file).write_bytes(payload)
-    updated = Weights(**{**weights.__dict__, "ood": result.manifest(), "directory": directory})
-    explainer = Explainer(model, updated)  # as the app will judge pictures with the new calibration
-    for path, image in examples:
-        seen = explainer.explain(image)
-        verdict = "OUT OF DISTRIBUTION" if seen.out_of_distribution else "in distribution"
-        print(f"  {path}: score {seen.ood_score:.4f}  {verdict}  (top: {seen.predictions[0].label} "
-              f"{100 * seen.predictions[0].probability:.1f}%)")
-    if args.dry_run:
-        shutil.rmtree(directory)
-        return
-    if payload is None:  # energy now: a bank an earlier knn calibration left is no longer this manifest's
-        (weights.directory / bank_file).unlink(missing_ok=True)
-    else:
-        print(f"bank written to {weights.directory / bank_file}")
+    # the new bank waits beside the weights (one file system, so moving it in is atomic) until the examples
+    # are judged: stopped before then, the shipped bank and manifest still agree and the weights still load
+    staging = Path(tempfile.mkdtemp() if args.dry_run else tempfile.mkdtemp(dir=weights.directory, prefix=".ood-"))
+    try:
+        if payload is not None:
+            (staging / bank_file).write_bytes(payload)
+        judging = Weights(**{**weights.__dict__, "ood": result.manifest(), "directory": staging})
+        explainer = Explainer(model, judging)  # as the app will judge pictures with the new calibration
+        for path, image in examples:
+            seen = explainer.explain(image)
+            verdict = "OUT OF DISTRIBUTION" if seen.out_of_distribution else "in distribution"
+            print(f"  {path}: score {seen.ood_score:.4f}  {verdict}  (top: {seen.predictions[0].label} "
+                  f"{100 * seen.predictions[0].probability:.1f}%)")
+        if args.dry_run:
+            return
+        if payload is None:  # energy now: a bank an earlier knn calibration left is no longer this manifest's
+            (weights.directory / bank_file).unlink(missing_ok=True)
+        else:
+            os.replace(staging / bank_file, weights.directory / bank_file)
+            print(f"bank written to {weights.directory / bank_file}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    updated = Weights(**{**weights.__dict__, "ood": result.manifest()})
     print(f"calibration written to {updated.write_manifest()}")
 
 

@@ -416,6 +416,34 @@ def test_calibrate_ood_knn_writes_the_bank_beside_the_manifest_and_the_app_uses_
         assert refused.returncode == 1 and message in refused.stderr.strip().splitlines()[-1], refused.stderr
 
 
+def test_calibrate_ood_stopped_while_judging_the_examples_leaves_the_weights_as_they_were(tmp_path, monkeypatch):
+    """The new bank is moved in only after the examples are judged: Ctrl-C while they run leaves the old
+    manifest and bank (which agree, so the weights still load) and no stray files."""
+    from ranlens import cli
+
+    shipped = get_weights("attention56_cifar", "DEFAULT")
+    for name in (shipped.file, shipped.ood["bank"]):
+        (tmp_path / name).write_bytes((shipped.directory / name).read_bytes())
+    manifest = dataclasses.replace(shipped, directory=tmp_path).write_manifest()
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    data = tmp_path.parent / f"{tmp_path.name}-data"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / split).symlink_to(CIFAR_FIXTURES, target_is_directory=True)
+
+    def interrupted(self, image):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Explainer, "explain", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["calibrate-ood", "--weights", str(manifest), "--data", str(data), "--bank-size", "10", "--k", "2",
+                  "--threads", str(THREADS), "--examples", str(PHOTOS / "cifar10-cat.jpg")])
+    assert stopped.value.code == 130
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+    assert Explainer.load(weights=str(manifest)).ood.bank == shipped.ood["bank"]
+
+
 def test_a_calibration_whose_views_name_modules_the_network_lacks_is_refused_at_load(tmp_path):
     shipped = get_weights("attention56_cifar", "DEFAULT")
     for name in (shipped.file, shipped.ood["bank"]):
