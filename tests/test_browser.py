@@ -677,6 +677,8 @@ def test_model_switcher_and_side_by_side(server, browser, shots):
     assert not page.is_visible("#topbar")  # nothing analysed yet: no empty bar (hidden beats .topbar's flex)
     assert page.eval_on_selector_all("#model option", "(os) => os.map((o) => o.value)") == [a56, a92]
     assert page.input_value("#model") == models["default"]
+    disabled = "(os) => os.filter((o) => o.disabled).map((o) => o.value)"
+    assert page.eval_on_selector_all("#compare option", disabled) == [models["default"]]  # not with itself
     page.wait_for_selector("#arch-svg svg g.att")
     page.click("button.example[data-name='chelsea.jpg']")
     wait_status(page, "chelsea.jpg:")
@@ -686,6 +688,7 @@ def test_model_switcher_and_side_by_side(server, browser, shots):
     # another model: the same image again, its six modules, its architecture and its ablation
     page.select_option("#model", a92)
     _wait_text(page, "#status", f"by {a92}")
+    assert page.eval_on_selector_all("#compare option", disabled) == [a92]
     assert page.locator("#modules article").count() == 6
     assert "attention92_cifar" in page.inner_text("#model-line") and "6 attention modules" in page.inner_text("#model-line")
     page.wait_for_function("() => document.querySelectorAll('#arch-svg g.att').length === 6", timeout=SLOW)
@@ -726,8 +729,10 @@ def test_model_switcher_and_side_by_side(server, browser, shots):
     drawn = page.eval_on_selector_all("#compare-grid article canvas.overlay", "(cs) => cs.map((c) => c.toDataURL())")
     assert len(set(drawn)) == 9
     page.select_option("#reduction", "added")
-    # back to one model: the side-by-side view goes away
-    page.select_option("#compare", "")
+    # the compared model chosen as Model: one model again, the side-by-side view goes away
+    page.select_option("#model", a56)
+    assert page.input_value("#compare") == ""
+    _wait_text(page, "#status", f"by {a56}")
     page.wait_for_selector("#compare-section[hidden]", state="attached", timeout=SLOW)
     watch.check(failed_ok=r"/api/v1/ablate\?.*ERR_ABORTED")  # each new analysis cancels the last one's ablation
     page.close()

@@ -449,9 +449,18 @@ function modelLine(m) {
     `${m.modules.length} attention modules${top1}.`];
 }
 
+/** A model cannot be compared with itself: its own option is disabled, and chosen as Model it ends the comparison. */
+function syncCompareOptions() {
+  const compare = $("compare");
+  if (!compare) return;
+  for (const option of compare.options) option.disabled = option.value !== "" && option.value === state.model;
+  if (compare.value === state.model) compare.value = "";
+}
+
 async function switchModel(weights) {
   state.model = weights;
   document.body.dataset.model = weights;
+  syncCompareOptions();
   try {
     catalog ??= await getJSON("api/v1/models");
     const m = catalog.models.find((x) => x.weights === weights);
@@ -501,4 +510,5 @@ onModuleChange((i) => {
 installPresenter(() => state.payload !== null);
 $("model")?.addEventListener("change", (e) => switchModel(e.target.value));
 $("compare")?.addEventListener("change", reanalyse);
+syncCompareOptions();
 loadArchitecture();
