@@ -171,12 +171,12 @@ class Batcher:
         the slot is given back, and the forward reported, when it ends."""
         started = time.perf_counter()
 
-        def finished(_: Future) -> None:
+        def finished(done: Future) -> None:
             with self._free:
                 self._running -= 1
                 self._free.notify()
-            if self.on_batch is not None:
-                self.on_batch(len(images), time.perf_counter() - started)
+            if self.on_batch is not None and not done.cancelled() and done.exception() is None:
+                self.on_batch(len(images), time.perf_counter() - started)  # forwards that answered
 
         try:
             forward = self.submit(self.explainer.run_prepared, images, prepared)

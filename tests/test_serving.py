@@ -44,6 +44,8 @@ def test_metrics_count_requests_by_route_and_report_models_and_queue():
         c.get("/api/v1/models/nothing")
         c.get("/no/such/page")
         c.head("/api/v1/models/attention92_cifar")  # a load balancer's health check, say
+        assert c.post("/api/v1/ablate", params={"model": "attention56_cifar"},
+                      files={"file": ("c.png", image, "image/png")}).status_code == 200
         response = c.get("/metrics")
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
         text = response.text
@@ -58,7 +60,9 @@ def test_metrics_count_requests_by_route_and_report_models_and_queue():
     assert sample(text, "ranlens_http_request_duration_seconds_count", method="POST", route="/api/v1/predict") == 2
     assert sample(text, "ranlens_inference_batch_size_count") == 2
     for weights in (A56, A92):
-        assert sample(text, "ranlens_inference_seconds_count", model=weights) == 1
+        assert sample(text, "ranlens_inference_seconds_count", model=weights, kind="batch") == 1
+    # an ablation is one unbatched call of several forwards: timed whole, and no batch of its own
+    assert sample(text, "ranlens_inference_seconds_count", model=A56, kind="call") == 1
     assert sample(text, "ranlens_model_loaded", model="attention92_cifar", weights=A92) == 1
     assert sample(text, "ranlens_model_load_errors") == 0
     assert sample(text, "ranlens_inference_queue_depth") == 0 and sample(text, "ranlens_inferences_running") == 0

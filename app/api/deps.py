@@ -177,7 +177,7 @@ async def run_inference(request: Request, fn, explainer: Explainer, *args, batch
                     return await anyio.to_thread.run_sync(fn, ticket.explain, *args)
             started = time.perf_counter()
             result = await request.app.state.torch.acall(fn, explainer, *args)
-            metrics.inference.labels(explainer.weights.name).observe(time.perf_counter() - started)
+            metrics.inference.labels(explainer.weights.name, "call").observe(time.perf_counter() - started)
             return result
     except Busy as exc:
         metrics.rejected.labels(exc.reason).inc()

@@ -25,8 +25,11 @@ class Metrics:
                                  ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("ranlens_inference_batch_size", "images per model forward",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
-        self.inference = Histogram("ranlens_inference_seconds", "time in the model, by served model",
-                                   ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        # kind: "batch", one forward of a dynamic batch (whose size batch_size counts); "call", a whole
+        # unbatched call (/ablate: 2 + one forward per module; /v2 infer: every picture of its request)
+        self.inference = Histogram("ranlens_inference_seconds", "time in the model, by served model and kind "
+                                   "(batch: one batched forward; call: a whole /ablate or /v2 inference)",
+                                   ["model", "kind"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("ranlens_inference_queue_depth", "requests waiting for an inference slot",
                                  registry=self.registry)
         self.running = Gauge("ranlens_inferences_running", "inferences running now", registry=self.registry)
@@ -40,7 +43,7 @@ class Metrics:
     def record_batch(self, weights: str, size: int, seconds: float) -> None:
         """A batcher's report of one forward (called from its thread; prometheus-client is thread-safe)."""
         self.batch_size.observe(size)
-        self.inference.labels(weights).observe(seconds)
+        self.inference.labels(weights, "batch").observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
