@@ -738,6 +738,35 @@ def test_model_switcher_and_side_by_side(server, browser, shots):
     page.close()
 
 
+def test_the_class_notes_follow_the_chosen_model(browser, tmp_path):
+    """Served weights of other classes (someone's own data): switching to them names their classes and
+    calibration data, not the first model's."""
+    import dataclasses
+
+    from ranlens.model.weights import get_weights
+
+    shipped = get_weights("attention56_cifar", "DEFAULT")
+    (tmp_path / shipped.file).symlink_to(shipped.path)
+    (tmp_path / shipped.ood["bank"]).symlink_to(shipped.directory / shipped.ood["bank"])
+    shapes = ("circle", "square", "star", "cross", "ring", "wave", "dot", "line", "arrow", "heart")
+    manifest = dataclasses.replace(shipped, name="shapes.v1", classes=shapes, directory=tmp_path,
+                                   ood={**shipped.ood, "data": "Shapes"}).write_manifest()
+    with running_server(_server_command("-m", "ranlens", "serve"), RANLENS_WEIGHTS=f"{shipped.name},{manifest}",
+                        RANLENS_DEFAULT_MODEL=shipped.name, RANLENS_TORCH_THREADS=THREADS) as url:
+        page, watch = open_page(browser, url)
+        assert "airplane" in page.inner_text("#classes-note")
+        page.select_option("#model", "shapes.v1")
+        _wait_text(page, "#model-line", "shapes.v1")
+        assert page.inner_text("#class-list") == ", ".join(shapes)
+        assert page.inner_text("#predictions-classes") == ", ".join(shapes)
+        assert page.inner_text("#ood-data").strip() == "Shapes"
+        page.select_option("#model", shipped.name)
+        _wait_text(page, "#class-list", "airplane")
+        assert page.inner_text("#ood-data").startswith("CIFAR-10")
+        watch.check()
+        page.close()
+
+
 def test_page_behind_a_path_prefix(browser):
     """``ranlens serve`` with RANLENS_ROOT_PATH behind a proxy that strips the prefix: every request the
     page makes must go through the prefix and succeed."""

@@ -457,6 +457,15 @@ function syncCompareOptions() {
   if (compare.value === state.model) compare.value = "";
 }
 
+/** The notes that name the model's classes and calibration data, for the model now chosen. */
+function showModelNotes(m) {
+  const classes = m.classes.join(", ");
+  for (const [id, text] of [["class-count", String(m.classes.length)], ["class-list", classes],
+                            ["predictions-classes", classes], ["ood-data", m.ood ? `${m.ood.data} ` : ""]]) {
+    if ($(id)) $(id).textContent = text;
+  }
+}
+
 async function switchModel(weights) {
   state.model = weights;
   document.body.dataset.model = weights;
@@ -464,7 +473,10 @@ async function switchModel(weights) {
   try {
     catalog ??= await getJSON("api/v1/models");
     const m = catalog.models.find((x) => x.weights === weights);
-    if (m && weights === state.model) $("model-line").replaceChildren(...modelLine(m));
+    if (m && weights === state.model) {
+      $("model-line").replaceChildren(...modelLine(m));
+      showModelNotes(m);
+    }
   } catch (err) {
     setStatus(`Could not read the models' details: ${failureText(err)}`, true);
   }
