@@ -496,6 +496,11 @@ def _stream_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
         loader.sampler.set_epoch(epoch)  # the order follows (seed, epoch)
         # the workers' seeds come from the loader's generator: their crops follow (seed, epoch, rank)
         loader.generator.manual_seed((cfg.seed * 1000 + epoch) * 1000 + procs.rank)
+        if cfg.workers == 0:
+            # no workers: the transforms draw from this process's global random state, which a resume inside
+            # the epoch restores as it was at the save, after the batches it then draws again; seeded here
+            # instead, the redrawn epoch repeats its crops as the workers' seeds make them repeat
+            torch.manual_seed((cfg.seed * 1000 + epoch) * 1000 + procs.rank)
         generator.manual_seed(cfg.seed * 1000 + epoch)
         for images, labels in loader:
             x = normalize(images.to(device, non_blocking=True), mean, std)
@@ -747,8 +752,12 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
         print(json.dumps(record), flush=True)
         save_checkpoint(result, out / f"epoch{epoch + 1:03d}.safetensors", cfg.arch,
                         {"epoch": str(epoch + 1), "test_acc": f"{record['test_acc']:.4f}"})
+        # the record first, whole (a resume reads the epochs last.pt names from it): a stop between the two
+        # leaves one epoch more in metrics.json, which the resume cuts, never one fewer
+        tmp = out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(history, indent=2))
+        os.replace(tmp, out / "metrics.json")
         save_state(epoch + 1)
-        (out / "metrics.json").write_text(json.dumps(history, indent=2))
         if device.type == "cpu" or epoch + 1 == end_epoch:  # a plot costs seconds, a GPU epoch not many more
             plot_curves(history, out / "curves.png")
     return history

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,16 +186,18 @@ def test_stopped_run_resumes_where_it_stopped_to_the_same_weights(tiny_folder, t
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
-def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, tmp_path, kill_at_step, capsys):
+@pytest.mark.parametrize("loader", [{}, {"loader": "stream", "workers": 0}], ids=["memory", "stream-no-workers"])
+def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, tmp_path, kill_at_step, capsys, loader):
     """``--save-every`` writes last.pt inside an epoch; a run killed there loses only the steps after
-    that save and resumes to the weights and train figures of a run that never stopped."""
+    that save and resumes to the weights and train figures of a run that never stopped, whichever
+    loader drew its batches (the stream loader without workers crops in this process)."""
     from safetensors.torch import load_file
 
     from ranlens.cli import main
     from ranlens.model.progress import run_progress
 
     # 25 training images in batches of 4: 6 steps an epoch; trivial augment and cutout draw per image
-    common = dict(data=str(tiny_folder), epochs=2, batch_size=4, cutout=8, trivial_augment=True, threads=1)
+    common = dict(data=str(tiny_folder), epochs=2, batch_size=4, cutout=8, trivial_augment=True, threads=1, **loader)
     straight = train(TrainConfig(out=str(tmp_path / "straight"), save_every=0, **common))
 
     run = tmp_path / "killed"
@@ -225,6 +228,25 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_save(tiny_folder, t
     b = load_file(str(run / "epoch002.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_stop_while_the_epoch_record_is_written_resumes(tiny_folder, tmp_path, monkeypatch):
+    """The epoch's record (metrics.json) is written, whole, before last.pt names the epoch done: a stop
+    between the two must not leave a run whose resume cannot find the record of an epoch it skips."""
+    real = Path.write_text
+
+    def stopped(self, *args, **kwargs):
+        if self.name.startswith("metrics.json"):
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    common = dict(out=str(tmp_path / "run"), data=str(tiny_folder), epochs=2, batch_size=4, save_every=0, threads=1)
+    monkeypatch.setattr(Path, "write_text", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**common))
+    monkeypatch.undo()
+    assert [h["epoch"] for h in train(TrainConfig(**common))] == [1, 2]
+    assert [h["epoch"] for h in json.loads((tmp_path / "run" / "metrics.json").read_text())] == [1, 2]
 
 
 def test_status_of_a_folder_with_no_run_is_one_line(tmp_path, capsys):
