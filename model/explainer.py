@@ -19,7 +19,7 @@ from PIL import Image
 
 from . import render
 from .network import AttentionOutput, Intermediates, ResidualAttentionNet, describe
-from .preprocess import center_crop
+from .preprocess import model_view
 from .ood import OODCalibration, OODError, OODScorer, parse_view, read_bank, view_features
 from .registry import get_model
 from .weights import Weights, WeightsError, resolve_weights
@@ -85,7 +85,7 @@ class Explanation:
              display_size: int = 256) -> dict:
         """Writes per-module overlay PNGs and raw masks (.npy); returns a manifest entry."""
         directory.mkdir(parents=True, exist_ok=True)
-        display = center_crop(self.image, display_size)
+        display = model_view(self.image, self.model_input.width, display_size)
         display.save(directory / f"{stem}.input.png")
         modules = []
         for a in self.attention:

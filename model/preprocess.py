@@ -15,7 +15,18 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["Preprocess", "center_crop"]
+__all__ = ["Preprocess", "center_crop", "crop_box", "model_view"]
+
+
+def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """The part of a ``width`` x ``height`` picture that ``center_crop(picture, size)`` keeps, as a
+    (left, top, right, bottom) box in the picture's own pixels."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)  # as torchvision rounds: down
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -32,14 +43,20 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(size * long / short)  # as torchvision rounds: down
     new_w, new_h = (size, new_long) if w <= h else (new_long, size)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     if new_long > 4 * size:
-        sx, sy = w / new_w, h / new_h
-        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return image.resize((size, size), Image.BILINEAR, box=box)
+        return image.resize((size, size), Image.BILINEAR, box=crop_box(w, h, size))
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
+
+
+def model_view(image: Image.Image, size: int, display_size: int) -> Image.Image:
+    """What ``center_crop(image, size)`` keeps, drawn at ``display_size`` x ``display_size``: the backdrop
+    a model's masks line up with exactly. (A centre crop made at the display size rounds its own way: for
+    a 2999 x 4498 photo it sat 2% of its height away from the model's 32-pixel crop.)"""
+    image = image.convert("RGB")
+    return image.resize((display_size, display_size), Image.BILINEAR, box=crop_box(*image.size, size))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from ranlens.model.preprocess import Preprocess, center_crop
+from ranlens.model.preprocess import Preprocess, center_crop, model_view
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -50,3 +50,19 @@ def test_other_modes_are_made_rgb():
     gray = Image.new("L", (40, 30), 128)
     assert center_crop(gray, 32).mode == "RGB"
     assert Preprocess(32, MEAN, STD)(gray).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("size", [(2999, 4498), (4498, 2999), (1000, 1499), (640, 427), (32, 32), (1, 20_000)])
+def test_the_display_backdrop_shows_exactly_what_the_model_saw(size):
+    """The page draws masks over a 256-pixel view of the model's 32-pixel crop; cropped on its own at 256,
+    the view rounded its own way (for a 2999 x 4498 photo, 2% of its height off the model's crop): here
+    4 levels of the ramp off, for the sizes but the square and the thin one; within rounding (1) now."""
+    w, h = size
+    ramp = np.linspace(0, 255, max(size))  # along the long side: a pixel's value says where it came from
+    array = np.broadcast_to((ramp[:, None] if h > w else ramp[None, :])[..., None], (h, w, 3))
+    image = Image.fromarray(array.round().astype(np.uint8))
+    seen = np.asarray(center_crop(image, 32), dtype=float)
+    shown = np.asarray(model_view(image, 32, 256).resize((32, 32), Image.BOX), dtype=float)
+    axis = 1 if h > w else 0  # the profile along the long side
+    assert np.abs(seen.mean(axis=axis) - shown.mean(axis=axis)).max() <= 1.0, (seen.mean(axis=axis)[:, 0],
+                                                                              shown.mean(axis=axis)[:, 0])

@@ -16,7 +16,7 @@ from PIL import Image
 from ranlens.model import render
 from ranlens.model.explainer import Explainer, Explanation, ModuleAttention
 from ranlens.model.imaging import decode_image
-from ranlens.model.preprocess import center_crop
+from ranlens.model.preprocess import model_view
 
 
 # a decoded picture to its Explanation: the model's dynamic batch (app) or Explainer.explain itself
@@ -61,7 +61,7 @@ def predict(explain: Explain, image: bytes, content_type: str, *, max_pixels: in
     t1 = time.perf_counter()
     result = explain(picture)
     t2 = time.perf_counter()
-    backdrop = center_crop(picture, display_size) if overlays else None
+    backdrop = model_view(picture, result.model_input.width, display_size) if overlays else None
     attention = []
     for a in result.attention:
         values = a.reduced(display.reduction, display.channel)
@@ -108,7 +108,7 @@ def explain(explain: Explain, image: bytes, content_type: str, *, max_pixels: in
     t1 = time.perf_counter()
     result = explain(picture)
     t2 = time.perf_counter()
-    display = center_crop(picture, display_size)
+    display = model_view(picture, result.model_input.width, display_size)
     thumbnail = picture.copy()
     thumbnail.thumbnail((640, 640))
     attention = []
