@@ -65,10 +65,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def replica_settings(settings: Settings, replica_cpus: float) -> Settings:
     """``settings`` for one replica: automatic workers and threads (0) follow the replica's CPU share,
     not the node's cores, which every replica on a large node would otherwise take as its own."""
-    cpus = max(1, int(replica_cpus))
-    workers = settings.inference_workers or min(2, cpus)
-    return settings.model_copy(update={"inference_workers": workers,
-                                       "torch_threads": settings.torch_threads or max(1, cpus // workers)})
+    workers, threads = settings.forward_threads(cores=max(1, int(replica_cpus)))
+    return settings.model_copy(update={"inference_workers": workers, "torch_threads": threads})
 
 
 def application(settings: Settings, replicas: int = 2, replica_cpus: float = 1.0) -> serve.Application:

@@ -18,13 +18,19 @@ from torch import Tensor
 __all__ = ["Preprocess", "center_crop", "crop_box", "model_view"]
 
 
-def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
-    """The part of a ``width`` x ``height`` picture that ``center_crop(picture, size)`` keeps, as a
-    (left, top, right, bottom) box in the picture's own pixels."""
+def _resized_crop(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(new_w, new_h, left, top): the picture's size with its shorter side resized to ``size``, and
+    where the centre ``size`` x ``size`` square starts in it, rounded as torchvision rounds."""
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(size * long / short)  # as torchvision rounds: down
     new_w, new_h = (size, new_long) if width <= height else (new_long, size)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+
+
+def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """The part of a ``width`` x ``height`` picture that ``center_crop(picture, size)`` keeps, as a
+    (left, top, right, bottom) box in the picture's own pixels."""
+    new_w, new_h, left, top = _resized_crop(width, height, size)
     sx, sy = width / new_w, height / new_h
     return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
@@ -40,14 +46,11 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     """
     image = image.convert("RGB")
     w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_long = int(size * long / short)  # as torchvision rounds: down
-    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
-    if new_long > 4 * size:
+    new_w, new_h, left, top = _resized_crop(w, h, size)
+    if max(new_w, new_h) > 4 * size:
         return image.resize((size, size), Image.BILINEAR, box=crop_box(w, h, size))
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), Image.BILINEAR)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
 
 

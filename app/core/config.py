@@ -53,8 +53,9 @@ class Settings(BaseSettings):
             raise ValueError(f"a path prefix starts with '/', e.g. '/{value}'")
         return value
 
-    def forward_threads(self) -> tuple[int, int]:
-        """(inference workers, torch threads per worker), the zeros (auto) resolved for this machine.
+    def forward_threads(self, cores: int | None = None) -> tuple[int, int]:
+        """(inference workers, torch threads per worker), the zeros (auto) resolved for this machine's
+        cores, or for ``cores`` (a Ray replica's CPU share).
 
         Auto gives two workers of cores / 2 threads. On the 2-core development machine, two
         one-thread forwards at once served 1.2x the requests of one two-thread forward
@@ -62,7 +63,8 @@ class Settings(BaseSettings):
         another process kept a core busy, as a two-thread OpenMP team stalls whenever either of its
         cores is taken (16 clients, ``benchmarks/load.py --url`` against each server).
         """
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         workers = self.inference_workers or min(2, cores)
         return workers, self.torch_threads or max(1, cores // workers)
 
