@@ -240,3 +240,28 @@ def test_docs_render_under_the_csp_without_leaving_the_origin(server):
         finally:
             browser.close()
     assert problems == []
+
+
+@pytest.mark.parametrize(("path", "has_error"), [("/v2/models/attention56_cifar/infer", True), ("/api/v1/predict", False)])
+def test_a_request_cancelled_at_shutdown_is_a_503_that_triton_clients_can_read(path, has_error):
+    """The whole shutdown is test_cli's; here the answer's body: under /v2 it carries `error`, where
+    Triton's and KServe's clients read the message, as every other /v2 problem does."""
+    import asyncio
+
+    from ranlens.app.core.http import AnswerCancelled
+
+    async def cancelled(scope, receive, send):
+        raise asyncio.CancelledError
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def call():
+        await AnswerCancelled(cancelled)({"type": "http", "method": "POST", "path": path}, None, send)
+
+    asyncio.run(call())
+    body = json.loads(sent[1]["body"])
+    assert sent[0]["status"] == 503 and body["status"] == 503
+    assert ("error" in body) == has_error and body.get("error", body["detail"]) == body["detail"]

@@ -231,7 +231,7 @@ for n in (1, 16):
     raw = b"".join(struct.pack("<I", len(buffer.getvalue())) + buffer.getvalue() for _ in range(n))
     header = json.dumps({"inputs": [{"name": "image", "shape": [n], "datatype": "BYTES",
                                      "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    v2._run(explainer, *oip.parse_request(header + raw, str(len(header))), 40_000_000)
+    v2._run(explainer, *oip.parse_request(header + raw, str(len(header))), 40_000_000, ["logits"])
     peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 print(json.dumps(peaks))
 """
@@ -250,3 +250,153 @@ def test_a_batch_of_large_pictures_holds_one_decoded_picture_at_a_time():
     assert result.returncode == 0, result.stderr[-2000:]
     one, sixteen = json.loads(result.stdout.strip().splitlines()[-1])
     assert sixteen - one < 3 * 27_000_000, (one, sixteen)
+
+
+def _infer_image(server: str, model: str, body: dict, **kw) -> httpx.Response:
+    data = (FIXTURES / "cat" / "0000.jpg").read_bytes()
+    import base64
+
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(data).decode()]}], **body}
+    return httpx.post(server + f"v2/models/{model}/infer", json=body, timeout=60, **kw)
+
+
+def test_outputs_asked_for_in_binary_follow_the_json_as_triton_sends_them(server):
+    """binary_data_output (every output) and an output's binary_data (that one) put the outputs after a
+    JSON header whose length is in Inference-Header-Content-Length: the same numbers as the JSON
+    answer, FP32 little-endian and BOOL a byte each."""
+    plain = _infer_image(server, "attention56_cifar", {})
+    assert plain.status_code == 200 and "inference-header-content-length" not in plain.headers
+    expected = {o["name"]: np.array(o["data"]) for o in plain.json()["outputs"]}
+    r = _infer_image(server, "attention56_cifar", {"id": "b1", "parameters": {"binary_data_output": True}})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    length = int(r.headers["inference-header-content-length"])
+    import json
+
+    header, offset = json.loads(r.content[:length]), length
+    assert header["id"] == "b1" and [o["name"] for o in header["outputs"]] == list(expected)
+    for output in header["outputs"]:
+        assert "data" not in output
+        size = output["parameters"]["binary_data_size"]
+        values = np.frombuffer(r.content[offset: offset + size], "<f4" if output["datatype"] == "FP32" else np.bool_)
+        offset += size
+        np.testing.assert_allclose(values, expected[output["name"]], atol=1e-6)
+    assert offset == len(r.content)
+    score = next(o for o in header["outputs"] if o["name"] == "ood_score")
+    assert score["parameters"]["ood_threshold"] == next(o for o in plain.json()["outputs"]
+                                                        if o["name"] == "ood_score")["parameters"]["ood_threshold"]
+    # one output in binary, one in JSON, and a flag that is no boolean refused
+    mixed = _infer_image(server, "attention56_cifar", {"outputs": [
+        {"name": "logits"}, {"name": "probabilities", "parameters": {"binary_data": True}}]})
+    length = int(mixed.headers["inference-header-content-length"])
+    logits, probabilities = json.loads(mixed.content[:length])["outputs"]
+    assert "data" in logits and "data" not in probabilities and len(mixed.content) == length + 4 * 10
+    bad = _infer_image(server, "attention56_cifar", {"parameters": {"binary_data_output": "yes"}})
+    assert bad.status_code == 400 and "binary_data_output" in bad.json()["error"]
+
+
+def test_tritons_client_reads_binary_and_json_answers_alike(client):
+    image = triton.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([(FIXTURES / "cat" / "0000.jpg").read_bytes()], dtype=np.object_))
+    answers = [client.infer("attention92_cifar", [image], outputs=[
+        triton.InferRequestedOutput(name, binary_data=binary) for name in ("probabilities", "out_of_distribution")])
+        for binary in (True, False)]
+    np.testing.assert_allclose(answers[0].as_numpy("probabilities"), answers[1].as_numpy("probabilities"), atol=1e-6)
+    assert answers[0].as_numpy("out_of_distribution").tolist() == answers[1].as_numpy("out_of_distribution").tolist()
+    assert answers[0].as_numpy("probabilities").argmax() == CLASSES.index("cat")
+
+
+def test_an_answer_too_large_is_refused_before_the_model_runs(server):
+    """Every mask of 64 pictures would be some 70 MB of JSON for a request of a few kilobytes."""
+    masks = [o for o in httpx.get(server + "v2/models/attention56_cifar", timeout=30).json()["outputs"]
+             if o["name"].startswith("mask:")]
+    fits = 2**21 // sum(int(np.prod(o["shape"][1:])) for o in masks)  # the server's MAX_OUTPUT_VALUES
+    masks = [{"name": o["name"]} for o in masks]
+    import base64
+
+    picture = base64.b64encode((FIXTURES / "cat" / "0000.jpg").read_bytes()).decode()
+    r = httpx.post(server + "v2/models/attention56_cifar/infer", timeout=60, json={
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [64], "data": [picture] * 64}], "outputs": masks})
+    assert r.status_code == 413 and f"send at most {fits} pictures" in r.json()["error"], r.text[:300]
+    one = _infer_image(server, "attention56_cifar", {"outputs": masks})
+    assert one.status_code == 200 and len(one.json()["outputs"]) == 3
+
+
+def test_unusable_pictures_get_the_status_of_the_rest_api(server):
+    import base64
+
+    from . import corpus
+
+    r = httpx.post(server + "v2/models/attention56_cifar/infer", timeout=60, json={"inputs": [
+        {"name": "image", "datatype": "BYTES", "shape": [1],
+         "data": [base64.b64encode(corpus.decompression_bomb()).decode()]}]})
+    assert r.status_code == 413 and r.json()["title"] == "Image too large" and r.json()["error"]
+
+
+@pytest.mark.parametrize("body", [
+    {"id": "\ud800"},  # a lone surrogate, which the answer that echoes the id could not encode
+])
+def test_an_id_that_is_no_text_is_refused_before_the_model_runs(server, body):
+    import json
+
+    raw = json.dumps({**body, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                          "data": [0.0] * 3072}]})  # ensure_ascii: sent as \ud800
+    r = httpx.post(server + "v2/models/attention56_cifar/infer", content=raw, timeout=60)
+    assert r.status_code == 422 and "surrogate" in r.json()["error"], r.text[:300]
+
+
+def test_numbers_past_any_float_and_lengths_past_int_are_400_not_500():
+    from ranlens.app.core import oip
+    from ranlens.app.core.problems import Problem
+
+    with pytest.raises(Problem, match="values must be finite") as caught:
+        oip.fp32_tensor([10**400, 0.0], None, [2], "input")  # json.loads reads it as a Python int
+    assert caught.value.status == 400
+    with pytest.raises(Problem, match="does not fit") as caught:
+        oip.parse_request(b"{}", "9" * 5000)  # int() refuses over 4300 digits (ValueError)
+    assert caught.value.status == 400
+
+
+def test_versions_of_an_architecture_are_reachable_by_the_names_the_metadata_gives():
+    """With two weights of one architecture served, each answers under the architecture's name and
+    its own version, as the metadata lists them."""
+    with live_server(RANLENS_WEIGHTS="attention56_cifar.v7,attention56_cifar.v8",
+                     RANLENS_DEFAULT_MODEL="attention56_cifar.v8") as url:
+        meta = httpx.get(url + "v2/models/attention56_cifar.v7", timeout=30).json()
+        assert meta["name"] == "attention56_cifar" and meta["versions"] == ["attention56_cifar.v7"]
+        listed = httpx.get(url + "v2/models/attention56_cifar", timeout=30).json()["versions"]
+        assert listed == ["attention56_cifar.v8", "attention56_cifar.v7"]
+        for version in listed:
+            base = f"{url}v2/models/attention56_cifar/versions/{version}"
+            assert httpx.get(base + "/ready", timeout=30).json()["ready"] is True
+            assert httpx.get(base, timeout=30).json()["versions"] == [version]
+            answer = _infer_image(url, f"attention56_cifar/versions/{version}", {})
+            assert answer.json()["model_version"] == version
+        r = httpx.get(url + "v2/models/attention56_cifar.v7/versions/attention56_cifar.v8", timeout=30)
+        assert r.status_code == 404 and "its versions are attention56_cifar.v7" in r.json()["error"]
+
+
+def test_a_client_gone_mid_request_is_a_400_not_a_500():
+    """Like /api/v1/predict's "Incomplete upload": no 5xx in the metrics, no traceback in the log."""
+    from ranlens.app.core.config import Settings
+    from ranlens.app.main import create_app
+
+    app = create_app(Settings(weights="attention56_cifar.v8", trace=False, _env_file=None))
+    messages = [{"type": "http.request", "body": b'{"inputs":', "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    path = "/v2/models/attention56_cifar/infer"
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+             "headers": [(b"content-type", b"application/json"), (b"host", b"x")], "server": ("x", 80)}
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as running:  # runs the lifespan: the models load
+        running.portal.call(app, scope, receive, send)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [400]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from ranlens.model import render
@@ -386,21 +386,34 @@ class InferOutputRequest(BaseModel):
 
 
 class InferRequest(BaseModel):
-    id: str | None = None
+    id: str | None = Field(None, description="echoed in the answer")
     parameters: dict[str, Any] | None = None
     inputs: list[InferInput] = Field(min_length=1, max_length=1)
     outputs: list[InferOutputRequest] | None = Field(
         None, description="the outputs to return; default logits, probabilities, ood_score and, for calibrated "
                           "weights, out_of_distribution")
 
+    @field_validator("id")
+    @classmethod
+    def _id_is_text(cls, value: str | None) -> str | None:
+        # JSON's \ud800 escapes decode to a lone surrogate, which the answer that echoes the id could not
+        # encode: refused before the model runs, not a 500 after
+        try:
+            if value is not None:
+                value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be Unicode text, without lone surrogates such as \\ud800") from None
+        return value
+
 
 class InferOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: Literal["FP32", "BOOL"] = Field(description="BOOL for out_of_distribution, FP32 for the others")
-    data: list[float] | list[bool]
+    data: list[float] | list[bool] | None = Field(None, description="absent for an output sent in binary")
     parameters: dict[str, Any] | None = Field(
-        None, description="ood_score's ood_threshold: scores below it are out of distribution")
+        None, description="ood_score's ood_threshold: scores below it are out of distribution; binary_data_size: "
+                          "the bytes of an output sent in binary after the JSON")
 
 
 class InferResponse(BaseModel):

@@ -94,6 +94,14 @@ class HeadAsGet(HTTPMiddleware):
 log = logging.getLogger("ranlens")
 
 
+def is_v2(scope: Scope) -> bool:
+    """A path of the Open Inference Protocol's routes (``/v2``, ``/v2/...``), below any root path."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path == "/v2" or path.startswith("/v2/")
+
+
 class AnswerCancelled(HTTPMiddleware):
     """Answers a request the server cancelled with a 503 problem, logged in one line.
 
@@ -120,9 +128,10 @@ class AnswerCancelled(HTTPMiddleware):
             log.warning("%s %s cancelled unfinished (the server is stopping)", scope["method"], scope["path"])
             if started:
                 return  # the status is already sent; the server closes the connection
-            body = json.dumps({"type": "about:blank", "title": "Service Unavailable", "status": 503,
-                               "detail": "the server stopped before this request finished; send it again",
-                               "instance": scope["path"]}).encode()
+            detail = "the server stopped before this request finished; send it again"
+            problem = {"type": "about:blank", "title": "Service Unavailable", "status": 503, "detail": detail,
+                       "instance": scope["path"], **({"error": detail} if is_v2(scope) else {})}
+            body = json.dumps(problem).encode()
             await send({"type": "http.response.start", "status": 503, "headers": [
                 (b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"), (b"retry-after", b"1")]})

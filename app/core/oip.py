@@ -30,7 +30,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
     """The validated JSON header and each binary input's raw bytes, by input name."""
     if header_length is not None:
         # isascii: str.isdigit is also true of digits int() cannot read, such as '²' (a latin-1 header byte)
-        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
+        # len: a length of thousands of digits fits no body, and is more than int() will read
+        if not (header_length.isascii() and header_length.isdigit()) or len(header_length) > 18 \
+                or int(header_length) > len(body):
             raise problem(400, "Malformed inference request",
                           f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
         header, rest = body[: int(header_length)], body[int(header_length):]
@@ -100,7 +102,10 @@ def fp32_tensor(data: list | None, raw: bytes | None, shape: list[int], name: st
         if len(values) != count or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise problem(400, "Malformed inference request",
                           f"input {name!r}: shape {shape} needs {count} numbers, got {len(values)} values")
-        array = np.asarray(values, dtype=np.float32).reshape(shape)
+        try:
+            array = np.asarray(values, dtype=np.float32).reshape(shape)
+        except OverflowError:  # a JSON integer beyond any float, such as 10**400
+            raise problem(400, "Malformed inference request", f"input {name!r}: values must be finite") from None
     # NaN or infinity, in JSON (1e39 overflows float32) or in binary alike: the outputs would be NaN,
     # which JSON cannot carry as the numbers InferOutput promises
     if not np.isfinite(array).all():

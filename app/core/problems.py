@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ranlens.app.core.gate import Busy
-from ranlens.app.core.http import add_security_headers
+from ranlens.app.core.http import add_security_headers, is_v2
 from ranlens.model.imaging import (
     CorruptImageError,
     EmptyImageError,
@@ -33,21 +33,13 @@ def problem_response(request: Request, status: int, title: str, detail: str,
                      headers: Mapping[str, str] | None = None, **extra) -> JSONResponse:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
             "instance": request.url.path, **extra}
-    if _is_v2(request):  # Triton's and KServe's clients read the message from `error`, and fail without it
+    if is_v2(request.scope):  # Triton's and KServe's clients read the message from `error`, and fail without it
         body.setdefault("error", detail)
     response = JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
     # a 500 is rendered outside the middleware stack (Starlette's ServerErrorMiddleware), so it would
     # miss the headers every other answer gets there
     add_security_headers(response.headers)
     return response
-
-
-def _is_v2(request: Request) -> bool:
-    """A path of the Open Inference Protocol's routes (``/v2``, ``/v2/...``), below any root path."""
-    path, root = request.scope.get("path", ""), request.scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):]
-    return path == "/v2" or path.startswith("/v2/")
 
 
 def _allow_head(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:

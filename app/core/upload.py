@@ -19,7 +19,8 @@ async def body_within(request: Request, limit: int, too_large: Problem) -> Async
     """The body's chunks as they stream in; ``too_large`` is raised as soon as the declared length or
     the bytes received pass ``limit``, so an oversized body is never read whole."""
     declared = request.headers.get("content-length")
-    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
+    # a length of thousands of digits is too large, and more than int() will read (ValueError)
+    if declared and declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise too_large
     received = 0
     async for chunk in request.stream():

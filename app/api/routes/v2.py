@@ -3,11 +3,15 @@ clients and tooling can call the served models: health, metadata, readiness and 
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from ranlens import __version__
 from ranlens.app.api.deps import CatalogDep, SettingsDep, run_inference
@@ -23,6 +27,7 @@ from ranlens.app.api.schemas import (
 )
 from ranlens.app.core import oip
 from ranlens.app.core.config import Settings
+from ranlens.app.core.problems import IMAGE_STATUS
 from ranlens.app.core.upload import body_within
 from ranlens.model.catalog import UnknownModel
 from ranlens.model.explainer import Explainer
@@ -55,10 +60,21 @@ def _model(catalog, name: str, version: str | None = None) -> Explainer:
         explainer = catalog.get(name)
     except UnknownModel as exc:
         raise oip.problem(404, "Unknown model", f"{exc}.") from None
-    if version is not None and version != explainer.weights.name:
+    if version is None or version == explainer.weights.name:
+        return explainer
+    # an architecture's versions are its loaded weights, as its metadata lists them; weights named
+    # in the path are their only version
+    versions = _versions(catalog, explainer) if name == explainer.name else [explainer.weights.name]
+    if version not in versions:
         raise oip.problem(404, "Unknown model version",
-                          f"model {name!r} has no version {version!r}; its version is {explainer.weights.name!r}.")
-    return explainer
+                          f"model {name!r} has no version {version!r}; its versions are {', '.join(versions)}.")
+    return catalog.get(version)
+
+
+def _versions(catalog, explainer: Explainer) -> list[str]:
+    """The weights of ``explainer``'s architecture that the server holds, the answering ones first."""
+    others = [e.weights.name for e in catalog if e.name == explainer.name and e is not explainer]
+    return [explainer.weights.name, *others]
 
 
 @router.get("/health/live", response_model=V2Live, summary="The server is alive")
@@ -81,7 +97,8 @@ def server_metadata() -> dict:
 @router.get("/models/{name}", response_model=V2ModelMetadata, responses=problems(404, 503),
             summary="A model's inputs and outputs")
 def model_metadata(name: ModelName, catalog: CatalogDep) -> dict:
-    return _metadata(_model(catalog, name))
+    explainer = _model(catalog, name)
+    return _metadata(explainer, _versions(catalog, explainer) if name == explainer.name else None)
 
 
 @router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=problems(404, 503),
@@ -90,13 +107,13 @@ def version_metadata(name: ModelName, version: Version, catalog: CatalogDep) -> 
     return _metadata(_model(catalog, name, version))
 
 
-def _metadata(explainer: Explainer) -> dict:
+def _metadata(explainer: Explainer, versions: list[str] | None = None) -> dict:
     size, classes = explainer.weights.input_size, len(explainer.weights.classes)
     masks = [{"name": f"mask:{m['module']}", "datatype": "FP32", "shape": [-1, m["channels"], *m["shape"]]}
              for m in explainer.modules]
     verdict = [{"name": name, "datatype": datatype, "shape": [-1]} for name, datatype in _verdict(explainer)]
     return {
-        "name": explainer.name, "versions": [explainer.weights.name], "platform": "pytorch_ranlens",
+        "name": explainer.name, "versions": versions or [explainer.weights.name], "platform": "pytorch_ranlens",
         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
                    {"name": "input", "datatype": "FP32", "shape": [-1, 3, size, size]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]},
@@ -123,10 +140,15 @@ def version_ready(name: ModelName, version: Version, catalog: CatalogDep) -> dic
 
 async def _read_body(request: Request, limit: int) -> bytes:
     too_large = oip.problem(413, "Request too large", f"The request is over the limit of {limit:,} bytes.")
-    return b"".join([chunk async for chunk in body_within(request, limit, too_large)])
+    try:
+        return b"".join([chunk async for chunk in body_within(request, limit, too_large)])
+    except ClientDisconnect as exc:  # the client's doing, as on the REST routes: no 500, no traceback
+        raise oip.problem(400, "Incomplete request", "The client closed the connection mid-request.") from exc
 
 
-def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], max_pixels: int) -> dict:
+def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], max_pixels: int,
+         wanted: list[str]) -> dict[str, np.ndarray]:
+    """The outputs ``wanted``, by name, for the request's one input."""
     tensor = request.inputs[0]
     size = explainer.weights.input_size
     raw = binary.get(tensor.name)
@@ -146,7 +168,7 @@ def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], 
                 picture = decode_image(data, max_pixels)
             except ImageError as exc:
                 where = f"image[{index}]: " if len(images) > 1 else ""
-                raise oip.problem(400, exc.title, where + exc.detail) from None
+                raise oip.problem(IMAGE_STATUS.get(type(exc), 400), exc.title, where + exc.detail) from None
             # cropped before the next is decoded: a batch of large pictures holds one at a time, not all
             tensors.append(explainer.prepare(picture)[1])
         x = torch.stack(tensors)
@@ -157,11 +179,6 @@ def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], 
                               f"input 'input' is FP32 of shape [N, 3, {size}, {size}], got {tensor.datatype} {tensor.shape}")
         x = torch.from_numpy(oip.fp32_tensor(tensor.data, raw, tensor.shape, "input").copy())
     verdict = [name for name, _ in _verdict(explainer)]
-    wanted = [o.name for o in request.outputs] if request.outputs else ["logits", "probabilities", *verdict]
-    available = ["logits", "probabilities", *verdict, *(f"mask:{m['module']}" for m in explainer.modules)]
-    unknown = [name for name in wanted if name not in available]
-    if unknown:
-        raise oip.problem(400, "Unknown output", f"no output {unknown[0]!r}; this model has {', '.join(available)}")
     result = explainer.infer(x, masks=any(name.startswith("mask:") for name in wanted),
                              ood=any(name in verdict for name in wanted))
     overflowed = [name for name in ("logits", *wanted) if result[name].dtype != np.bool_
@@ -170,47 +187,110 @@ def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], 
         raise oip.problem(400, "Malformed inference request",
                           f"input {tensor.name!r}: the values are too large for the network, whose output "
                           f"{overflowed[0]!r} overflows; send images normalised with the model's mean and std")
-    outputs = [_output(name, result[name], explainer) for name in wanted]
-    return {"model_name": explainer.name, "model_version": explainer.weights.name, "id": request.id,
-            "outputs": outputs}
+    return {name: result[name] for name in wanted}
 
 
-def _output(name: str, values: np.ndarray, explainer: Explainer) -> dict:
-    if values.dtype == np.bool_:
-        return {"name": name, "datatype": "BOOL", "shape": list(values.shape), "data": values.ravel().tolist()}
-    output = {"name": name, "datatype": "FP32", "shape": list(values.shape),
-              "data": np.round(values.astype(np.float64), 7).ravel().tolist()}
-    if name == "ood_score" and explainer.ood is not None:
-        output["parameters"] = {"ood_threshold": explainer.ood.threshold}  # below it: out_of_distribution
-    return output
+def _wanted(explainer: Explainer, request: InferRequest) -> list[str]:
+    """The outputs asked for, checked before any picture is decoded; by default the prediction."""
+    verdict = [name for name, _ in _verdict(explainer)]
+    wanted = [o.name for o in request.outputs] if request.outputs else ["logits", "probabilities", *verdict]
+    available = _values_per_item(explainer)
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise oip.problem(400, "Unknown output", f"no output {unknown[0]!r}; this model has {', '.join(available)}")
+    items = request.inputs[0].shape[0]
+    per_item = sum(available[name] for name in wanted)
+    if items * per_item > MAX_OUTPUT_VALUES:  # 64 pictures' every mask would be a 70 MB answer
+        raise oip.problem(413, "Answer too large",
+                          f"the outputs asked for hold {per_item:,} values a picture, and one answer holds at most "
+                          f"{MAX_OUTPUT_VALUES:,}: send at most {max(1, MAX_OUTPUT_VALUES // per_item)} pictures "
+                          f"a request, or ask for fewer masks")
+    return wanted
+
+
+def _values_per_item(explainer: Explainer) -> dict[str, int]:
+    """Each output's number of values for one picture, in the order the metadata lists them."""
+    classes = len(explainer.weights.classes)
+    return {"logits": classes, "probabilities": classes, **{name: 1 for name, _ in _verdict(explainer)},
+            **{f"mask:{m['module']}": m["channels"] * math.prod(m["shape"]) for m in explainer.modules}}
+
+
+def _binary_flags(request: InferRequest, wanted: list[str]) -> list[bool]:
+    """Which outputs go after the JSON in binary (the binary tensor data extension): an output's own
+    ``binary_data``, else the request's ``binary_data_output``, else JSON."""
+    def flag(parameters: dict | None, key: str, default: bool) -> bool:
+        value = (parameters or {}).get(key, default)
+        if not isinstance(value, bool):
+            raise oip.problem(400, "Malformed inference request", f"parameter {key} is true or false, got {value!r}")
+        return value
+
+    everything = flag(request.parameters, "binary_data_output", False)
+    own = {o.name: o.parameters for o in request.outputs or []}
+    return [flag(own.get(name), "binary_data", everything) for name in wanted]
+
+
+def _answer(explainer: Explainer, request: InferRequest, values: dict[str, np.ndarray]) -> dict | Response:
+    """The JSON answer; with any output asked for in binary, its bytes follow the JSON header, whose
+    length is in Inference-Header-Content-Length, as Triton answers."""
+    outputs, blobs = [], []
+    for (name, array), binary in zip(values.items(), _binary_flags(request, list(values)), strict=True):
+        datatype = "BOOL" if array.dtype == np.bool_ else "FP32"
+        output: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:  # FP32 little-endian, BOOL a byte each
+            blobs.append(array.astype("<f4" if datatype == "FP32" else np.uint8).tobytes())
+            output["parameters"] = {"binary_data_size": len(blobs[-1])}
+        elif datatype == "BOOL":
+            output["data"] = array.ravel().tolist()
+        else:
+            output["data"] = np.round(array.astype(np.float64), 7).ravel().tolist()
+        if name == "ood_score" and explainer.ood is not None:  # below the threshold: out_of_distribution
+            output["parameters"] = {**output.get("parameters", {}), "ood_threshold": explainer.ood.threshold}
+        outputs.append(output)
+    answer = {"model_name": explainer.name, "model_version": explainer.weights.name, "id": request.id,
+              "outputs": outputs}
+    if not blobs:
+        return answer
+    if answer["id"] is None:
+        del answer["id"]
+    header = json.dumps(answer, separators=(",", ":")).encode()
+    return Response(header + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})
 
 
 MAX_BATCH = 64  # pictures (or tensors) in one inference request
+MAX_OUTPUT_VALUES = 2**21  # numbers in one answer (some 20 MB of JSON): 18 pictures' every Attention-56 mask
+BINARY_ANSWER = {200: {"description": "The outputs, as JSON, or (with binary_data_output or an output's binary_data) "
+                                      "a JSON header of Inference-Header-Content-Length bytes followed by the "
+                                      "binary outputs in order, each of its parameters.binary_data_size bytes",
+                       "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 @router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True,
-             openapi_extra=INFER_BODY, responses=problems(400, 404, 413, 422, 503),
+             openapi_extra=INFER_BODY, responses={**BINARY_ANSWER, **problems(400, 404, 413, 415, 422, 503)},
              summary="Run a model: encoded pictures (BYTES) or preprocessed tensors (FP32) in; logits, "
                      "probabilities and, on request, soft masks out")
-async def infer(name: ModelName, request: Request, catalog: CatalogDep, settings: SettingsDep) -> dict:
+async def infer(name: ModelName, request: Request, catalog: CatalogDep, settings: SettingsDep) -> dict | Response:
     return await _infer(_model(catalog, name), request, settings)
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True,
-             openapi_extra=INFER_BODY, responses=problems(400, 404, 413, 422, 503),
+             openapi_extra=INFER_BODY, responses={**BINARY_ANSWER, **problems(400, 404, 413, 415, 422, 503)},
              summary="Run a model version, as /v2/models/{name}/infer does")
 async def version_infer(name: ModelName, version: Version, request: Request, catalog: CatalogDep,
-                        settings: SettingsDep) -> dict:
+                        settings: SettingsDep) -> dict | Response:
     return await _infer(_model(catalog, name, version), request, settings)
 
 
-async def _infer(explainer: Explainer, request: Request, settings: Settings) -> dict:
+async def _infer(explainer: Explainer, request: Request, settings: Settings) -> dict | Response:
     body = await _read_body(request, settings.max_upload_bytes + 64 * 1024)
     parsed, binary = oip.parse_request(body, request.headers.get("inference-header-content-length"))
-    if parsed.inputs[0].shape and parsed.inputs[0].shape[0] > MAX_BATCH:
+    if parsed.inputs[0].shape[0] > MAX_BATCH:
         raise oip.problem(413, "Request too large", f"at most {MAX_BATCH} pictures per request")
+    wanted = _wanted(explainer, parsed)
+    _binary_flags(parsed, wanted)  # a malformed flag is refused before the model runs
 
-    def run(model: Explainer) -> dict:
-        return _run(model, parsed, binary, settings.max_image_pixels)
+    def run(model: Explainer) -> dict | Response:
+        # the answer is built here too, off the event loop: it may hold megabytes of masks
+        return _answer(model, parsed, _run(model, parsed, binary, settings.max_image_pixels, wanted))
 
     return await run_inference(request, run, explainer, batched=False)
