@@ -114,10 +114,10 @@ def _with_csp(route) -> None:
     route.fulfill(response=response, headers={**response.headers, "content-security-policy": CSP})
 
 
-def open_page(browser, url: str, height: int = 900, proxy=None, before=None):
-    """A fresh page at a projector-like width, under the CSP, watched for errors; ``before(page)`` runs
-    before it loads."""
-    page = browser.new_page(viewport={"width": 1280, "height": height}, accept_downloads=True)
+def open_page(browser, url: str, height: int = 900, proxy=None, before=None, width: int = 1280):
+    """A fresh page at a projector-like width (or ``width``), under the CSP, watched for errors;
+    ``before(page)`` runs before it loads."""
+    page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
     watch = Watch(page)
     if before:
         before(page)
@@ -453,6 +453,17 @@ def test_choose_drop_and_paste_an_image(server, browser):
     wait_status(page, "coffee.jpg:")
     _send_file(page, "drop", "#dropzone", PHOTOS / "chelsea.jpg")
     wait_status(page, "chelsea.jpg: cat ")
+    # a file let go beside the drop zone: the page takes it (dragover and drop cancelled), where the
+    # browser's own action would be to leave the page and open the file
+    for selector in ("header h1", "#results", "footer"):
+        cancelled = page.eval_on_selector(selector, """(target) => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(4)], "x.jpg", { type: "image/jpeg" }));
+            return !target.dispatchEvent(new DragEvent("dragover", { bubbles: true, cancelable: true, dataTransfer: data }));
+        }""")
+        assert cancelled, f"a file dragged over {selector} would be opened by the browser"
+    _send_file(page, "drop", "footer", PHOTOS / "coffee.jpg")
+    wait_status(page, "coffee.jpg:")
     _send_file(page, "paste", "body", PHOTOS / "cifar10-ship.jpg")
     wait_status(page, "cifar10-ship.jpg:")
     assert page.inner_text("#topbar-text").startswith("cifar10-ship.jpg: ")
@@ -636,9 +647,23 @@ def test_teaching_view_and_presenter_mode_by_keyboard(server, browser, shots):
                         page.inner_text("#module-stage2-module1 .hist-stats"))
     assert page.input_value("#channel-module") == "1"
 
+    # a bare "p" is no shortcut (WCAG 2.1.4: it would fire from any button, or from dictated text),
+    # neither on a control nor on the page itself; Alt+P is, wherever the focus is
+    presenting = "document.body.classList.contains('presenter')"
+    for where in ("button.example[data-name='chelsea.jpg']", "#module-stage1-module1 canvas.overlay", "body"):
+        for key in ("p", "Shift+KeyP"):
+            page.focus(where)
+            page.keyboard.press(key)
+            assert not page.evaluate(presenting), f"{key} on {where} turned presenter mode on"
+    page.focus("#colormap")
+    page.keyboard.press("Alt+KeyP")
+    assert page.evaluate(presenting)
+    page.keyboard.press("Alt+KeyP")
+    assert not page.evaluate(presenting)
     page.focus("body")
-    page.keyboard.press("p")
-    assert page.evaluate("document.body.classList.contains('presenter')")
+    page.keyboard.press("Alt+KeyP")
+    assert page.evaluate(presenting)
+    assert page.get_attribute("#presenter-toggle", "aria-keyshortcuts") == "Alt+P"
     # the header is kept for screen readers, but its selects would be invisible tab stops
     assert page.is_hidden("#model") and page.is_hidden("#compare")
     assert page.get_attribute("#presenter-toggle", "aria-pressed") == "true"
@@ -807,3 +832,181 @@ def test_page_behind_a_path_prefix(browser):
                    "/api/v1/models/attention56_cifar.v8/architecture", "/static/examples/coffee.jpg",
                    "/api/v1/explain", "/api/v1/ablate"):
         assert prefix + needed in paths, f"{prefix + needed} was never requested: {sorted(paths)}"
+
+
+def _no_sideways_scroll(page, when: str) -> None:
+    sizes = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    if sizes[0] > sizes[1]:
+        wide = page.evaluate("""() => [...document.querySelectorAll("body *")]
+            .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5 && e.getClientRects().length)
+            .slice(0, 8).map((e) => `${e.tagName.toLowerCase()}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)""")
+        raise AssertionError(f"{when}: the page is {sizes[0]} pixels wide in a {sizes[1]}-pixel window: {wide}")
+
+
+def test_a_phone_sized_window_never_scrolls_sideways(server, browser):
+    """375 pixels (a phone), then 320: after an analysis, with a second model side by side, a single channel
+    and presenter mode, the page fits the window's width, and the diagram takes the whole width
+    rather than a sliver of it."""
+    a92 = next(m["weights"] for m in httpx.get(server + "api/v1/models").json()["models"]
+               if m["name"] == "attention92_cifar")
+    page, watch = open_page(browser, server, 800, width=375)
+    page.wait_for_selector("#arch-svg svg g.att", timeout=SLOW)
+    _no_sideways_scroll(page, "on arrival")
+    page.click("button.example[data-name='chelsea.jpg']")
+    wait_status(page, "chelsea.jpg:")
+    wait_for_ablation(page)
+    _no_sideways_scroll(page, "after an analysis")
+    page.select_option("#compare", a92)
+    page.wait_for_selector("#compare-section:not([hidden])", timeout=SLOW)
+    _wait_text(page, "#status", "chelsea.jpg:")
+    wait_for_ablation(page)
+    page.select_option("#reduction", "channel")
+    page.wait_for_function("() => !document.querySelector('article.loading')", timeout=SLOW)
+    for width in (375, 320):
+        page.set_viewport_size({"width": width, "height": 800})
+        _no_sideways_scroll(page, f"side by side at {width} pixels")
+        # one column: the diagram as wide as the section (its 12-pixel text is not shrunk to a few pixels)
+        ratio = page.evaluate("""() => document.querySelector("#arch-svg svg").getBoundingClientRect().width
+                                       / document.querySelector(".architecture").getBoundingClientRect().width""")
+        assert ratio > 0.9, f"the architecture diagram takes {ratio:.0%} of the width at {width} pixels"
+        columns = page.eval_on_selector("#compare-grid", "(g) => getComputedStyle(g).gridTemplateColumns.split(' ').length")
+        assert columns == 1
+        page.keyboard.press("Alt+KeyP")
+        assert page.evaluate("document.body.classList.contains('presenter')")
+        _no_sideways_scroll(page, f"presenter mode at {width} pixels")
+        page.keyboard.press("Escape")
+    run_axe(page)
+    watch.check(failed_ok=r"/api/v1/ablate\?.*ERR_ABORTED")  # the comparison cancels the first ablation
+    page.close()
+
+
+def _problem(status: int, title: str, detail: str):
+    import json
+
+    return {"status": status, "content_type": "application/problem+json",
+            "body": json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})}
+
+
+def test_a_channel_that_cannot_be_loaded_says_so_in_its_panels(server, browser):
+    page, watch = open_page(browser, server)
+    upload(page, PHOTOS / "chelsea.jpg")
+    wait_for_ablation(page)
+
+    def is_channel(url: str) -> bool:
+        return "/api/v1/explain/channel" in url
+
+    page.route(is_channel, lambda route: route.fulfill(**_problem(503, "Busy", "try again")))
+    page.select_option("#reduction", "channel")
+    _wait_text(page, "#module-stage1-module1 .shows", "Could not load channel 0")
+    for module in MODULES:
+        panel = f"#module-{module.replace('.', '-')}"
+        assert page.get_attribute(panel, "aria-busy") == "false", panel
+        assert not page.eval_on_selector(panel, "(el) => el.classList.contains('loading')"), panel
+        assert page.inner_text(f"{panel} .shows").startswith("Could not load channel 0 of attention56_cifar.v8: Busy: try again")
+    assert page.inner_text("#channel-status").startswith("Could not load channel 0")
+    # another channel tries again, and draws
+    page.unroute(is_channel)
+    page.fill("#channel", "1")
+    page.dispatch_event("#channel", "change")
+    _wait_text(page, "#module-stage1-module1 .shows", "Shows channel 1 of 64.")
+    assert not page.eval_on_selector("#module-stage1-module1", "(el) => el.classList.contains('failed')")
+    assert page.get_attribute("#module-stage1-module1", "aria-busy") == "false"
+    watch.check(console_ok="status of 503")
+    page.close()
+
+
+def test_a_failed_model_switch_leaves_the_header_with_the_results(server, browser):
+    """The header, class notes and diagram describe the model whose results are on screen: when the
+    re-analysis with another model fails, the Model box goes back to it. And a failure to read the
+    models' details stays in view, not overwritten by the analysis that follows."""
+    models = httpx.get(server + "api/v1/models").json()["models"]
+    a56, a92 = (next(m["weights"] for m in models if m["name"] == n) for n in ("attention56_cifar", "attention92_cifar"))
+    page, watch = open_page(browser, server)
+    page.wait_for_selector("#arch-svg svg g.att", timeout=SLOW)
+    page.click("button.example[data-name='chelsea.jpg']")
+    wait_status(page, "chelsea.jpg:")
+    wait_for_ablation(page)
+
+    def explain_a92(url: str) -> bool:
+        return "/api/v1/explain" in url and f"model={a92}" in url
+
+    page.route(explain_a92, lambda route: route.fulfill(**_problem(503, "Model busy", "try later")))
+    page.select_option("#model", a92)
+    wait_status(page, "Could not analyse chelsea.jpg: Model busy: try later", error=True)
+    assert f"back to {a56}" in page.inner_text("#status")
+    assert page.input_value("#model") == a56
+    page.wait_for_timeout(1000)  # time for a wrong diagram or header to arrive
+    line = page.inner_text("#model-line")
+    assert "attention56_cifar" in line and "3 attention modules" in line, line
+    assert page.locator("#arch-svg g.att").count() == 3
+    assert page.locator("#modules article").count() == 3
+    wait_for_ablation(page)
+    page.unroute(explain_a92)
+
+    def catalog(url: str) -> bool:
+        return urlsplit(url).path.endswith("/api/v1/models")
+
+    page.route(catalog, lambda route: route.fulfill(**_problem(500, "Broken", "no catalog")))
+    page.select_option("#model", a92)
+    _wait_text(page, "#status", f"by {a92}")
+    _wait_text(page, "#model-line", "could not read its details")
+    assert "Broken: no catalog" in page.inner_text("#model-line")
+    assert not page.eval_on_selector("#status", "(s) => s.classList.contains('error')")
+    page.wait_for_function("() => document.querySelectorAll('#arch-svg g.att').length === 6", timeout=SLOW)
+    page.unroute(catalog)
+    watch.check(console_ok="status of (503|500)", failed_ok=r"/api/v1/ablate\?.*ERR_ABORTED")
+    page.close()
+
+
+def test_failure_messages_say_what_failed(server, browser):
+    """Only a request that got no answer is "could not be reached": an answer that is not JSON, or a
+    result the page cannot draw, say so."""
+    import json
+
+    page, watch = open_page(browser, server)
+    page.route("**/api/v1/explain*", lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<!doctype html><title>Sign in to the proxy</title>"))
+    upload_error = "Could not analyse chelsea.jpg: "
+    page.set_input_files("#file", str(PHOTOS / "chelsea.jpg"))
+    wait_status(page, upload_error, error=True)
+    assert page.inner_text("#status") == upload_error + "the server's answer was not JSON (200, text/html)"
+    page.unroute("**/api/v1/explain*")
+
+    body = _api_explain(server, PHOTOS / "chelsea.jpg").json()
+    body["images"]["display"] = "data:image/png;base64,AAAA"  # a picture no browser decodes
+    page.route("**/api/v1/explain*", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(body)))
+    page.set_input_files("#file", str(PHOTOS / "chelsea.jpg"))
+    wait_status(page, upload_error + "could not draw the result (EncodingError", error=True)
+    assert "could not be reached" not in page.inner_text("#status")
+    watch.check(console_ok="EncodingError")
+    page.close()
+
+
+def test_a_file_over_the_servers_limit_is_refused_by_the_page(browser):
+    """With RANLENS_MAX_UPLOAD_BYTES at 20,000: a larger file is never sent (a browser may show the
+    server's early 413 as a reset connection), and the page says how large it is and what the limit is."""
+    with running_server(_server_command("-m", "ranlens", "serve"), RANLENS_MAX_UPLOAD_BYTES="20000",
+                        RANLENS_ARCH="attention56_cifar", RANLENS_TORCH_THREADS=THREADS) as url:
+        page, watch = open_page(browser, url)
+        assert page.get_attribute("body", "data-max-upload-bytes") == "20000"
+        asked = _explain_queries(page)
+        upload(page, PHOTOS / "cifar10-cat.jpg")  # 973 bytes
+        wait_for_ablation(page)
+        assert len(asked) == 1
+        big = PHOTOS / "chelsea.jpg"
+        assert big.stat().st_size > 20000
+        refused = "Could not analyse chelsea.jpg: it is too large (30.8 KB; the limit is 19.5 KB)"
+        page.set_input_files("#file", str(big))
+        wait_status(page, "Could not analyse chelsea.jpg", error=True)
+        assert page.inner_text("#status") == refused
+        _send_file(page, "drop", "#dropzone", big)
+        wait_status(page, "Could not analyse chelsea.jpg", error=True)
+        page.click("button.example[data-name='chelsea.jpg']")  # fetched by the page, then refused
+        wait_status(page, "Could not analyse chelsea.jpg", error=True)
+        assert page.inner_text("#status") == refused
+        wait_for_ablation(page)
+        assert len(asked) == 1, asked  # nothing sent: the image on screen is still the cat
+        assert page.inner_text("#topbar-text").startswith("cifar10-cat.jpg: ")
+        watch.check(failed_ok=r"/api/v1/ablate\?.*ERR_ABORTED")
+        page.close()

@@ -46,6 +46,17 @@ def test_architecture_routes(client):
     assert client.get("/api/v1/architectures/vgg16").status_code == 404
 
 
+@pytest.mark.parametrize("name, classes", [("attention56_cifar", 10), ("attention92_cifar", 10),
+                                           ("attention56", 1000), ("attention92", 1000)])
+def test_a_layout_is_described_with_its_own_class_count(client, name, classes):
+    """The CIFAR layouts with CIFAR-10's 10 classes; the ImageNet layouts with the registry's default
+    head (get_model without num_classes), ImageNet's 1,000, not CIFAR's 10."""
+    body = client.get(f"/api/v1/architectures/{name}").json()
+    assert body["classifier"]["classes"] == classes
+    if classes == 1000:
+        assert get_model(name).num_classes == classes
+
+
 def test_ablation_matches_the_model_with_masks_zeroed(client):
     data = corpus.png(corpus.photo("chelsea.jpg"))
     body = client.post("/api/v1/ablate", files={"file": ("c.png", data, "image/png")}).json()

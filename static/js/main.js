@@ -4,7 +4,7 @@
 // and channel), and every channel only for a raw-mask download.
 
 import { ablationTable } from "./ablation.js";
-import { failureText, getBlob, getJSON, isAbort, postImage } from "./api.js";
+import { RequestError, failureText, getBlob, getJSON, isAbort, postImage } from "./api.js";
 import { architectureSvg } from "./architecture.js";
 import { decodeChannel, decodeMask, decodeModule, range } from "./masks.js";
 import { npyBlob } from "./npy.js";
@@ -25,7 +25,11 @@ const state = {
   pending: null, ablationStopped: false,
 };
 const CHANNEL_DELAY_MS = 250;  // a channel is asked for once the box has been still this long
-let catalog = null;  // GET api/v1/models: every served model's metadata, for the model line
+// the server's RANLENS_MAX_UPLOAD_BYTES (the page's template writes it): a larger file is refused here,
+// since a browser may report the server's early 413 as a reset connection instead
+const MAX_UPLOAD_BYTES = Number(document.body.dataset.maxUploadBytes) || null;
+let catalog = null;  // GET api/v1/models, once: every served model's metadata, for the model line
+let headerModel = document.body.dataset.model || null;  // the weights the header and notes describe
 let controller = null;  // the analysis in flight; a newer upload aborts it
 let lutsPromise = null;
 
@@ -80,6 +84,11 @@ function mapFor(p, decoded, i, reduction, channel) {
   return state.fetched.maps.get(channelKey(p.weights, channel))?.get(p.attention[i].module) ?? null;
 }
 
+/** Why the channel a panel would show could not be loaded (null: it did not fail, or no channel is shown). */
+function failureFor(weights, reduction, channel) {
+  return reduction === "channel" ? state.fetched.failed.get(channelKey(weights, channel)) ?? null : null;
+}
+
 /** [weights, channel] of every channel on screen that is neither fetched nor failed. */
 function missingChannels() {
   if ($("reduction").value !== "channel" || !state.payload) return [];
@@ -125,15 +134,23 @@ async function fetchChannels(f) {
   }));
 }
 
-/** Panels that show ``values`` (null: still loading, left as they are and marked busy). */
+/** Panels that show ``values`` (null: still loading, left as they are and marked busy; or, with
+ *  ``failed``, not coming: the caption says why and the panel is no longer busy). */
 function drawPanels(cells, s, lut) {
   const ready = cells.filter((c) => c.values);
   const ranges = new Map(ready.map((c) => [c, range(c.values)]));
   const shared = ready.length ? sharedRange([...ranges.values()]) : null;
   for (const c of cells) {
-    c.el.classList.toggle("loading", !c.values);
-    c.el.setAttribute("aria-busy", String(!c.values));
-    if (!c.values) continue;
+    const waiting = !c.values && !c.failed;
+    c.el.classList.toggle("loading", waiting);
+    c.el.classList.toggle("failed", !c.values && Boolean(c.failed));
+    c.el.setAttribute("aria-busy", String(waiting));
+    const caption = c.el.querySelector(".shows");
+    caption.classList.toggle("error", !c.values && Boolean(c.failed));
+    if (!c.values) {
+      if (c.failed) caption.textContent = `${c.failed}.`;
+      continue;
+    }
     const [lo, hi] = s.scale === "shared" ? shared : ranges.get(c);
     drawOverlay(c.el, c.entry, {
       values: c.values, lo, hi, display: state.display, lut, opacity: s.opacity,
@@ -151,6 +168,7 @@ function drawOverlays() {
   drawPanels(p.attention.map((entry, i) => ({
     el: $("modules").children[i], entry, channel: state.channels[i],
     values: mapFor(p, state.decoded, i, s.reduction, state.channels[i]),
+    failed: failureFor(p.weights, s.reduction, state.channels[i]),
   })), s, lut);
   drawCompare(s, lut);
   wantChannels();
@@ -200,7 +218,8 @@ function drawCompare(s, lut) {
   // one scale across both models when shared: the point is to compare them
   drawPanels(c.cells.map((k) => {
     const channel = Math.min(k.side.channel(k.i), k.entry.channels - 1);
-    return { el: k.el, entry: k.entry, channel, values: mapFor(k.side.payload, k.side.decoded, k.i, s.reduction, channel) };
+    return { el: k.el, entry: k.entry, channel, values: mapFor(k.side.payload, k.side.decoded, k.i, s.reduction, channel),
+             failed: failureFor(k.side.payload.weights, s.reduction, channel) };
   }), s, lut);
 }
 
@@ -293,8 +312,24 @@ function showOutOfDistribution(p) {
     `Its score ${p.ood_score.toFixed(4)} is below ${p.ood_threshold.toFixed(4)}, which 95% of the training images reach.${which}`;
 }
 
+/** A file size in words: "12.3 MB" (MB of 1,048,576 bytes), exact bytes where a rounded size would
+ *  hide the difference from ``other``. */
+function sizeText(bytes, other) {
+  const mb = (n) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MB` : `${(n / 1024).toFixed(1)} KB`);
+  return mb(bytes) === mb(other) ? `${bytes.toLocaleString("en")} bytes` : mb(bytes);
+}
+
+/** Why the server would refuse ``blob`` for its size, or null. */
+function tooLarge(blob) {
+  if (!MAX_UPLOAD_BYTES || blob.size <= MAX_UPLOAD_BYTES) return null;
+  return `it is too large (${sizeText(blob.size, MAX_UPLOAD_BYTES)}; the limit is ${sizeText(MAX_UPLOAD_BYTES, blob.size)})`;
+}
+
 // ---- one analysis: explain, draw, then the ablation; a newer one cancels it
 async function analyse(name, source) {
+  // a file over the server's limit is never sent, and what is on screen or on its way goes on undisturbed
+  const refused = source instanceof Blob && tooLarge(source);
+  if (refused) { setStatus(`Could not analyse ${name}: ${refused}`, true); return; }
   controller?.abort();
   const ctl = new AbortController();
   controller = ctl;
@@ -302,6 +337,8 @@ async function analyse(name, source) {
   setStatus(`Analysing ${name}…`);
   try {
     const blob = typeof source === "function" ? await source(ctl.signal) : source;
+    const refusedNow = tooLarge(blob);
+    if (refusedNow) throw new RequestError(refusedNow);
     const model = state.model, other = $("compare")?.value || "";
     const [p, luts, q] = await Promise.all([
       postImage(withModel("api/v1/explain", model), blob, name, ctl.signal), colormaps(),
@@ -321,9 +358,21 @@ async function analyse(name, source) {
   } catch (err) {
     if (isAbort(err) || ctl.signal.aborted) return;
     state.pending = null;
-    setStatus(`Could not analyse ${name}: ${failureText(err)}`, true);
+    const back = rollBackModel();
+    setStatus(`Could not analyse ${name}: ${failureText(err)}` +
+              (back ? ` The model is back to ${back}, whose results are on screen.` : ""), true);
     resumeOnScreen(ctl.signal);
   }
+}
+
+/** After a failed analysis with another model than the results on screen were made with, the Model
+ *  box goes back to theirs (the header never left it); returns that model's name, or null. */
+function rollBackModel() {
+  const shown = state.payload?.weights;
+  if (!shown || shown === state.model) return null;
+  chooseModel(shown);
+  if ($("model")) $("model").value = shown;
+  return shown;
 }
 
 /** After a new image failed, the one still on screen gets back what starting the new one stopped:
@@ -362,6 +411,7 @@ function show(name, p, decoded, display, input) {
   const top3 = p.predictions.slice(0, 3).map((q) => `${q.label} ${(100 * q.probability).toFixed(1)}%`).join(" · ");
   $("topbar-text").textContent = `${name}: ${top3}`;
   $("topbar").hidden = false;
+  describeModel(p.weights);
 }
 
 async function runAblation(blob, name, signal, model) {
@@ -423,15 +473,18 @@ function selectModule(name) {
   panel.querySelector("canvas.overlay").focus({ preventScroll: true });
 }
 
-async function loadArchitecture() {
-  const name = state.model;
-  if (!name) return;
+let archDrawn = null;  // the weights whose architecture is drawn (or being fetched)
+
+async function loadArchitecture(name) {
+  if (!name || name === archDrawn) return;
+  archDrawn = name;
   try {
     const arch = await getJSON(`api/v1/models/${encodeURIComponent(name)}/architecture`);
-    if (name !== state.model) return;  // switched again while it loaded: the newer answer draws
+    if (name !== archDrawn) return;  // another model since, while it loaded: the newer answer draws
     $("arch-svg").replaceChildren(architectureSvg(arch, selectModule));
   } catch (err) {
-    if (name !== state.model) return;
+    if (name !== archDrawn) return;
+    archDrawn = null;  // the next description tries again
     $("arch-svg").replaceChildren(hint(`Could not draw the architecture: ${failureText(err)}`, "error"));
   }
 }
@@ -466,21 +519,51 @@ function showModelNotes(m) {
   }
 }
 
-async function switchModel(weights) {
-  state.model = weights;
-  document.body.dataset.model = weights;
-  syncCompareOptions();
+/** The model the header, the class notes and the architecture describe: the one whose results are on
+ *  screen, or with none yet, the one chosen. */
+const describedModel = () => state.payload?.weights ?? state.model;
+
+/** Every served model's metadata, fetched once (again after a failure). */
+function models() {
+  catalog ??= getJSON("api/v1/models").catch((err) => { catalog = null; throw err; });
+  return catalog;
+}
+
+/** Points the header, the class notes and the architecture at ``weights``, unless another model is to
+ *  be described by the time its details arrive. A failure to read them is said in the header itself,
+ *  where no later status line overwrites it. */
+async function describeModel(weights) {
+  loadArchitecture(weights);
+  if (!$("model-line") || weights === headerModel) return;
   try {
-    catalog ??= await getJSON("api/v1/models");
-    const m = catalog.models.find((x) => x.weights === weights);
-    if (m && weights === state.model) {
+    const m = (await models()).models.find((x) => x.weights === weights);
+    if (m && weights === describedModel()) {
+      headerModel = weights;
+      $("model-line").classList.remove("error");
       $("model-line").replaceChildren(...modelLine(m));
       showModelNotes(m);
     }
   } catch (err) {
-    setStatus(`Could not read the models' details: ${failureText(err)}`, true);
+    if (weights !== describedModel()) return;
+    headerModel = null;  // the next description tries again
+    $("model-line").classList.add("error");
+    $("model-line").textContent = `Model ${weights}: could not read its details (${failureText(err)}); ` +
+      "the class notes on this page may be another model's.";
   }
-  loadArchitecture();
+}
+
+/** The model later requests ask for. */
+function chooseModel(weights) {
+  state.model = weights;
+  document.body.dataset.model = weights;
+  syncCompareOptions();
+}
+
+/** A new Model: the image asked for last is analysed again with it, and the header, notes and
+ *  architecture follow once its results are shown (at once when there are none to contradict them). */
+function switchModel(weights) {
+  chooseModel(weights);
+  if (!state.payload) describeModel(weights);
   reanalyse();
 }
 
@@ -492,13 +575,24 @@ $("file").addEventListener("change", (e) => {
   pickFile(e.target.files[0]);
   e.target.value = "";  // choosing the same file again is a new upload too
 });
+// A file dropped anywhere on the page is analysed as one dropped on the drop zone: the browser's own
+// action for a file let go outside it would be to leave the page and open the file.
 const drop = $("dropzone");
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+const carriesFiles = (e) => [...(e.dataTransfer?.types || [])].includes("Files");
+drop.addEventListener("dragover", (e) => { if (carriesFiles(e)) drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
+document.addEventListener("dragover", (e) => {
+  if (!carriesFiles(e)) return;
+  e.preventDefault();
+  e.dataTransfer.dropEffect = "copy";
+});
+document.addEventListener("drop", (e) => {
+  if (!carriesFiles(e)) return;
   e.preventDefault();
   drop.classList.remove("over");
-  pickFile(e.dataTransfer.files[0]);
+  const files = [...e.dataTransfer.files];
+  // an image among several; else the first file, and the server says why it is not one
+  pickFile(files.find((f) => f.type.startsWith("image/")) ?? files[0]);
 });
 document.addEventListener("paste", (e) => {
   const item = [...(e.clipboardData?.items || [])].find((it) => it.type.startsWith("image/"));
@@ -523,4 +617,4 @@ installPresenter(() => state.payload !== null);
 $("model")?.addEventListener("change", (e) => switchModel(e.target.value));
 $("compare")?.addEventListener("change", reanalyse);
 syncCompareOptions();
-loadArchitecture();
+loadArchitecture(state.model);

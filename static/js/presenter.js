@@ -1,4 +1,7 @@
 // Presenter mode: one module at a time in big type, moved through with the keyboard.
+// Alt+P turns it on and off from anywhere on the page. A modifier, not a bare "P": a single-character
+// shortcut would fire from every button and from speech input that types letters (WCAG 2.1.4);
+// arrows, Page Up/Down and Esc are not characters, and act only while presenting.
 
 const $ = (id) => document.getElementById(id);
 let current = 0;
@@ -36,10 +39,14 @@ export function installPresenter(ready) {
   $("next-module").addEventListener("click", () => setCurrentModule(current + 1));
   $("prev-module").addEventListener("click", () => setCurrentModule(current - 1));
   document.addEventListener("keydown", (e) => {
+    // e.code: with Alt, macOS types "π" for the P key
+    if (e.altKey && !e.ctrlKey && !e.metaKey && (e.code === "KeyP" || e.key === "p" || e.key === "P")) {
+      if (ready()) { togglePresenter(); e.preventDefault(); }
+      return;
+    }
     if (e.target.closest("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
     const on = presenting();
-    if ((e.key === "p" || e.key === "P") && ready()) togglePresenter();
-    else if (on && (e.key === "ArrowRight" || e.key === "PageDown")) setCurrentModule(current + 1);
+    if (on && (e.key === "ArrowRight" || e.key === "PageDown")) setCurrentModule(current + 1);
     else if (on && (e.key === "ArrowLeft" || e.key === "PageUp")) setCurrentModule(current - 1);
     else if (on && e.key === "Escape") togglePresenter(false);
     else return;

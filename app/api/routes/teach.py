@@ -21,7 +21,9 @@ router = APIRouter(prefix="/api/v1", tags=["teaching"])
 
 @lru_cache
 def _architecture_of(name: str) -> dict:
-    return architecture(get_model(name, num_classes=10))
+    if ARCHITECTURES[name].stem == "cifar":
+        return architecture(get_model(name, num_classes=10))
+    return architecture(get_model(name))  # the registry's default head: ImageNet's 1,000 classes
 
 
 @router.get("/architectures/{arch}", response_model=Architecture, responses=problems(404),
