@@ -20,11 +20,14 @@ from tqdm import tqdm
 from .imaging import decode_file
 from .preprocess import center_crop
 
-__all__ = ["Split", "augment", "count_images", "cutout", "load_split", "split_directory", "trivial_augment"]
+__all__ = ["Split", "augment", "check_source_size", "count_images", "cutout", "load_split", "split_directory",
+           "trivial_augment"]
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ranlens"
 MAX_PIXELS = 40_000_000  # as the app's default: a data set is no place for decompression bombs either
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
+# torchvision's CIFAR-10 comes as 32-pixel arrays, which are used as they are
+TORCHVISION_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,15 @@ def _torchvision_split(root: Path, train: bool) -> Split:
     return Split(images, torch.tensor(ds.targets, dtype=torch.int64), tuple(ds.classes))
 
 
+def check_source_size(source: str, size: int) -> None:
+    """Refuses an image size a source cannot give: torchvision's CIFAR-10 is read at its own 32 pixels
+    (a network trained or evaluated at another size would silently see 32-pixel images)."""
+    if source == "torchvision" and size != TORCHVISION_SIZE:
+        raise ValueError(f"--source torchvision gives CIFAR-10's images at their own {TORCHVISION_SIZE} pixels, not "
+                         f"the {size} asked for (--image-size, or the weights' input size): work at "
+                         f"{TORCHVISION_SIZE} pixels, or read a folder of the images (--source folder) at any size")
+
+
 def split_directory(data: str | Path, split: str) -> Path:
     """``data/<split>``; for the test split ``data/val`` where there is no ``data/test`` (the ImageNet
     layout); else ``data`` itself, a folder of class folders."""
@@ -95,6 +107,7 @@ def load_split(data: str | Path, split: str, size: int = 32, source: str = "fold
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     data = Path(data)
     if source == "torchvision":
+        check_source_size(source, size)
         return _torchvision_split(data, train=split == "train")
     if source != "folder":
         raise ValueError(f"source must be 'folder' or 'torchvision', got {source!r}")

@@ -8,6 +8,7 @@ cross the bus that float32 would need. Each process reads its own share of every
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torchvision.datasets import ImageFolder
 
 from .data import IMAGE_SUFFIXES, MAX_PIXELS, split_directory
 from .imaging import decode_file
+from .preprocess import center_crop
 
 __all__ = ["eval_transform", "image_folder", "limited", "train_loader", "eval_loader", "train_transform"]
 
@@ -40,9 +42,11 @@ def train_transform(size: int, trivial_augment: bool = False) -> T.Compose:
 
 
 def eval_transform(size: int) -> T.Compose:
-    """Shorter side to size * 256/224, then the centre size x size square (the usual ImageNet
-    evaluation: 256 then 224), as uint8 CHW."""
-    return T.Compose([T.Resize(round(size * 256 / 224), antialias=True), T.CenterCrop(size), T.PILToTensor()])
+    """The served model's crop (``preprocess.center_crop``: shorter side to size, the centre size x size
+    square), as uint8 CHW: the test accuracy a run reports is then that of the pictures the app shows
+    the network, and of ``ranlens evaluate``, which reads folders through the same crop. (ImageNet's
+    usual resize to 256 and 224-pixel centre crop scored a tighter view than the one served.)"""
+    return T.Compose([functools.partial(center_crop, size=size), T.PILToTensor()])
 
 
 def image_folder(data: str | Path, split: str, transform) -> ImageFolder:

@@ -36,12 +36,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import distributed
-from .data import Split, augment, cutout, load_split, normalize, trivial_augment
+from .data import Split, augment, check_source_size, cutout, load_split, normalize, trivial_augment
 from .distill import Distillation, distillation_loss, load_teachers, parse_teachers, resolve_teacher, soft_targets
 from .distributed import Processes
 from .network import ResidualAttentionNet
 from .registry import ARCHITECTURES
-from .weights import load_state_checked, read_checkpoint, save_checkpoint
+from .weights import load_state_checked, read_checkpoint, save_checkpoint, write_atomically
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -66,12 +66,16 @@ class TrainConfig:
     arch: str = _setting("attention56_cifar", "architecture to train", choices=sorted(ARCHITECTURES))
     data: str = _setting("/tmp/data/cifar10-jpeg", "data folder (DATA/train/<class>/*, DATA/test/<class>/*) "
                          "or, with --source torchvision, where CIFAR-10 is downloaded")
-    source: str = _setting("folder", "how to read --data", choices=["folder", "torchvision"])
+    source: str = _setting("folder", "how to read --data (torchvision: CIFAR-10 at its own 32 pixels, so "
+                           "--image-size must be 32 or 0 with a CIFAR-layout --arch)",
+                           choices=["folder", "torchvision"])
     out: str = _setting("runs/attention56_cifar", "run folder: checkpoints, metrics, last.pt to resume from")
     epochs: int = _setting(6, "length of the schedule in epochs")
     batch_size: int = _setting(128, "images per step")
     lr: float = _setting(0.2, "peak learning rate")
-    warmup: float = _setting(0.15, "fraction of all steps spent warming the learning rate up")
+    warmup: float = _setting(0.15, "fraction of the steps before the --swa epochs (of all steps without "
+                             "--swa) spent raising the learning rate linearly from a tenth of --lr to --lr; "
+                             "0 = no warm-up, the first step at --lr")
     momentum: float = _setting(0.9, "SGD Nesterov momentum")
     weight_decay: float = _setting(5e-4, "weight decay on conv and linear weights (not BN, not biases)")
     label_smoothing: float = _setting(0.1, "label smoothing of the cross-entropy")
@@ -328,7 +332,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig, swa_steps: int = 0) -> float:
     if step >= decay:
         return cfg.swa_lr
     floor = cfg.swa_lr if swa_steps else 0.0
-    warm = max(1, int(cfg.warmup * decay))
+    # a warm-up of a few steps is at least one; none is none (max(1, 0) once ran the first step at a tenth)
+    warm = max(1, int(cfg.warmup * decay)) if cfg.warmup > 0 else 0
     if step < warm:
         return cfg.lr * (0.1 + 0.9 * step / warm)
     progress = min(1.0, (step - warm) / max(1, decay - warm))
@@ -429,6 +434,16 @@ class _Data:
     bn_batches: Callable[[], Iterator[Tensor]] | None = None
 
 
+def check_split_classes(train: Iterable[str], test: Iterable[str], data: str) -> None:
+    """Refuses a test split whose classes differ from the training split's: each split numbers its
+    classes by its own sorted folder names, so one folder more, fewer or renamed would score test
+    images against the labels of other classes."""
+    train, test = list(train), list(test)
+    if train != test:
+        raise ValueError(f"the train and test splits of {data} have different classes: train {train}, test {test}; "
+                         f"give both splits the same class folders")
+
+
 def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean, std, per: int) -> _Data:
     # rank 0 decodes (or downloads) and caches first; the others then read its cache instead of
     # decoding the same images at the same time
@@ -438,6 +453,7 @@ def _memory_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
     test_split = subset(load_split(cfg.data, "test", cfg.image_size, cfg.source), cfg.limit_test, cfg.seed)
     if procs.main:
         distributed.barrier()
+    check_split_classes(train_split.classes, test_split.classes, cfg.data)  # in every process, past the barrier
     # the data set lives where the model trains: 150 MB of uint8 for CIFAR-10, no loader to wait on
     images, labels = train_split.images.to(device), train_split.labels.to(device)
     batch = cfg.batch_size
@@ -485,6 +501,7 @@ def _stream_data(cfg: TrainConfig, procs: Processes, device: torch.device, mean,
         raise ValueError(f"the stream loader reads ImageFolder trees (--source folder), not {cfg.source!r}")
     train_folder = stream.image_folder(cfg.data, "train", stream.train_transform(cfg.image_size, cfg.trivial_augment))
     test_folder = stream.image_folder(cfg.data, "test", stream.eval_transform(cfg.image_size))
+    check_split_classes(train_folder.classes, test_folder.classes, cfg.data)
     train_set = stream.limited(train_folder, cfg.limit_train, cfg.seed)
     test_set = stream.limited(test_folder, cfg.limit_test, cfg.seed)
     pin = device.type == "cuda"
@@ -537,7 +554,12 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "stop_after": (lambda v: v >= 0, "0 (run to the end) or more"),
     "save_every": (lambda v: v >= 0, "0 (at epoch ends only) or more"),
     "workers": (lambda v: v >= 0, "0 or more"),
+    "swa_lr": (lambda v: 0 < v < math.inf, "positive"),
+    "distill_temperature": (lambda v: 0 < v < math.inf, "positive"),
 }
+# Settings read only with another option on, checked only then: a run that never used one resumes
+# whatever value it recorded for it
+_USED_WITH = {"swa_lr": "swa", "distill_temperature": "teacher"}
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -545,6 +567,8 @@ def check_settings(cfg: TrainConfig) -> None:
     batch size of 0 was a ZeroDivisionError after the data set was decoded)."""
     for name, (ok, wanted) in _RANGES.items():
         value = getattr(cfg, name)
+        if name in _USED_WITH and not getattr(cfg, _USED_WITH[name]):
+            continue
         if not ok(value):
             raise ValueError(f"--{name.replace('_', '-')} must be {wanted}, got {value}")
 
@@ -560,17 +584,15 @@ def train(cfg: TrainConfig) -> list[dict]:
     if not 0 <= cfg.swa <= cfg.epochs:
         raise ValueError(f"--swa averages the last N of the {cfg.epochs} epochs: N must be 0..{cfg.epochs}, "
                          f"got {cfg.swa}")
-    if cfg.swa and cfg.swa_lr <= 0:
-        raise ValueError(f"--swa-lr must be positive, got {cfg.swa_lr}")
     if cfg.teacher and not 0 < cfg.distill_weight <= 1:
         raise ValueError(f"--distill-weight is the teachers' share of the loss: it must be in (0, 1], "
                          f"got {cfg.distill_weight}")
-    if cfg.teacher and cfg.distill_temperature <= 0:
-        raise ValueError(f"--distill-temperature must be positive, got {cfg.distill_temperature}")
     for spec in parse_teachers(cfg.teacher):
         resolve_teacher(spec)  # a misspelt teacher is refused before the data set is read
+    init = _init_state(cfg)
     procs = distributed.processes_from_env()
     size = cfg.image_size or ARCHITECTURES[cfg.arch].reference_size
+    check_source_size(cfg.source, size)  # before a download, not after it
     device_type = resolve_device(cfg.device)
     # the run records what it did, not "auto" or 0
     cfg = replace(cfg, device=device_type, amp=resolve_amp(cfg.amp, device_type), image_size=size,
@@ -600,7 +622,7 @@ def train(cfg: TrainConfig) -> list[dict]:
 
     device = distributed.start(procs, device_type)
     try:
-        history = _train(cfg, procs, device, state, per)
+        history = _train(cfg, procs, device, state, per, init)
         # rank 0 still writes its files after the last exchange; a process that tore the group down
         # meanwhile was once aborted inside gloo ("terminate called without an active exception", on a
         # loaded machine), so every process waits until all are done
@@ -610,7 +632,31 @@ def train(cfg: TrainConfig) -> list[dict]:
         distributed.shutdown()
 
 
-def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict | None, per: int) -> list[dict]:
+def _init_state(cfg: TrainConfig) -> dict[str, Tensor] | None:
+    """The weights a new run starts from (``--init``), read and checked for the architecture before the
+    data set is (which can take minutes); None without ``--init``, or for a run that resumes from its
+    last.pt, whose --init may be gone by now."""
+    if not cfg.init or (Path(cfg.out) / "last.pt").is_file():
+        return None
+    return read_checkpoint(Path(cfg.init), expected_arch=cfg.arch)
+
+
+def check_same_data(recorded: dict, data: _Data, cfg: TrainConfig) -> None:
+    """Refuses to resume on another data set than the run started on. ``--data`` may name another
+    folder (the set moved), but its classes and image counts must be those config.json recorded:
+    other classes fed the network other labels (or failed deep in loading last.pt, for another
+    count of them), other images other batches than the epochs already trained on. A run made
+    before config.json recorded a fact is not checked for it."""
+    found = {"classes": list(data.classes), "train_images": data.train_images, "test_images": data.test_images}
+    for key, value in found.items():
+        if key in recorded and recorded[key] != value:
+            raise ValueError(f"{Path(cfg.out) / 'config.json'} recorded {key}={recorded[key]!r}, but --data "
+                             f"{cfg.data} gives {key}={value!r}: resume on the data set the run started on, or "
+                             f"start a new run in another --out folder")
+
+
+def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict | None, per: int,
+           init: dict[str, Tensor] | None = None) -> list[dict]:
     out, state_path = Path(cfg.out), Path(cfg.out) / "last.pt"
     _set_seed(cfg.seed)  # the same initial weights in every process
     arch = ARCHITECTURES[cfg.arch]
@@ -618,11 +664,14 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
     data = (_memory_data if cfg.loader == "memory" else _stream_data)(cfg, procs, device, mean, std, per)
     if data.steps_per_epoch == 0:
         raise ValueError(f"{data.train_images} training images make no full batch of {cfg.batch_size}")
+    if state is not None and (out / "config.json").is_file():
+        check_same_data(json.loads((out / "config.json").read_text()), data, cfg)
     net = ResidualAttentionNet(arch, num_classes=len(data.classes))
-    if cfg.init and state is None:
-        load_state_checked(net, read_checkpoint(Path(cfg.init), expected_arch=cfg.arch), source=cfg.init)
+    if init is not None and state is None:
+        load_state_checked(net, init, source=cfg.init)
     if state is not None:
-        net.load_state_dict(state["model"])  # the unwrapped network's state: any process count resumes it
+        # the unwrapped network's state: any process count resumes it
+        load_state_checked(net, state["model"], source=str(state_path))
     net = net.to(device, memory_format=torch.channels_last)
     model: nn.Module = net
     if procs.distributed:
@@ -664,14 +713,16 @@ def _train(cfg: TrainConfig, procs: Processes, device: torch.device, state: dict
             if added:
                 # the run is now the longer one: export reads its plan from config.json
                 recorded = json.loads((out / "config.json").read_text())
-                (out / "config.json").write_text(json.dumps({**recorded, "epochs": cfg.epochs, "swa": cfg.swa},
-                                                            indent=2))
+                # whole or not at all: every later resume and the export read it
+                write_atomically(out / "config.json", json.dumps({**recorded, "epochs": cfg.epochs, "swa": cfg.swa},
+                                                                 indent=2))
                 print(f"lengthening the averaging by {added} epoch(s): {cfg.swa} of {cfg.epochs}")
             inside = f", batch {resumed_steps}/{data.steps_per_epoch} of the next" if resumed_steps else ""
             print(f"resuming {cfg.arch} at epoch {start_epoch}/{cfg.epochs}{inside} in {procs.world_size} process(es)")
     elif procs.main:
-        # what `ranlens export` writes into the manifest: the facts of this run, not assumptions
-        (out / "config.json").write_text(json.dumps({
+        # what `ranlens export` writes into the manifest: the facts of this run, not assumptions (whole or
+        # not at all: a resume, `ranlens status` and the export read it)
+        write_atomically(out / "config.json", json.dumps({
             **asdict(cfg), "world_size": procs.world_size, "classes": list(data.classes),
             "input_size": cfg.image_size, "mean": list(mean), "std": list(std), "train_images": data.train_images,
             "test_images": data.test_images, "machine": machine(cfg, procs.world_size),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ __all__ = [
     "list_weights",
     "save_checkpoint",
     "sha256_of",
+    "write_atomically",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -59,6 +61,20 @@ def _manifest_fields() -> TypeAdapter:
 
 class WeightsError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the architecture."""
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a file beside it that is renamed over it: a reader (a server
+    listing manifests, a resume reading config.json) finds the old file or the new one, never half of
+    one, and a write stopped midway leaves the old one. The partial file ends in ``.tmp``, so no
+    ``*.json`` listing reads it, and carries the process id, so two writers never share one."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def sha256_of(path: Path) -> str:
@@ -102,7 +118,7 @@ class Weights:
 
     def write_manifest(self) -> Path:
         target = self.directory / f"{self.name}.json"
-        target.write_text(json.dumps(self.manifest(), indent=2) + "\n")
+        write_atomically(target, json.dumps(self.manifest(), indent=2) + "\n")
         return target
 
     @classmethod

@@ -137,6 +137,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     import torch
 
+    if args.write_metrics and args.split != "test":
+        # a manifest's metrics are its test-split figures: the app shows them as the model's accuracy and
+        # serves the best top-1 by default, so a train-split figure there would pick and praise the wrong one
+        args.command_parser.error(f"argument --write-metrics: records test-split metrics in the manifest; "
+                                  f"leave it out with --split {args.split}, or evaluate --split test")
     confusion = _output_file("--confusion", args.confusion, figure=True) if args.confusion else None
     torch.set_num_threads(args.threads)
     model, weights = _load(args)
@@ -262,15 +267,20 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
                   f"{100 * seen.predictions[0].probability:.1f}%)")
         if args.dry_run:
             return
-        if payload is None:  # energy now: a bank an earlier knn calibration left is no longer this manifest's
+        updated = Weights(**{**weights.__dict__, "ood": result.manifest()})
+        if payload is None:
+            # energy now: the manifest first (moved in whole), then the bank an earlier knn calibration left,
+            # which it no longer names; stopped between the two, a stray file is all that is left
+            manifest = updated.write_manifest()
             (weights.directory / bank_file).unlink(missing_ok=True)
         else:
+            # the new bank, then at once the manifest naming its hash: they disagree only while it is written
             os.replace(staging / bank_file, weights.directory / bank_file)
             print(f"bank written to {weights.directory / bank_file}")
+            manifest = updated.write_manifest()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    updated = Weights(**{**weights.__dict__, "ood": result.manifest()})
-    print(f"calibration written to {updated.write_manifest()}")
+    print(f"calibration written to {manifest}")
 
 
 def _train_command(config: dict) -> str:
@@ -321,13 +331,14 @@ def _schedule(config: dict) -> str:
     """The learning-rate schedule a run's settings describe, in words."""
     from ranlens.model.train import SWA_BN_IMAGES
 
+    warm_up = "linear warm-up then " if config.get("warmup", 0) > 0 else ""
     if not config.get("swa"):
-        return "linear warm-up then cosine decay to zero, per batch"
+        return f"{warm_up}cosine decay to zero, per batch"
     def epochs(n: int) -> str:
         return f"{n} epoch" + ("s" if n != 1 else "")
 
     rest = config["epochs"] - config["swa"]
-    decay = f"linear warm-up then cosine decay to {config['swa_lr']:g} over {epochs(rest)}, then " if rest else ""
+    decay = f"{warm_up}cosine decay to {config['swa_lr']:g} over {epochs(rest)}, then " if rest else ""
     return (f"{decay}{epochs(config['swa'])} at {config['swa_lr']:g}, the weights at the end of each averaged "
             f"(stochastic weight averaging); the checkpoint is the average, its batch-norm statistics "
             f"recomputed on {SWA_BN_IMAGES:,} training images (or all, if fewer)")
@@ -370,9 +381,6 @@ def _export(args: argparse.Namespace) -> None:
         raise CommandError(f"{run} has finished epochs 1..{len(history)}, not epoch {epochs_done}")
     source = run / f"epoch{epochs_done:03d}.safetensors"
     read_checkpoint(source, expected_arch=config["arch"])
-    target = target_dir / f"{name}.safetensors"
-    target_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
     done = history[:epochs_done]
     hardware, machine = _hardware(config)
     recipe = {
@@ -406,13 +414,25 @@ def _export(args: argparse.Namespace) -> None:
     recipe["total_epochs"] = epochs_done + earlier.get("total_epochs", earlier.get("epochs_completed", 0))
     recipe["total_train_wall_hours"] = round(
         recipe["train_wall_hours"] + earlier.get("total_train_wall_hours", earlier.get("train_wall_hours", 0)), 2)
-    weights = Weights(
-        name=name, arch=config["arch"], file=target.name, sha256=sha256_of(target),
-        classes=tuple(config["classes"]), input_size=input_size, mean=tuple(config["mean"]),
-        std=tuple(config["std"]), recipe=recipe,
-        metrics={"note": "not yet measured: run ranlens evaluate --write-metrics"}, directory=target_dir,
-    )
-    print(f"wrote {target} and {weights.write_manifest()}")
+    target = target_dir / f"{name}.safetensors"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    # copied and hashed aside, then moved in and its manifest written at once: with --force, the weights
+    # replaced keep their own manifest until the new pair is ready (copied over in place, a stop before the
+    # manifest left new weights under the old one's hash, which no server would load)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, partial)
+        weights = Weights(
+            name=name, arch=config["arch"], file=target.name, sha256=sha256_of(partial),
+            classes=tuple(config["classes"]), input_size=input_size, mean=tuple(config["mean"]),
+            std=tuple(config["std"]), recipe=recipe,
+            metrics={"note": "not yet measured: run ranlens evaluate --write-metrics"}, directory=target_dir,
+        )
+        os.replace(partial, target)
+        manifest = weights.write_manifest()
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {target} and {manifest}")
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
@@ -675,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str, func) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
-        p.set_defaults(func=func)
+        # command_parser: for refusals of option combinations, said as argparse says its own (exit status 2)
+        p.set_defaults(func=func, command_parser=p)
         return p
 
     t = command("train", "train a model; resumes from OUT/last.pt; runs as is under torchrun", _train)
@@ -701,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "test"], help="which split of --data")
     e.add_argument("--dataset", help="name recorded with the metrics (default: the --data path and split)")
     e.add_argument("--confusion", help="also write the confusion matrix as a PNG here")
-    e.add_argument("--write-metrics", action="store_true", help="record the result in the weights manifest")
+    e.add_argument("--write-metrics", action="store_true", help="record the result in the weights manifest "
+                   "(test split only)")
     e.add_argument("--threads", type=_positive_int, default=2, help="CPU threads for torch")
 
     o = command("calibrate-ood", "choose the out-of-distribution threshold on the train split and record it in "

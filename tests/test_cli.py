@@ -599,3 +599,76 @@ def test_weights_name_their_architecture(tmp_path):
         assert_one_line_error(ranlens("evaluate", "--data", str(CIFAR_FIXTURES), "--arch", "attention56_cifar",
                                       "--weights", weights),
                               f"--weights {weights} are for attention92_cifar, not --arch attention56_cifar")
+
+
+def test_evaluate_writes_metrics_of_the_test_split_only(tmp_path):
+    """A manifest's metrics are its test-split figures (the served default is the best top-1): a
+    train-split figure there is refused as a usage error, before any model loads or data is read."""
+    manifest = (WEIGHTS_DIR / f"{DEFAULT}.json").read_bytes()
+    result = ranlens("evaluate", "--data", str(tmp_path / "missing"), "--split", "train", "--write-metrics")
+    assert_refused_argument(result, "evaluate", "--write-metrics", "test-split metrics", "--split train")
+    assert (WEIGHTS_DIR / f"{DEFAULT}.json").read_bytes() == manifest
+
+
+def test_a_forced_export_stopped_midway_keeps_the_weights_it_replaces(tmp_path, monkeypatch):
+    """``export --force`` copies and hashes aside and moves the new pair in at the end: stopped before,
+    the weights it was replacing still match their manifest (copied over in place, they did not)."""
+    from ranlens import cli
+    from ranlens.model.weights import Weights, sha256_of
+
+    run, weights = fake_run(tmp_path), tmp_path / "weights"
+    export = ["export", str(run), "--name", "mine.v1", "--weights-dir", str(weights)]
+    cli.main(export)
+    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    other = WEIGHTS_DIR / f"{PARENT}.safetensors"
+    shutil.copyfile(other, run / "epoch001.safetensors")  # the run's checkpoint is now other weights
+
+    def stopped(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "sha256_of", stopped)  # stopped while the new copy is hashed
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*export, "--force"])
+    assert exited.value.code == 130
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before  # the old pair, no partial file
+    monkeypatch.undo()
+    cli.main([*export, "--force"])
+    replaced = Weights.from_manifest(weights / "mine.v1.json")
+    assert replaced.path.read_bytes() == other.read_bytes() and sha256_of(replaced.path) == replaced.sha256
+    assert sorted(p.name for p in weights.iterdir()) == ["mine.v1.json", "mine.v1.safetensors"]
+
+
+def test_calibrate_ood_energy_stopped_before_its_manifest_keeps_the_knn_bank(tmp_path, monkeypatch):
+    """Recalibrating knn weights with energy writes the manifest, then removes the bank it no longer
+    names: stopped before the manifest is written, the old manifest still finds its bank."""
+    import dataclasses
+
+    from ranlens import cli
+    from ranlens.model.weights import Weights
+
+    shipped = get_weights("attention56_cifar", DEFAULT)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for name in (shipped.file, shipped.ood["bank"]):
+        shutil.copyfile(shipped.directory / name, folder / name)
+    manifest = dataclasses.replace(shipped, directory=folder).write_manifest()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / split).symlink_to(CIFAR_FIXTURES, target_is_directory=True)
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Weights, "write_manifest", stopped)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["calibrate-ood", "--weights", str(manifest), "--data", str(data), "--method", "energy",
+                  "--threads", "1"])
+    assert exited.value.code == 130
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    monkeypatch.undo()
+    cli.main(["calibrate-ood", "--weights", str(manifest), "--data", str(data), "--method", "energy",
+              "--threads", "1"])
+    assert Weights.from_manifest(manifest).ood["method"] == "energy"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([manifest.name, shipped.file])

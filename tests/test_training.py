@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -622,3 +623,179 @@ def test_a_teacher_that_reads_other_inputs_or_classes_is_refused(tiny_folder, ti
     assert not (tmp_path / "taught2").exists()  # refused before any work
     with pytest.raises(ValueError, match=r"--distill-weight .* must be in \(0, 1\], got 1.5"):
         train(TrainConfig(out=str(tmp_path / "taught3"), teacher=str(odd), distill_weight=1.5, **common))
+
+
+# ---- refusals before (or instead of) training on the wrong thing
+
+
+def _copy_folder(tiny_folder: Path, to: Path) -> Path:
+    shutil.copytree(tiny_folder, to)
+    return to
+
+
+def test_resume_refuses_another_data_set(tiny_folder, tmp_path):
+    """``--data`` may move (it is no setting that shapes the run), but a resume on a folder of other
+    classes or another number of images would train on another data set: refused, naming what
+    config.json recorded; a 3-class set once failed in torch's load_state_dict instead."""
+    from ranlens.model.weights import WeightsError
+
+    run = tmp_path / "run"
+    common = dict(out=str(run), epochs=2, batch_size=12, threads=1, amp="off")
+    train(TrainConfig(data=str(tiny_folder), stop_after=1, **common))
+    more_classes = _copy_folder(tiny_folder, tmp_path / "more-classes")
+    for split in ("train", "test"):
+        shutil.copytree(more_classes / split / "dog", more_classes / split / "fox")
+    with pytest.raises(ValueError, match=r"recorded classes=\['cat', 'dog'\], but --data .*more-classes gives "
+                                         r"classes=\['cat', 'dog', 'fox'\]"):
+        train(TrainConfig(data=str(more_classes), **common))
+    more_images = _copy_folder(tiny_folder, tmp_path / "more-images")
+    shutil.copyfile(more_images / "train" / "cat" / "0.png", more_images / "train" / "cat" / "extra.png")
+    with pytest.raises(ValueError, match="recorded train_images=25, but --data .* gives train_images=26"):
+        train(TrainConfig(data=str(more_images), **common))
+    fewer_tests = _copy_folder(tiny_folder, tmp_path / "fewer-tests")
+    (fewer_tests / "test" / "cat" / "0.png").unlink()
+    with pytest.raises(ValueError, match="recorded test_images=8, but --data .* gives test_images=7"):
+        train(TrainConfig(data=str(fewer_tests), **common))
+    # a run whose config.json recorded none of it: last.pt's network does not fit, said as for any checkpoint
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({k: v for k, v in config.items()
+                                                 if k not in ("classes", "train_images", "test_images")}))
+    with pytest.raises(WeightsError, match=r"checkpoint .*last\.pt does not fit this architecture: .*classifier"):
+        train(TrainConfig(data=str(more_classes), **common))
+    assert json.loads((run / "metrics.json").read_text())[0]["epoch"] == 1
+    (run / "config.json").write_text(json.dumps(config))
+    # the same images in another folder: the run goes on
+    moved = _copy_folder(tiny_folder, tmp_path / "moved")
+    assert [h["epoch"] for h in train(TrainConfig(data=str(moved), **common))] == [1, 2]
+
+
+@pytest.mark.parametrize("loader", [{}, {"loader": "stream", "workers": 0}], ids=["memory", "stream"])
+def test_a_test_split_of_other_classes_is_refused(tiny_folder, tmp_path, loader):
+    """Each split numbers its classes by its own folder names: a test split with ``wolf`` where training
+    has ``dog`` would score every wolf as label 1, dog."""
+    (tiny_folder / "test" / "dog").rename(tiny_folder / "test" / "wolf")
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"have different classes: train \['cat', 'dog'\], test \['cat', 'wolf'\]"):
+        train(TrainConfig(out=str(run), data=str(tiny_folder), epochs=1, batch_size=12, threads=1, amp="off",
+                          **loader))
+    assert not (run / "config.json").exists()
+
+
+def test_torchvision_source_refuses_another_image_size(tmp_path):
+    """torchvision's CIFAR-10 comes at 32 pixels and was used so whatever --image-size said: refused before
+    any download (``data`` does not exist) and before the run folder is made."""
+    run = tmp_path / "run"
+    common = dict(out=str(run), data=str(tmp_path / "cifar"), source="torchvision", threads=1, amp="off")
+    for settings, size in ((dict(image_size=64), 64), (dict(arch="attention56"), 224)):
+        with pytest.raises(ValueError, match=f"--source torchvision gives CIFAR-10's images at their own 32 pixels, "
+                                             f"not the {size} asked for"):
+            train(TrainConfig(**common, **settings))
+    with pytest.raises(ValueError, match="not the 48 asked for"):
+        load_split(tmp_path / "cifar", "test", 48, "torchvision")  # as `ranlens evaluate` reads it
+    assert not run.exists() and not (tmp_path / "cifar").exists()
+
+
+def test_stream_evaluation_sees_the_crop_the_app_serves_and_evaluate_reads(tmp_path, monkeypatch):
+    """The test accuracy a stream-loader run reports, ``ranlens evaluate`` and the app all see an image
+    through one crop (shorter side to S, centre square); ImageNet's resize to S*256/224 made the run's
+    figure that of another, tighter view."""
+    from ranlens.model import stream
+    from ranlens.model.imaging import decode_file
+    from ranlens.model.preprocess import Preprocess
+
+    monkeypatch.setattr("ranlens.model.data.CACHE_DIR", tmp_path / "cache")
+    folder = tmp_path / "data" / "test" / "thing"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for i, (w, h) in enumerate([(32, 32), (50, 40), (40, 70), (200, 30)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    streamed = stream.image_folder(tmp_path / "data", "test", stream.eval_transform(32))
+    read = load_split(tmp_path / "data", "test", 32)  # what `ranlens evaluate` scores
+    served = Preprocess(32, CIFAR_MEAN, CIFAR_STD)  # Weights.transforms(): what the app feeds the model
+    for i, (image, label) in enumerate(streamed):
+        assert image.dtype == torch.uint8 and label == 0
+        assert torch.equal(image, read.images[i]), i
+        crop = served.crop(decode_file(folder / f"{i}.png", 10**8))
+        assert torch.equal(image, torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1)), i
+
+
+def test_a_bad_init_is_refused_before_the_data_is_read(tiny_folder, tmp_path, monkeypatch):
+    from ranlens.model.weights import WeightsError, save_checkpoint
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the data set was read before --init was checked")
+
+    monkeypatch.setattr("ranlens.model.train.load_split", not_yet)
+    monkeypatch.setattr("ranlens.model.stream.image_folder", not_yet)
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(torch.nn.Linear(2, 2), other, "attention92_cifar")
+    run = tmp_path / "run"
+    common = dict(out=str(run), data=str(tiny_folder), threads=1, amp="off")
+    with pytest.raises(WeightsError, match="cannot read checkpoint .*missing.safetensors"):
+        train(TrainConfig(init=str(tmp_path / "missing.safetensors"), **common))
+    with pytest.raises(WeightsError, match="holds architecture 'attention92_cifar', expected 'attention56_cifar'"):
+        train(TrainConfig(init=str(other), **common))
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -1.0])
+@pytest.mark.parametrize("setting,enabled_by", [("swa_lr", dict(swa=1)), ("distill_temperature", dict(teacher="x"))])
+def test_swa_lr_and_distill_temperature_must_be_finite_and_positive(tmp_path, setting, enabled_by, value):
+    from ranlens.model.train import check_settings
+
+    option = f"--{setting.replace('_', '-')}"
+    with pytest.raises(ValueError, match=f"{option} must be positive, got {value}"):
+        train(TrainConfig(out=str(tmp_path / "run"), data=str(tmp_path / "nodata"), threads=1,
+                          **{setting: value, **enabled_by}))
+    assert not (tmp_path / "run").exists()
+    check_settings(TrainConfig(**{setting: value}))  # not used without its option: a run resumes as it recorded
+
+
+def test_config_json_is_written_whole_or_not_at_all(tiny_folder, tmp_path, monkeypatch):
+    """A resume, ``ranlens status`` and ``ranlens export`` read config.json: a stop while it is written
+    leaves none (the run then starts afresh), never half of one."""
+    real = Path.write_text
+
+    def stopped_halfway(self, text, *args, **kwargs):
+        if "config.json" in self.name:
+            real(self, text[: len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+        return real(self, text, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(Path, "write_text", stopped_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(run), data=str(tiny_folder), epochs=1, batch_size=12, threads=1, amp="off"))
+    assert [p.name for p in run.iterdir()] == []
+
+
+def test_schedule_without_warmup_starts_at_the_peak():
+    """``--warmup 0`` is no warm-up: the first step runs at --lr (a one-step warm-up at a tenth once
+    stood in), with --swa too; a warm-up of any length is as it was, step for step."""
+    from ranlens.cli import _schedule
+
+    cfg = TrainConfig(lr=0.2, warmup=0.0, swa_lr=0.03)
+    values = [lr_at(s, 1000, cfg) for s in range(1000)]
+    assert values[0] == 0.2 and all(a >= b for a, b in zip(values, values[1:])) and values[-1] < 1e-5
+    averaged = [lr_at(s, 1000, cfg, swa_steps=400) for s in range(1000)]
+    assert averaged[0] == 0.2 and averaged[599] == pytest.approx(0.03, rel=1e-3) and averaged[600:] == [0.03] * 400
+
+    def before(step: int, total: int, cfg: TrainConfig, swa_steps: int = 0) -> float:  # lr_at as it was
+        decay = total - swa_steps
+        if step >= decay:
+            return cfg.swa_lr
+        floor = cfg.swa_lr if swa_steps else 0.0
+        warm = max(1, int(cfg.warmup * decay))
+        if step < warm:
+            return cfg.lr * (0.1 + 0.9 * step / warm)
+        progress = min(1.0, (step - warm) / max(1, decay - warm))
+        return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    for warmup, total, swa_steps in ((0.02, 5850, 0), (0.15, 1000, 0), (0.001, 300, 0), (0.1, 1000, 400)):
+        cfg = TrainConfig(lr=0.1, warmup=warmup, swa_lr=0.01)
+        assert [lr_at(s, total, cfg, swa_steps) for s in range(total)] == [
+            before(s, total, cfg, swa_steps) for s in range(total)]
+    # the manifest's words for it
+    assert _schedule({"warmup": 0.0, "swa": 0}) == "cosine decay to zero, per batch"
+    assert _schedule({"warmup": 0.0, "swa": 2, "epochs": 3, "swa_lr": 0.05}).startswith("cosine decay to 0.05 over")
+    assert _schedule({"warmup": 0.1, "swa": 0}) == "linear warm-up then cosine decay to zero, per batch"

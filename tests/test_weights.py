@@ -160,3 +160,29 @@ def test_resolve_weights_by_manifest_by_name_of_an_architecture_or_of_any(tmp_pa
         resolve_weights("attention56_cifar", "nope.v1")
     with pytest.raises(WeightsError, match="weights manifest .*missing.json not found"):
         resolve_weights(None, str(tmp_path / "missing.json"))
+
+
+def test_a_manifest_write_stopped_midway_leaves_the_old_manifest(tmp_path, monkeypatch):
+    """A server lists manifests while ``evaluate --write-metrics``, ``calibrate-ood`` or ``export`` write
+    one: written in place, a stop (or a read) midway met half a JSON file, and the weights went missing."""
+    from pathlib import Path
+
+    tiny = Weights(name="tiny.v0", arch="attention56_cifar", file="tiny.v0.safetensors", sha256="0" * 64,
+                   classes=("a", "b"), input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), directory=tmp_path)
+    manifest = tiny.write_manifest()
+    before = manifest.read_text()
+    real = Path.write_text
+
+    def stopped_halfway(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", stopped_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        dataclasses.replace(tiny, metrics={"top1": 0.5}).write_manifest()
+    monkeypatch.undo()
+    assert manifest.read_text() == before and Weights.from_manifest(manifest) == tiny
+    assert [p.name for p in tmp_path.iterdir()] == [manifest.name]  # no partial file left beside it
+    assert Weights.from_manifest(dataclasses.replace(tiny, metrics={"top1": 0.5}).write_manifest()).metrics == {
+        "top1": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == [manifest.name]
