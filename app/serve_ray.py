@@ -35,6 +35,8 @@ except ImportError as exc:  # the optional extra: say how to get it in one line
     raise ImportError("Ray Serve is not installed: pip install 'ranlens[serve]'") from exc
 
 from ranlens.app.core.config import Settings
+from ranlens.model.catalog import weights_specs
+from ranlens.model.weights import resolve_weights
 
 APP_NAME = "ranlens"
 
@@ -100,12 +102,21 @@ def connect(address: str) -> None:
 PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
 
 
+def check_weights(settings: Settings) -> None:
+    """Every model the settings name resolves to a manifest here, before any replica starts: a replica
+    that cannot load its models still starts (the app keeps serving to say why), so a misspelt name
+    would deploy replicas that answer 503, with the reason only in their nodes' logs."""
+    for arch, spec in weights_specs(settings.weights, settings.arch):
+        resolve_weights(arch or None, spec)
+
+
 def deploy(settings: Settings, address: str, replicas: int, replica_cpus: float, host: str, port: int,
            proxy_location: str = "EveryNode") -> None:
     """Deploys (or updates) the app on the cluster at ``address`` and returns once every replica has
     loaded its models; the application outlives this process (Serve's controller is detached)."""
     if proxy_location not in PROXY_LOCATIONS:
         raise ValueError(f"proxy location must be one of {', '.join(PROXY_LOCATIONS)}; got {proxy_location!r}")
+    check_weights(settings)  # WeightsError, before a cluster is asked for anything
     app = application(settings, replicas, replica_cpus)
     connect(address)
     try:

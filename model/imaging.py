@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -69,21 +70,47 @@ class CorruptImageError(ImageError):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB; transparency is composited on white, 16-bit scaled to 8-bit."""
+    """Any Pillow mode to RGB; transparency is composited on white, 16-bit scaled to 8-bit.
+
+    Transparency comes as an alpha channel, or as ``info["transparency"]``: a palette's per-entry
+    alpha, or a colour key (PNG's tRNS) in greyscale, RGB and 16-bit images, whose keyed pixels are
+    transparent too."""
+    key = image.info.get("transparency")
     if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         array = np.asarray(image, dtype=np.float64)
         lo, hi = float(array.min()), float(array.max())
         if image.mode.startswith("I;16"):
             lo, hi = 0.0, 65535.0
         scaled = np.zeros_like(array) if hi <= lo else (array - lo) / (hi - lo) * 255.0
-        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
+        grey = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+        if isinstance(key, int):  # the key is a 16-bit value, gone once scaled: alpha from the original
+            alpha = Image.fromarray(np.where(array == key, 0, 255).astype(np.uint8), "L")
+            grey = Image.merge("LA", (grey, alpha))
+        image = grey
+    elif key is not None and image.mode in {"P", "L", "RGB", "1"}:
+        image = image.convert("RGBA")  # Pillow applies the palette's alpha, or the colour key
     if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+# EXIF orientation (tag 0x0112) -> the transpose that makes the picture upright, as ImageOps applies it
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says. ``ImageOps.exif_transpose`` also rewrites the
+    EXIF block for the turned copy, which fails (``struct.error``) on a tag of an unexpected type that
+    cameras and editors do write: the picture itself is fine, so it is turned without that rewrite."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (struct.error, TypeError, ValueError):
+        method = _ORIENTATION.get(image.getexif().get(0x0112))
+        return image.transpose(method) if method is not None else image
 
 
 def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) -> Image.Image:
@@ -116,8 +143,7 @@ def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) 
                 )
             image.seek(0)  # animated images: the first frame
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+            return to_rgb(_upright(image))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -129,7 +155,7 @@ def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) 
         if data.startswith(_MAGIC):
             raise CorruptImageError("The image data is corrupt or truncated.") from exc
         raise UnsupportedImageError("The file is not an image this server can read.") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise CorruptImageError(f"The image data is corrupt or truncated ({exc}).") from exc
 
 

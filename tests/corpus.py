@@ -79,12 +79,14 @@ def animated_gif() -> bytes:
     return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
-def exif_rotated_jpeg() -> tuple[bytes, tuple[int, int]]:
-    """A 120x60 image whose EXIF says 'rotate 90': upright it is 60x120."""
+def exif_rotated_jpeg(make: str | None = None) -> tuple[bytes, tuple[int, int]]:
+    """A 120x60 image whose EXIF says 'rotate 90': upright it is 60x120; ``make``: a camera make tag too."""
     image = Image.new("RGB", (120, 60), "white")
     image.paste((200, 0, 0), (0, 0, 60, 60))
     exif = Image.Exif()
     exif[0x0112] = 6
+    if make is not None:
+        exif[0x010F] = make
     return encode(image, "JPEG", exif=exif), (60, 120)
 
 

@@ -93,6 +93,39 @@ def test_exif_orientation_is_applied():
     assert (bottom > 230).all(), bottom
 
 
+def test_exif_orientation_is_applied_when_another_tag_has_an_unexpected_type():
+    """Pillow's exif_transpose rewrites the EXIF block for the turned copy and fails (struct.error, once
+    a 500) on a text tag relabelled as a numeric one, as some editors write it: the picture still turns."""
+    data, (width, height) = corpus.exif_rotated_jpeg(make="Canon")
+    data = bytearray(data)
+    at = data.find(b"\x01\x0f\x00\x02")  # the Make entry (tag 0x010F, type ASCII)
+    data[at: at + 2] = b"\x01\x28"  # now ResolutionUnit (0x0128), which should be a number
+    with pytest.raises(Exception):
+        from PIL import ImageOps
+
+        ImageOps.exif_transpose(Image.open(io.BytesIO(bytes(data))))  # keeps this test about that failure
+    out = decode(bytes(data), "image/jpeg")
+    assert out.shape == (height, width, 3)
+    top = out[: height // 2 - 5].mean((0, 1))
+    assert top[0] > 150 and top[1] < 60 and top[2] < 60, top
+
+
+@pytest.mark.parametrize(("mode", "key", "kept"), [
+    ("RGB", (0, 0, 0), (200, 10, 10)), ("L", 0, 200), ("I;16", 0, 40000),
+])
+def test_a_colour_key_makes_its_pixels_white(mode, key, kept):
+    """PNG's tRNS in a greyscale, RGB or 16-bit image: pixels of the key colour are transparent, so
+    they come out white like any transparency, and the others keep their colour."""
+    image = Image.new(mode, (4, 4), key)
+    image.putpixel((0, 0), kept)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=key)
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == mode  # Pillow keeps the key, not an alpha
+    out = decode(buffer.getvalue(), "image/png")
+    assert tuple(out[2, 2]) == WHITE
+    assert tuple(out[0, 0]) != WHITE and out[0, 0].max() > 100
+
+
 def test_animated_gif_gives_its_first_frame():
     out = decode(corpus.animated_gif(), "image/gif")
     assert out.shape == (30, 40, 3)

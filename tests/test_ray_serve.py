@@ -257,3 +257,16 @@ def test_automatic_workers_and_threads_follow_the_replica_cpu_share(cpus, worker
     mine = replica_settings(Settings(inference_workers=workers, torch_threads=threads), cpus)
     assert (mine.inference_workers, mine.torch_threads) == expected
     assert mine.forward_threads() == expected  # what the replica's app resolves, whatever its node's cores
+
+
+@pytest.mark.parametrize("weights", ["attention56_cifar.v99", "missing/attention56_cifar.v8.json"])
+def test_weights_the_caller_cannot_resolve_fail_the_deployment_before_any_replica_starts(weights):
+    """A replica that cannot load its models still starts, answering 503 with the reason in its node's
+    log: `serve-ray` refuses unknown weights itself, in one line, without a cluster."""
+    (port,) = free_ports(1)  # nothing listens there: reaching for the cluster would be another error
+    result = subprocess.run([RANLENS, "serve-ray", "--address", f"127.0.0.1:{port}"], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "RANLENS_WEIGHTS": weights})
+    assert result.returncode == 1, result
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ranlens serve-ray: error: deployment failed:") and "no Ray cluster" not in last, last
+    assert ("unknown weights" if weights.endswith("v99") else "not found") in last, last

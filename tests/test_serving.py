@@ -44,6 +44,8 @@ def test_metrics_count_requests_by_route_and_report_models_and_queue():
         c.get("/api/v1/models/nothing")
         c.get("/no/such/page")
         c.head("/api/v1/models/attention92_cifar")  # a load balancer's health check, say
+        for method in ("PROPFIND", "RND0", "RND1"):  # WebDAV's, and made-up ones uvicorn's h11 passes on
+            assert c.request(method, "/api/v1/predict").status_code == 405
         assert c.post("/api/v1/ablate", params={"model": "attention56_cifar"},
                       files={"file": ("c.png", image, "image/png")}).status_code == 200
         response = c.get("/metrics")
@@ -55,6 +57,9 @@ def test_metrics_count_requests_by_route_and_report_models_and_queue():
     assert sample(text, "ranlens_http_requests_total", method="GET", route="/api/v1/models/{name}", status="404") == 1
     assert sample(text, "ranlens_http_requests_total", method="GET", route="unmatched", status="404") == 1
     assert "nothing" not in text and "/no/such/page" not in text
+    # methods are the client's word too: those HTTP does not define share one label
+    assert sample(text, "ranlens_http_requests_total", method="other", route="/api/v1/predict", status="405") == 3
+    assert "RND0" not in text and "PROPFIND" not in text
     # HEAD is answered as GET; it is still counted under its route, not with scanners' unknown paths
     assert sample(text, "ranlens_http_requests_total", method="HEAD", route="/api/v1/models/{name}", status="200") == 1
     assert sample(text, "ranlens_http_request_duration_seconds_count", method="POST", route="/api/v1/predict") == 2
@@ -174,3 +179,13 @@ def test_the_server_traces_its_models_after_the_start_unless_told_not_to():
     assert answers[True].keys() == answers[False].keys()
     for label, probability in answers[False].items():
         assert answers[True][label] == pytest.approx(probability, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["max_queue_wait_s", "shutdown_timeout_s", "batch_window_ms"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_time_settings_must_be_finite(name, value):
+    """inf passed gt=0, and then every 503 of a full queue was a 500 (its Retry-After is half the wait)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=name):
+        Settings(_env_file=None, **{name: value})

@@ -10,7 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RANLENS_", env_file=".env", extra="ignore")
+    # allow_inf_nan: "inf" passes gt=0, and an endless queue wait or batch window is no setting
+    model_config = SettingsConfigDict(env_prefix="RANLENS_", env_file=".env", extra="ignore", allow_inf_nan=False)
 
     weights: str = Field("DEFAULT", description="the models to serve, separated by commas: DEFAULT (every "
                          "architecture's shipped default), weights names, or paths to manifest .json files")

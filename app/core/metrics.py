@@ -16,6 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+# the methods of HTTP itself (RFC 9110, and PATCH): a label value each
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -73,6 +76,7 @@ class RequestMetrics:
             route = scope.get("route")
             # unmatched paths share one label: a scanner's thousand URLs must not become a thousand series
             template = getattr(route, "path", None) or ("/static" if scope["path"].startswith("/static/") else "unmatched")
-            method = scope["method"]
+            # the method is the client's word too: made-up ones (h11 passes any token) share one label
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
