@@ -26,6 +26,7 @@ Serve passes paths on unchanged.
 from __future__ import annotations
 
 import socket
+import warnings
 from pathlib import Path
 
 try:
@@ -103,10 +104,15 @@ PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
 
 
 def check_weights(settings: Settings) -> None:
-    """Every model the settings name resolves to a manifest here, before any replica starts: a replica
-    that cannot load its models still starts (the app keeps serving to say why), so a misspelt name
-    would deploy replicas that answer 503, with the reason only in their nodes' logs."""
+    """Every weights name the settings give is one this install ships, checked before any replica
+    starts: a replica that cannot load its models still starts (the app keeps serving to say why), so
+    a misspelt name would deploy replicas that answer 503, with the reason only in their nodes' logs.
+    A manifest path missing here is only a warning: it may be on the nodes' own storage."""
     for arch, spec in weights_specs(settings.weights, settings.arch):
+        if spec.endswith(".json") and not Path(spec).is_file():
+            warnings.warn(f"weights manifest {Path(spec).resolve()} is not on this machine: each replica's node "
+                          "must have it", stacklevel=2)
+            continue
         resolve_weights(arch or None, spec)
 
 

@@ -113,6 +113,21 @@ def _upright(image: Image.Image) -> Image.Image:
         return image.transpose(method) if method is not None else image
 
 
+def _key_in_pixel_scale(image: Image.Image) -> None:
+    """Puts a PNG colour key (tRNS) in the scale of the pixels Pillow reads, before they are read: the
+    key is in the file's own sample scale. Pillow stretches 2- and 4-bit grey to 0..255, so the key is
+    stretched alike; it reads 16-bit RGB as 8-bit, where a 16-bit key matches no pixel reliably (it
+    would whiten others), so that key is dropped and the pixels stay as they are."""
+    key = image.info.get("transparency")
+    if image.format != "PNG" or key is None or not image.tile:
+        return
+    rawmode = image.tile[0][3]
+    if isinstance(rawmode, str) and rawmode.startswith("RGB;16"):
+        del image.info["transparency"]
+    elif isinstance(key, int) and isinstance(rawmode, str) and rawmode.startswith(("L;2", "L;4")):
+        image.info["transparency"] = key * (85 if rawmode.startswith("L;2") else 17)
+
+
 def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) -> Image.Image:
     """The first frame of ``data`` as RGB, upright (EXIF orientation applied).
 
@@ -142,6 +157,7 @@ def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) 
                     f"The image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}."
                 )
             image.seek(0)  # animated images: the first frame
+            _key_in_pixel_scale(image)
             image.load()
             return to_rgb(_upright(image))
     except ImageError:

@@ -276,8 +276,8 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
         else:
             # the new bank, then at once the manifest naming its hash: they disagree only while it is written
             os.replace(staging / bank_file, weights.directory / bank_file)
-            print(f"bank written to {weights.directory / bank_file}")
             manifest = updated.write_manifest()
+            print(f"bank written to {weights.directory / bank_file}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"calibration written to {manifest}")

@@ -954,7 +954,28 @@ def test_a_failed_model_switch_leaves_the_header_with_the_results(server, browse
     assert not page.eval_on_selector("#status", "(s) => s.classList.contains('error')")
     page.wait_for_function("() => document.querySelectorAll('#arch-svg g.att').length === 6", timeout=SLOW)
     page.unroute(catalog)
-    watch.check(console_ok="status of (503|500)", failed_ok=r"/api/v1/ablate\?.*ERR_ABORTED")
+
+    # a failure that is not the switch's (a new file refused while the switch's answer is on its way)
+    # leaves the Model box as the user chose it
+    def explain_a56(url: str) -> bool:
+        return "/api/v1/explain" in url and f"model={a56}" in url
+
+    held: list = []
+
+    def hold_the_first(route) -> None:  # the switch's analysis, never answered: the new file aborts it
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route(explain_a56, hold_the_first)
+    page.select_option("#model", a56)
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Analysing')")
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a picture"}])
+    wait_status(page, "Could not analyse notes.txt:", error=True)
+    assert "back to" not in page.inner_text("#status") and page.input_value("#model") == a56
+    page.unroute(explain_a56)
+    watch.check(console_ok="status of (503|500|415|400)", failed_ok=r"/api/v1/(ablate|explain)\?.*ERR_ABORTED")
     page.close()
 
 

@@ -126,6 +126,31 @@ def test_a_colour_key_makes_its_pixels_white(mode, key, kept):
     assert tuple(out[0, 0]) != WHITE and out[0, 0].max() > 100
 
 
+def _png(bits: int, colour_type: int, row: bytes, key: bytes, width: int) -> bytes:
+    """A one-row PNG written by hand: Pillow writes no 16-bit RGB or 2-bit grey with a colour key."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, 1, bits, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tRNS", key)
+            + chunk(b"IDAT", zlib.compress(b"\x00" + row)) + chunk(b"IEND", b""))
+
+
+def test_colour_keys_in_the_files_own_scale():
+    """Pillow stretches 2-bit grey to 0..255 (the key is stretched alike), and reads 16-bit RGB as 8-bit,
+    where the 16-bit key would whiten the wrong pixels: that key is dropped, the pixels kept."""
+    import struct
+
+    grey = decode(_png(2, 0, bytes([0b00011011]), struct.pack(">H", 1), 4), "image/png")  # values 0, 1, 2, 3
+    assert [tuple(p) for p in grey[0]] == [(0, 0, 0), WHITE, (170, 170, 170), WHITE]
+    pixels = b"".join(struct.pack(">HHH", *c) for c in [(0xFFFF, 0, 0), (0x00FF, 0, 0)])
+    rgb = decode(_png(16, 2, pixels, struct.pack(">HHH", 0x00FF, 0, 0), 2), "image/png")
+    assert tuple(rgb[0, 0]) == (255, 0, 0)  # bright red, whitened when the key's low byte was matched
+
+
 def test_animated_gif_gives_its_first_frame():
     out = decode(corpus.animated_gif(), "image/gif")
     assert out.shape == (30, 40, 3)

@@ -182,10 +182,10 @@ def test_the_server_traces_its_models_after_the_start_unless_told_not_to():
 
 
 @pytest.mark.parametrize("name", ["max_queue_wait_s", "shutdown_timeout_s", "batch_window_ms"])
-@pytest.mark.parametrize("value", ["inf", "nan"])
-def test_time_settings_must_be_finite(name, value):
+def test_time_settings_must_be_finite(name):
     """inf passed gt=0, and then every 503 of a full queue was a 500 (its Retry-After is half the wait)."""
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match=name):
-        Settings(_env_file=None, **{name: value})
+        Settings(_env_file=None, **{name: "inf"})
+    assert getattr(Settings(_env_file=None, **{name: "1e6"}), name) == 1e6  # long, but a time

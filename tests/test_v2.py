@@ -400,3 +400,28 @@ def test_a_client_gone_mid_request_is_a_400_not_a_500():
     with TestClient(app) as running:  # runs the lifespan: the models load
         running.portal.call(app, scope, receive, send)
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [400]
+
+
+def test_one_picture_always_fits_and_an_output_is_asked_for_once(monkeypatch):
+    """The answer cap limits pictures, never one: every mask of one 224-pixel Attention-92 alone is over
+    it, and /api/v1/explain answers them all. An output named twice is refused, not merged."""
+    from ranlens.app.api.routes import v2
+    from ranlens.app.api.schemas import InferRequest
+    from ranlens.app.core.problems import Problem
+    from ranlens.model.catalog import load_catalog
+
+    explainer = load_catalog("DEFAULT", arch="attention56_cifar")[0].default
+    masks = [{"name": f"mask:{m['module']}"} for m in explainer.modules]
+
+    def request(pictures: int, outputs: list[dict]) -> InferRequest:
+        return InferRequest.model_validate({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [pictures]}],
+                                            "outputs": outputs})
+
+    monkeypatch.setattr(v2, "MAX_OUTPUT_VALUES", 1000)  # below one picture's masks
+    assert v2._wanted(explainer, request(1, masks)) == [m["name"] for m in masks]
+    with pytest.raises(Problem, match="send at most 1 picture a request") as caught:
+        v2._wanted(explainer, request(2, masks))
+    assert caught.value.status == 413
+    with pytest.raises(Problem, match="'logits' is asked for twice") as caught:
+        v2._wanted(explainer, request(1, [{"name": "logits"}, {"name": "logits"}]))
+    assert caught.value.status == 400

@@ -326,7 +326,8 @@ function tooLarge(blob) {
 }
 
 // ---- one analysis: explain, draw, then the ablation; a newer one cancels it
-async function analyse(name, source) {
+// switched: the analysis a model switch started, whose failure takes the Model box back (rollBackModel)
+async function analyse(name, source, { switched = false } = {}) {
   // a file over the server's limit is never sent, and what is on screen or on its way goes on undisturbed
   const refused = source instanceof Blob && tooLarge(source);
   if (refused) { setStatus(`Could not analyse ${name}: ${refused}`, true); return; }
@@ -358,7 +359,7 @@ async function analyse(name, source) {
   } catch (err) {
     if (isAbort(err) || ctl.signal.aborted) return;
     state.pending = null;
-    const back = rollBackModel();
+    const back = switched ? rollBackModel() : null;
     setStatus(`Could not analyse ${name}: ${failureText(err)}` +
               (back ? ` The model is back to ${back}, whose results are on screen.` : ""), true);
     resumeOnScreen(ctl.signal);
@@ -385,9 +386,9 @@ function resumeOnScreen(signal) {
 
 /** Analyses again what was asked for last (a model or comparison changed): the image whose analysis
  * is still running, or else the one on screen. */
-function reanalyse() {
+function reanalyse(options = {}) {
   const next = state.pending ?? (state.source && { name: state.source.name, source: state.source.blob });
-  if (next) analyse(next.name, next.source);
+  if (next) analyse(next.name, next.source, options);
 }
 
 function show(name, p, decoded, display, input) {
@@ -564,7 +565,7 @@ function chooseModel(weights) {
 function switchModel(weights) {
   chooseModel(weights);
   if (!state.payload) describeModel(weights);
-  reanalyse();
+  reanalyse({ switched: true });
 }
 
 // ---- wiring
@@ -615,6 +616,6 @@ onModuleChange((i) => {
 });
 installPresenter(() => state.payload !== null);
 $("model")?.addEventListener("change", (e) => switchModel(e.target.value));
-$("compare")?.addEventListener("change", reanalyse);
+$("compare")?.addEventListener("change", () => reanalyse());
 syncCompareOptions();
 loadArchitecture(state.model);
