@@ -45,3 +45,16 @@ def launched(timeout_s: float = 120, **env: str) -> Iterator[Served]:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def wait_traced(url: str, timeout_s: float = 120) -> None:
+    """Until every model of the server at ``url`` runs its traced forward (made just after the start)."""
+    import json
+
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        with urllib.request.urlopen(url + "api/v1/models", timeout=10) as r:
+            if all(m["traced"] for m in json.load(r)["models"]):
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the server at {url} did not trace its models in {timeout_s:.0f} s")

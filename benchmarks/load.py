@@ -38,8 +38,11 @@ import torch
 
 from ranlens.model.explainer import Explainer
 from ranlens.model.imaging import decode_image
+from ranlens.model.weights import DEFAULT_WEIGHTS
 
-from _server import launched  # noqa: E402 - beside this script
+from _server import launched, wait_traced  # noqa: E402 - beside this script
+
+WEIGHTS = DEFAULT_WEIGHTS["attention56_cifar"]  # the network measured, bare and served alike
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "static" / "examples" / "chelsea.jpg"
@@ -57,7 +60,7 @@ def bare(batch: int, seconds: float, data: bytes, threads: int, workers: int,
     """(img/s, CPU seconds per picture) of ``workers`` threads each running batches of ``batch``
     pictures, ``threads`` torch threads each."""
     torch.set_num_threads(threads)
-    explainer = Explainer.load("attention56_cifar", "DEFAULT")
+    explainer = Explainer.load("attention56_cifar", WEIGHTS)
     if traced:
         explainer.trace()
     pictures = [decode_image(data, 40_000_000) for _ in range(batch)]
@@ -212,8 +215,11 @@ def main() -> None:
     before = {"RANLENS_MAX_BATCH_SIZE": "1", "RANLENS_MAX_CONCURRENT_INFERENCES": "2", "RANLENS_TRACE": "false",
               "RANLENS_INFERENCE_WORKERS": "1", "RANLENS_TORCH_THREADS": str(cores)}
     for name, env in (("server", {}), ("before", before)):
-        with launched(**env) as served:
+        # the bare model's weights alone: the server's default would otherwise be the best top-1 (Attention-92)
+        with launched(RANLENS_WEIGHTS=WEIGHTS, **env) as served:
             url = served.url
+            if env.get("RANLENS_TRACE") != "false":
+                wait_traced(url)  # the server traces its forward just after the start, as bare() does first
             single(url, 3, data)  # warm
             cpu, client_cpu = cpu_seconds(served.pid), time.process_time()
             latencies, errors, wall = asyncio.run(load(url, args.clients, args.seconds, data))
