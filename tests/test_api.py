@@ -159,7 +159,9 @@ def test_added_reduction_is_the_mean_of_mask_times_trunk_magnitude(client):
     preprocess = get_weights("attention56_cifar", weights).transforms()
     with torch.no_grad():
         out = model.forward_intermediates(preprocess(corpus.photo()).unsqueeze(0))
-    for entry, a in zip(body["attention"], out.attention):
+    assert model.module_names  # the modules compared below
+    assert [e["module"] for e in body["attention"]] == [a.name for a in out.attention] == model.module_names
+    for entry, a in zip(body["attention"], out.attention, strict=True):
         expected = (a.mask[0] * a.trunk[0].abs()).mean(0).numpy()
         assert entry["reduction"] == "added"
         np.testing.assert_allclose(np.array(entry["mask"]), expected, atol=1e-4)
@@ -203,10 +205,15 @@ def step(q: dict) -> float:
 
 
 def exact_attention(client, data: bytes):
-    """The served default model's masks and trunk outputs for an upload, straight from the explainer."""
+    """The served default model's masks and trunk outputs for an upload, straight from the explainer:
+    one per module of the model, and it has some."""
     from ranlens.model.imaging import decode_image
 
-    return client.app.state.catalog.default.explain(decode_image(data, 20_000_000, "image/png")).attention
+    explainer = client.app.state.catalog.default
+    attention = explainer.explain(decode_image(data, 20_000_000, "image/png")).attention
+    assert explainer.model.module_names, "the served model has no attention modules to compare"
+    assert [a.module for a in attention] == explainer.model.module_names
+    return attention
 
 
 def test_explain_sends_each_reduction_as_one_map_and_no_channel_by_default(client):
@@ -218,7 +225,7 @@ def test_explain_sends_each_reduction_as_one_map_and_no_channel_by_default(clien
     assert body["images"]["model_input"].startswith("data:image/png")
     exact = exact_attention(client, image)
     assert [a["module"] for a in body["attention"]] == [a.module for a in exact]
-    for entry, a in zip(body["attention"], exact):
+    for entry, a in zip(body["attention"], exact, strict=True):
         h, w = entry["shape"]
         assert (entry["channels"], h, w) == a.mask.shape
         # no channel data: neither the whole mask nor one channel
@@ -252,12 +259,14 @@ def test_all_channels_sends_every_channel_and_channel_k_sends_one(client):
         masks[entry["module"]] = dequantize(entry, (entry["channels"], *entry["shape"]))
         assert "channel" not in entry
     exact = exact_attention(client, image)
-    for a, entry in zip(exact, full["attention"]):
+    assert [e["module"] for e in full["attention"]] == [a.module for a in exact]
+    for a, entry in zip(exact, full["attention"], strict=True):
         np.testing.assert_allclose(masks[entry["module"]], a.mask, rtol=0, atol=step(entry) + 1e-5)
     # channel k, of every module that has it: the same values as the full answer's channel k
     for k in (5, 100, 255):
         body = explain(client, image, channel=k)
-        for entry, full_entry in zip(body["attention"], full["attention"]):
+        assert [e["module"] for e in body["attention"]] == [e["module"] for e in full["attention"]]
+        for entry, full_entry in zip(body["attention"], full["attention"], strict=True):
             assert not {"data", "lo", "hi"} & set(entry)
             if k >= entry["channels"]:
                 assert "channel" not in entry, (k, entry["module"])
@@ -280,7 +289,7 @@ def test_the_channel_route_sends_one_channel_of_every_module_and_nothing_else(cl
         body = response.json()
         assert body["channel"] == k and body["weights"] == default.json()["weights"]
         assert set(body) == {"model", "weights", "channel", "attention", "timing_ms"}
-        for a, entry in zip(exact, body["attention"]):
+        for a, entry in zip(exact, body["attention"], strict=True):
             assert entry["module"] == a.module and set(entry) <= {"module", "stage", "shape", "channels", "channel"}
             if k >= a.channels:
                 assert "channel" not in entry

@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import re
+import selectors
 import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import asdict
 from importlib.metadata import version
@@ -28,7 +30,7 @@ DEFAULT = DEFAULT_WEIGHTS["attention56_cifar"]
 # a shipped checkpoint that is not the default: the default's parent stays beside it
 PARENT = get_weights("attention56_cifar", DEFAULT).recipe["warm_start"]["from"]
 
-from .conftest import CIFAR_FIXTURES, PHOTOS, RANLENS, running_server, stall_upload
+from .conftest import CIFAR_FIXTURES, PHOTOS, RANLENS, running_server, stall_upload, stop_server
 
 COMMANDS = {"train", "status", "evaluate", "calibrate-ood", "export", "explain", "figure", "curves", "serve",
             "serve-ray"}
@@ -341,25 +343,38 @@ def assert_error_after_progress(result: subprocess.CompletedProcess, *needles: s
     return last
 
 
-def fake_run(tmp_path, epochs: int = 1, **settings) -> Path:
-    """A run folder as ``ranlens train`` leaves it after ``epochs`` epochs, without training: config.json,
-    metrics.json, last.pt, and the shipped default's weights as each epoch's checkpoint."""
-    run = tmp_path / "run"
-    run.mkdir()
-    config = asdict(TrainConfig(out=str(run), amp="off", device="cpu", image_size=32, loader="memory",
-                                epochs=epochs, **settings))
-    (run / "config.json").write_text(json.dumps(config))
-    history = [{"epoch": e, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5, "lr_end": 0.1,
-                "train_img_per_s": 10.0, "epoch_seconds": 60.0} for e in range(1, epochs + 1)]
-    (run / "metrics.json").write_text(json.dumps(history))
-    for e in range(1, epochs + 1):
-        shutil.copyfile(WEIGHTS_DIR / f"{DEFAULT}.safetensors", run / f"epoch{e:03d}.safetensors")
-    torch.save({"config": config, "epoch": epochs}, run / "last.pt")
-    return run
+# A real run, as small as ``ranlens train`` allows in seconds: two epochs (a finished run, and curves with
+# more than one point) of two steps each, on 20 of the committed CIFAR-10 fixtures, tested on 10 of them.
+RUN_EPOCHS = 2
+RUN_OPTIONS = ["--epochs", str(RUN_EPOCHS), "--batch-size", "10", "--limit-train", "20", "--limit-test", "10",
+               "--threads", "1", "--amp", "off"]
 
 
-def test_export_refuses_to_replace_weights_unless_forced(tmp_path):
-    run, weights = fake_run(tmp_path), tmp_path / "new" / "weights"
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """The folder ``ranlens train`` leaves after a finished run (config.json, metrics.json, last.pt with
+    the model and optimizer state, a checkpoint per epoch, curves.png), trained once per module on
+    DATA/train and DATA/test, both the committed fixtures; tests change copies of it (``finished_run``)."""
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "data"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / split).symlink_to(CIFAR_FIXTURES, target_is_directory=True)
+    result = ranlens("train", "--data", str(data), "--out", str(root / "run"), *RUN_OPTIONS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = json.loads((root / "run" / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, RUN_EPOCHS + 1))
+    return root / "run"
+
+
+@pytest.fixture
+def finished_run(trained_run, tmp_path) -> Path:
+    """This test's own copy of the trained run."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+def test_export_refuses_to_replace_weights_unless_forced(tmp_path, finished_run):
+    run, weights = finished_run, tmp_path / "new" / "weights"
     assert ranlens("export", str(run), "--name", "mine.v1", "--weights-dir", str(weights)).returncode == 0
     shipped = {p.name: p.read_bytes() for p in weights.iterdir()}
     assert set(shipped) == {"mine.v1.safetensors", "mine.v1.json"}
@@ -410,14 +425,25 @@ def test_serve_refuses_a_port_out_of_range_from_the_environment():
 
 def test_serve_on_port_0_listens_on_a_free_port():
     server = subprocess.Popen([sys.executable, "-m", "ranlens", "serve", "--port", "0"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+                              stderr=subprocess.DEVNULL)
+    out = b""
     try:
-        first = server.stdout.readline()  # printed once the socket is bound, before the models load
+        # its first line, printed once the socket is bound, before the models load: read with a
+        # deadline, so a server that prints nothing fails the test instead of hanging it
+        with selectors.DefaultSelector() as selector:
+            selector.register(server.stdout, selectors.EVENT_READ)
+            deadline = time.monotonic() + 120
+            while b"\n" not in out and (left := deadline - time.monotonic()) > 0 and selector.select(left):
+                chunk = os.read(server.stdout.fileno(), 4096)
+                if not chunk:  # the server exited
+                    break
+                out += chunk
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_server(server, lambda: out.decode(errors="replace"))
+        server.stdout.close()
+    first = out.decode(errors="replace").partition("\n")[0]
     found = re.match(r"ranlens serving on http://127\.0\.0\.1:(\d+)/", first)
-    assert found and int(found[1]) > 0, first
+    assert found and int(found[1]) > 0, out
 
 
 @pytest.mark.parametrize("option,value,message", [
@@ -446,25 +472,25 @@ def test_train_refuses_settings_no_run_can_use(tmp_path, option, value, message)
 
 
 @pytest.mark.parametrize("option,value", [("--stop-after", "-1"), ("--threads", "0")])
-def test_train_resume_refuses_settings_no_run_can_use(tmp_path, option, value):
-    run = fake_run(tmp_path, epochs=1)
+def test_train_resume_refuses_settings_no_run_can_use(finished_run, option, value):
+    run = finished_run
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     assert_one_line_error(ranlens("train", "--resume", str(run), option, value), f"{option} must be")
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
-def test_train_resume_of_a_finished_run_says_so(tmp_path):
-    data = tmp_path / "data"
-    for split in ("train", "test"):
-        (data / split).mkdir(parents=True)
-    run = fake_run(tmp_path, epochs=2, data=str(data))
-    metrics = (run / "metrics.json").read_text()
-    for args in (["--resume", str(run)], ["--out", str(run), "--data", str(data), "--amp", "off", "--epochs", "2"]):
+def test_train_resume_of_a_finished_run_says_so(finished_run):
+    run = finished_run
+    data = json.loads((run / "config.json").read_text())["data"]
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    # --resume, and the command that made the run again (its settings, into the same folder)
+    for args in (["--resume", str(run)], ["--out", str(run), "--data", data, *RUN_OPTIONS]):
         result = ranlens("train", *args)
         assert result.returncode == 0, result.stderr
-        assert f"{run} has finished: all 2 epochs are done, nothing to train" in result.stdout, result.stdout
+        assert (f"{run} has finished: all {RUN_EPOCHS} epochs are done, nothing to train"
+                in result.stdout), result.stdout
         assert "resuming" not in result.stdout
-    assert (run / "metrics.json").read_text() == metrics and not (run / "epoch003.safetensors").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing trained or rewritten
 
 
 @pytest.mark.parametrize("command", ["train", "calibrate-ood"])
@@ -548,14 +574,15 @@ def test_curves_names_a_file_that_is_not_metrics(tmp_path, content, problem):
     assert not (tmp_path / "c.png").exists()
 
 
-def test_curves_makes_its_output_folders_first(tmp_path):
-    run = fake_run(tmp_path, epochs=2)
+def test_curves_makes_its_output_folders_first(tmp_path, finished_run):
+    run = finished_run
     out, written = tmp_path / "a" / "b" / "curves", tmp_path / "c" / "d" / "metrics.json"
     result = ranlens("curves", str(run), "--out", str(out), "--write-metrics", str(written))
     assert result.returncode == 0, result.stderr
-    assert f"wrote {out}.png: 1 run(s), 2 epochs (.png added" in result.stdout, result.stdout
+    assert f"wrote {out}.png: 1 run(s), {RUN_EPOCHS} epochs (.png added" in result.stdout, result.stdout
     assert Image.open(f"{out}.png").size[0] > 400
-    assert [r["epoch"] for r in json.loads(written.read_text())["runs"][0]["history"]] == [1, 2]
+    history = json.loads(written.read_text())["runs"][0]["history"]
+    assert history == json.loads((run / "metrics.json").read_text()) and len(history) == RUN_EPOCHS
 
 
 @pytest.mark.parametrize("command", ["figure", "curves", "evaluate"])
@@ -610,18 +637,20 @@ def test_evaluate_writes_metrics_of_the_test_split_only(tmp_path):
     assert (WEIGHTS_DIR / f"{DEFAULT}.json").read_bytes() == manifest
 
 
-def test_a_forced_export_stopped_midway_keeps_the_weights_it_replaces(tmp_path, monkeypatch):
+def test_a_forced_export_stopped_midway_keeps_the_weights_it_replaces(tmp_path, monkeypatch, finished_run):
     """``export --force`` copies and hashes aside and moves the new pair in at the end: stopped before,
     the weights it was replacing still match their manifest (copied over in place, they did not)."""
     from ranlens import cli
     from ranlens.model.weights import Weights, sha256_of
 
-    run, weights = fake_run(tmp_path), tmp_path / "weights"
+    run, weights = finished_run, tmp_path / "weights"
     export = ["export", str(run), "--name", "mine.v1", "--weights-dir", str(weights)]
     cli.main(export)
     before = {p.name: p.read_bytes() for p in weights.iterdir()}
     other = WEIGHTS_DIR / f"{PARENT}.safetensors"
-    shutil.copyfile(other, run / "epoch001.safetensors")  # the run's checkpoint is now other weights
+    exported = run / f"epoch{RUN_EPOCHS:03d}.safetensors"  # export takes the last epoch's checkpoint
+    assert (weights / "mine.v1.safetensors").read_bytes() == exported.read_bytes()
+    shutil.copyfile(other, exported)  # the run's checkpoint is now other weights
 
     def stopped(path):
         raise KeyboardInterrupt

@@ -74,9 +74,13 @@ def test_metrics_count_requests_by_route_and_report_models_and_queue():
 
 
 def test_gate_rejects_at_once_when_full_and_after_the_wait_limit():
-    async def scenario() -> list[str]:
-        gate = InferenceGate(concurrency=1, max_waiting=1, max_wait_s=0.3)
-        events: list[str] = []
+    """Reasons are compared exactly; times only against bounds that load cannot break: a timeout
+    never comes before its limit, and "at once" is seen as the queued request still waiting."""
+    max_wait_s = 0.3
+
+    async def scenario() -> list:
+        gate = InferenceGate(concurrency=1, max_waiting=1, max_wait_s=max_wait_s)
+        events: list = []
         release = asyncio.Event()
 
         async def hold() -> None:
@@ -90,7 +94,8 @@ def test_gate_rejects_at_once_when_full_and_after_the_wait_limit():
                 async with gate.slot():
                     events.append("served")
             except Busy as exc:
-                events.append(f"{exc.reason} after {time.perf_counter() - started:.1f}s, retry {exc.retry_after}")
+                # (reason, Retry-After, seconds waited, requests still queued when it was turned away)
+                events.append((exc.reason, exc.retry_after, time.perf_counter() - started, gate.waiting))
 
         holder = asyncio.create_task(hold())
         await asyncio.sleep(0.01)
@@ -105,15 +110,24 @@ def test_gate_rejects_at_once_when_full_and_after_the_wait_limit():
         return events
 
     events = asyncio.run(scenario())
-    assert events == ["running", "queue_full after 0.0s, retry 1", "wait_timeout after 0.3s, retry 1", "served"]
+    assert [e if isinstance(e, str) else e[:2] for e in events] == [
+        "running", ("queue_full", 1), ("wait_timeout", 1), "served"], events
+    (_, _, full_after, full_queued), (_, _, timeout_after, _) = events[1], events[2]
+    # turned away at once: while the request ahead of it still waited (it gives up only at the limit)
+    assert full_queued == 1, events
+    # the waiting one gave up at the limit, not before it, and not long after (generous: a loaded machine)
+    assert max_wait_s - 0.01 <= timeout_after < max_wait_s + 30, events
+    assert full_after < timeout_after, events
     with pytest.raises(ValueError, match="concurrency"):
         InferenceGate(0, 1, 1.0)
 
 
 def test_more_clients_than_the_bound_get_503_with_retry_after_and_the_server_stays_ready():
-    """A live server with one inference slot and room for two waiting: a burst of slow requests must
-    be answered (served, or 503 with Retry-After) within the wait limit plus one request's work, and
-    /readyz must answer throughout."""
+    """A live server with one inference slot and room for two waiting: every request of a burst of slow
+    ones is answered, served or 503 with Retry-After (at least half 503: nobody queues beyond the
+    bound), the metrics count each 503 by its reason, and /readyz answers throughout. How long the
+    answers took is not checked: on two shared cores it says more about the machine than the gate
+    (the gate test above checks the wait limit itself)."""
     wait_limit = 2.0
     big = corpus.png(corpus.photo().resize((1600, 1200)))  # decoding in the slot makes each request slow
     with live_server(RANLENS_MAX_CONCURRENT_INFERENCES="1", RANLENS_MAX_QUEUED_INFERENCES="2",
@@ -123,18 +137,15 @@ def test_more_clients_than_the_bound_get_503_with_retry_after_and_the_server_sta
                                files={"file": ("big.png", big, "image/png")})
 
         with httpx.Client(timeout=120) as client:
-            started = time.perf_counter()
             assert ablate(client).status_code == 200
-            alone = time.perf_counter() - started
 
-        async def burst(n: int) -> tuple[list[tuple[int, float, dict]], list[int]]:
+        async def burst(n: int) -> tuple[list[tuple[int, dict]], list[int]]:
             async with httpx.AsyncClient(timeout=120) as client:
-                async def one() -> tuple[int, float, dict]:
-                    t0 = time.perf_counter()
+                async def one() -> tuple[int, dict]:
                     r = await client.post(url + "api/v1/ablate", params={"model": "attention92_cifar"},
                                           files={"file": ("big.png", big, "image/png")})
                     body = r.json() if r.headers["content-type"].startswith(PROBLEM) else {}
-                    return r.status_code, time.perf_counter() - t0, {**body, "retry": r.headers.get("retry-after")}
+                    return r.status_code, {**body, "retry": r.headers.get("retry-after")}
 
                 async def ready_checks() -> list[int]:
                     codes = []
@@ -148,17 +159,19 @@ def test_more_clients_than_the_bound_get_503_with_retry_after_and_the_server_sta
 
         results, ready = asyncio.run(burst(10))
         metrics = httpx.get(url + "metrics").text
-    statuses = [s for s, _, _ in results]
+    statuses = [s for s, _ in results]
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 1 and statuses.count(503) >= 5, statuses
-    for status, elapsed, body in results:
-        # nobody waits past the limit: a slot within wait_limit, then at most a couple of requests' work
-        assert elapsed < wait_limit + 3 * alone + 2.0, (status, elapsed, alone)
+    for status, body in results:
         if status == 503:
             assert body["title"] == "Server busy" and body["retry"] and int(body["retry"]) >= 1, body
     assert ready == [200] * 5
     rejected = sum(sample(metrics, "ranlens_inference_rejected_total", reason=r) or 0
                    for r in ("queue_full", "wait_timeout"))
     assert rejected == statuses.count(503)
+    # the one sent alone and the burst's served ones, and each 503 under its route
+    for status, count in ((200, statuses.count(200) + 1), (503, statuses.count(503))):
+        assert sample(metrics, "ranlens_http_requests_total", method="POST", route="/api/v1/ablate",
+                      status=str(status)) == count, metrics
 
 
 def test_the_server_traces_its_models_after_the_start_unless_told_not_to():

@@ -37,11 +37,21 @@ def tiny_folder(tmp_path, monkeypatch):
 
 
 def test_folder_split_and_cache(tiny_folder):
+    from ranlens.model import data
+
     split = load_split(tiny_folder, "train")
     assert split.images.shape == (25, 3, 32, 32) and split.images.dtype == torch.uint8
     assert split.classes == ("cat", "dog") and split.labels.tolist().count(1) == 13
+    cached = list(data.CACHE_DIR.glob("train-32-*.npz"))  # tiny_folder's own cache folder
+    assert len(cached) == 1, sorted(data.CACHE_DIR.iterdir())
+    # an image rewritten in place (its folder's times unchanged): a new decode would see white, the
+    # cache still holds what was decoded first
+    first = split.images[split.labels == 0][0]
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(tiny_folder / "train" / "cat" / "0.png")
     again = load_split(tiny_folder, "train")  # from the .npz cache
     assert torch.equal(again.images, split.images) and again.classes == split.classes
+    assert torch.equal(again.images[again.labels == 0][0], first) and int(first.min()) < 255
+    assert list(data.CACHE_DIR.glob("train-32-*.npz")) == cached
     with pytest.raises(ValueError):
         load_split(tiny_folder, "validation")
 
