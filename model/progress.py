@@ -7,6 +7,7 @@ that is going, stopped, or finished, from any process, without touching the run.
 from __future__ import annotations
 
 import json
+import pickle
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,10 +76,17 @@ def run_progress(run: str | Path) -> RunProgress:
     config_path = run / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run} holds no training run: it has no config.json (a run writes one when it starts)")
-    config = json.loads(config_path.read_text())
     metrics_path, state_path = run / "metrics.json", run / "last.pt"
-    history = json.loads(metrics_path.read_text()) if metrics_path.is_file() else []
-    state = torch.load(state_path, weights_only=True, map_location="cpu") if state_path.is_file() else {}
+    reading = config_path
+    try:
+        config = json.loads(config_path.read_text())
+        reading = metrics_path
+        history = json.loads(metrics_path.read_text()) if metrics_path.is_file() else []
+        reading = state_path
+        state = torch.load(state_path, weights_only=True, map_location="cpu") if state_path.is_file() else {}
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+        # a damaged file is named, in one line, and `ranlens status` goes on to the other runs
+        raise ValueError(f"{reading}: cannot read it ({type(exc).__name__}: {exc})") from None
     batch = config.get("batch_size", 128)
     recent = [h["epoch_seconds"] for h in history[-RECENT_EPOCHS:] if "epoch_seconds" in h]
     return RunProgress(

@@ -595,8 +595,10 @@ def train(cfg: TrainConfig) -> list[dict]:
     check_source_size(cfg.source, size)  # before a download, not after it
     device_type = resolve_device(cfg.device)
     # the run records what it did, not "auto" or 0
+    # init as an absolute path: `ranlens export` reads it from config.json to record the parent's
+    # lineage, from whatever folder it runs in
     cfg = replace(cfg, device=device_type, amp=resolve_amp(cfg.amp, device_type), image_size=size,
-                  loader=resolve_loader(cfg.loader, size))
+                  loader=resolve_loader(cfg.loader, size), init=str(Path(cfg.init).resolve()) if cfg.init else "")
     if cfg.swa and cfg.loader != "memory":
         raise ValueError("--swa recomputes batch-norm statistics from the in-memory training images; "
                          "use --loader memory (images up to 64 pixels)")

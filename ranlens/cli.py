@@ -96,7 +96,7 @@ def _status(args: argparse.Namespace) -> None:
     for run in args.runs:
         try:
             print(run_progress(run).summary())
-        except FileNotFoundError as exc:  # the other runs are still worth a line each
+        except (FileNotFoundError, ValueError) as exc:  # the other runs are still worth a line each
             missing.append(str(exc))
     if missing:
         raise CommandError("; ".join(missing))
@@ -175,7 +175,19 @@ def _output_file(option: str, value: str, figure: bool = False) -> Path:
             raise CommandError(f"{option} {path}: cannot write a {path.suffix} figure; end the name in .png (or "
                                f"{', '.join(f'.{f}' for f in sorted(formats) if f != 'png')})")
     path.parent.mkdir(parents=True, exist_ok=True)
+    _writable(option, path)
     return path
+
+
+def _writable(option: str, path: Path) -> None:
+    """Refuses a folder no file can be written to before any work, not after an evaluation."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".ranlens-probe-"):
+            pass
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: cannot write a file in {path.parent} ({exc.strerror or exc})") from None
 
 
 def _added_png(given: str, path: Path) -> str:
@@ -301,7 +313,7 @@ def _lineage(init: Path) -> dict:
     if manifest.is_file():
         parent = Weights.from_manifest(manifest)
         return {"from": parent.name, "sha256": parent.sha256, "recipe": parent.recipe}
-    return {"from": init.name, "sha256": sha256_of(init) if init.is_file() else None, "recipe": None}
+    return {"from": init.name, "sha256": sha256_of(init), "recipe": None}
 
 
 def _hardware(config: dict) -> tuple[str, dict]:
@@ -409,7 +421,11 @@ def _export(args: argparse.Namespace) -> None:
     # a warm-started run adds to its parent's training; v1's manifest predates the total_* keys
     earlier = {}
     if config.get("init"):
-        recipe["warm_start"] = _lineage(Path(config["init"]))
+        init = Path(config["init"])
+        if not init.is_file():  # a manifest without its parent's hash and recipe would pass for a whole record
+            raise CommandError(f"the run started from --init {init}, which is not found from {Path.cwd()}: export "
+                               "where that file is (runs before absolute --init paths recorded the path as typed)")
+        recipe["warm_start"] = _lineage(init)
         earlier = recipe["warm_start"]["recipe"] or {}
     recipe["total_epochs"] = epochs_done + earlier.get("total_epochs", earlier.get("epochs_completed", 0))
     recipe["total_train_wall_hours"] = round(
@@ -552,6 +568,18 @@ def _port_setting(given: int | None, setting: int) -> int:
     return setting
 
 
+def _log_config() -> dict:
+    """uvicorn's logging, with the app's own logger beside uvicorn's: its INFO lines (which models each
+    process serves) reach the console too, where uvicorn's setup alone showed only warnings."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["ranlens"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -569,7 +597,7 @@ def _serve(args: argparse.Namespace) -> None:
     # the same server options with one process or several; the path prefix belongs to the server
     # (FastAPI deprecated its own root_path)
     options = dict(root_path=settings.root_path, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
-                   timeout_graceful_shutdown=settings.shutdown_timeout_s)
+                   timeout_graceful_shutdown=settings.shutdown_timeout_s, log_config=_log_config())
     only = f" of {settings.arch}" if settings.arch else ""
     workers = f", {args.workers} worker processes" if args.workers > 1 else ""
     print(f"ranlens serving on http://{host}:{port}/ (loading weights {settings.weights}{only}{workers})", flush=True)

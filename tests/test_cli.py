@@ -587,7 +587,8 @@ def test_curves_makes_its_output_folders_first(tmp_path, finished_run):
 
 @pytest.mark.parametrize("command", ["figure", "curves", "evaluate"])
 def test_a_folder_or_an_unknown_format_as_figure_output_is_refused_before_the_work(tmp_path, command):
-    for out, needle in ((tmp_path, f"{tmp_path} is a folder"), (tmp_path / "masks.v2", "cannot write a .v2 figure")):
+    for out, needle in ((tmp_path, f"{tmp_path} is a folder"), (tmp_path / "masks.v2", "cannot write a .v2 figure"),
+                        (Path("/proc/masks.png"), "cannot write a file in /proc")):  # even root cannot
         option = "--confusion" if command == "evaluate" else "--out"
         args = {"figure": [str(PHOTOS / "coffee.jpg")], "curves": [str(tmp_path / "missing")],
                 "evaluate": ["--data", str(tmp_path / "missing")]}[command]
@@ -701,3 +702,12 @@ def test_calibrate_ood_energy_stopped_before_its_manifest_keeps_the_knn_bank(tmp
               "--threads", "1"])
     assert Weights.from_manifest(manifest).ood["method"] == "energy"
     assert sorted(p.name for p in folder.iterdir()) == sorted([manifest.name, shipped.file])
+
+
+def test_status_names_a_damaged_run_and_still_reports_the_others(tmp_path, finished_run):
+    damaged = Path(shutil.copytree(finished_run, tmp_path / "damaged"))
+    (damaged / "last.pt").write_bytes(b"not a checkpoint")
+    result = ranlens("status", str(damaged), str(finished_run))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(finished_run) in result.stdout, result.stdout  # the healthy run still gets its line
+    assert_one_line_error(result, f"{damaged / 'last.pt'}: cannot read it")

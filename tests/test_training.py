@@ -384,7 +384,7 @@ def test_a_few_steps_lower_the_loss(tiny_folder):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_export_of_a_warm_started_run_records_its_lineage_and_facts(tiny_folder, tmp_path):
+def test_export_of_a_warm_started_run_records_its_lineage_and_facts(tiny_folder, tmp_path, monkeypatch):
     from ranlens.cli import main
     from ranlens.model.train import cpu_model
     from ranlens.model.weights import Weights
@@ -400,10 +400,14 @@ def test_export_of_a_warm_started_run_records_its_lineage_and_facts(tiny_folder,
     config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items()
                                        if k not in old_keys}))
     main(["export", str(tmp_path / "first"), "--name", "tiny.v1", "--weights-dir", str(shipped)])
-    train(TrainConfig(out=str(tmp_path / "second"), init=str(shipped / "tiny.v1.safetensors"), lr=0.05, cutout=4,
+    # --init as typed, relative to where training runs; the export below runs in another folder
+    monkeypatch.chdir(tmp_path)
+    train(TrainConfig(out=str(tmp_path / "second"), init="weights/tiny.v1.safetensors", lr=0.05, cutout=4,
                       trivial_augment=True, amp="bf16", **common))
+    monkeypatch.chdir(tiny_folder)
     config_path = tmp_path / "second" / "config.json"
     recorded = json.loads(config_path.read_text())
+    assert recorded["init"] == str(shipped / "tiny.v1.safetensors")  # absolute: found from anywhere
     assert recorded["mean"] == [0.4914, 0.4822, 0.4465] and recorded["input_size"] == 32
     assert recorded["train_images"] == 25 and recorded["machine"]["threads"] == 1
     # export takes the statistics from the run, not from constants
@@ -434,6 +438,12 @@ def test_export_of_a_warm_started_run_records_its_lineage_and_facts(tiny_folder,
     assert second.recipe["cutout"] == 4 and second.recipe["augmentation"].endswith("cutout 4x4")
     assert "cutout" not in first.recipe["augmentation"]
     assert "TrivialAugment" in second.recipe["augmentation"] and second.recipe["trivial_augment"] is True
+    # a run that recorded its --init as typed (as runs once did), exported where that path leads nowhere:
+    # refused, not a manifest whose parent has no hash and no recipe
+    config_path.write_text(json.dumps({**recorded, "init": "weights/tiny.v1.safetensors"}))
+    with pytest.raises(SystemExit):
+        main(["export", str(tmp_path / "second"), "--name", "tiny.v3", "--weights-dir", str(shipped)])
+    assert not (shipped / "tiny.v3.json").exists()
     assert "--trivial-augment" in second.recipe["command"]
     assert "TrivialAugment" not in first.recipe["augmentation"] and "trivial_augment" not in first.recipe
 

@@ -49,9 +49,8 @@ def serving_process(server_port: int, client_port: int, candidates: list[int]) -
 
 
 def test_two_workers_share_the_socket_and_each_loads_the_models():
-    """Both worker processes answer requests, and each has loaded every model: the app writes no log
-    line per worker that says so (its "serving ..." line is an INFO record of the ``ranlens`` logger,
-    which uvicorn's logging setup does not show), so each worker is asked itself. Requests go on
+    """Both worker processes answer requests, and each has loaded every model: each logs which
+    models it serves, and each is asked itself. Requests go on
     fresh connections until each worker has accepted one (seen in /proc: which process holds the
     server's end), and on that connection the worker answers a prediction, /readyz (ready only when
     every configured model loaded) and its own /metrics (each worker has its own registry)."""
@@ -74,6 +73,9 @@ def test_two_workers_share_the_socket_and_each_loads_the_models():
                 log.seek(0)
                 started = log.read().count(b"Application startup complete")
             assert started == 2, tail()
+            log.seek(0)
+            # the app's own INFO line, once per worker (uvicorn's logging alone dropped it)
+            assert log.read().count(b"INFO:     serving attention") == 2, tail()
             workers = worker_processes(proc.pid)
             assert len(workers) == 2, workers
             image = corpus.png(corpus.photo("chelsea.jpg"))
