@@ -262,7 +262,8 @@ class Explainer:
     def _ood_scores(self, out: Intermediates) -> tuple[list[float], dict[str, torch.Tensor] | None]:
         """Each picture's OOD score and, for a calibration with views, each view's percentiles (N,)."""
         features = view_features(out, self.scorer.views)
-        return self.scorer.scores(out.logits.float(), features).tolist(), self.scorer.view_scores(features)
+        scores, per_view = self.scorer.scores_and_views(out.logits.float(), features)
+        return scores.tolist(), per_view
 
     def infer(self, x: torch.Tensor, masks: bool = False, features: bool = False,
               views: Collection[str] = (), ood: bool = False) -> dict[str, np.ndarray]:

@@ -150,7 +150,10 @@ def threshold_for_tpr(scores: Tensor | np.ndarray, tpr: float = 0.95, decimals: 
     # the k lowest scores may fall below; k = floor((1 - tpr) n) leaves n - k >= tpr n at or above
     k = math.floor((1 - tpr) * ordered.size + 1e-9)
     k = min(k, ordered.size - 1)
-    return math.floor(float(ordered[k]) * 10**decimals) / 10**decimals
+    threshold = math.floor(float(ordered[k]) * 10**decimals) / 10**decimals
+    # a score one float step below a rounded value (-0.9994000000000001) multiplies up to it exactly:
+    # then one step lower keeps the promise
+    return threshold if threshold <= ordered[k] else round(threshold - 10**-decimals, decimals)
 
 
 def kept_fraction(scores: Tensor | np.ndarray, threshold: float) -> float:
@@ -254,6 +257,13 @@ class OODScorer:
         k = self.calibration.k
         return {view: percentile(knn_score(features[view], self.bank[f"{view}/features"], k),
                                  self.bank[f"{view}/quantiles"]) for view in self.views}
+
+    def scores_and_views(self, logits: Tensor, features: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """``scores`` and ``view_scores`` together, the views searched once (they are most of the cost)."""
+        per_view = self.view_scores(features)
+        if per_view is None:
+            return self.scores(logits, features), None
+        return torch.stack(list(per_view.values())).amin(0), per_view
 
     def scores(self, logits: Tensor, features: Mapping[str, Tensor]) -> Tensor:
         """One score per row of ``logits`` (N, K), given each of ``views``' features (N, D); higher =

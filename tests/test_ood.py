@@ -80,6 +80,32 @@ def test_threshold_keeps_95_percent_of_a_sample(n):
     assert threshold == round(threshold, 4)
 
 
+def test_a_score_one_float_step_below_a_rounded_value_is_still_kept():
+    """-0.9994000000000001 * 10**4 is exactly -9994.0 in floats: floored, the threshold came out above
+    the score it was chosen to keep."""
+    scores = np.array([-2.0, -0.9994000000000001] + [1.0] * 18)  # of 20, the lowest may fall below
+    threshold = threshold_for_tpr(scores, 0.95)
+    assert threshold <= scores[1] and threshold == round(threshold, 4)
+    assert kept_fraction(scores, threshold) >= 0.95
+
+
+def test_one_search_gives_the_score_and_every_views_percentile():
+    """The server reads both the score and each view's percentile: scores_and_views gives the same as
+    scores and view_scores called apart, for a calibration with views and for the energy score."""
+    explainer = Explainer.load("attention56_cifar", "DEFAULT")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        out = explainer.model.forward_intermediates(x)
+        features = view_features(out, explainer.scorer.views)
+        both, per_view = explainer.scorer.scores_and_views(out.logits, features)
+        assert per_view is not None and torch.equal(both, explainer.scorer.scores(out.logits, features))
+        for view, values in explainer.scorer.view_scores(features).items():
+            assert torch.equal(per_view[view], values)
+        energy = OODScorer(None, None)
+        scores, none = energy.scores_and_views(out.logits, {})
+        assert none is None and torch.equal(scores, energy.scores(out.logits, {}))
+
+
 def test_threshold_with_ties_and_impossible_rates():
     assert kept_fraction(np.full(40, 3.0), threshold_for_tpr(np.full(40, 3.0))) == 1.0
     with pytest.raises(OODError, match="tpr"):
