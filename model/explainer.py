@@ -20,7 +20,7 @@ from PIL import Image
 from . import render
 from .network import AttentionOutput, Intermediates, ResidualAttentionNet, describe
 from .preprocess import model_view
-from .ood import OODCalibration, OODError, OODScorer, parse_view, read_bank, view_features
+from .ood import OODCalibration, OODError, OODScorer, floor_to, parse_view, read_bank, view_features
 from .registry import get_model
 from .weights import Weights, WeightsError, resolve_weights
 
@@ -108,11 +108,11 @@ class Explanation:
 
 def ood_fields(score: float, views: dict[str, float] | None, calibration: OODCalibration | None) -> dict:
     """A picture's out-of-distribution verdict as the API and manifests give it: the score and the
-    views' percentiles to 4 decimals (the threshold's precision), the flag from the unrounded score,
-    and threshold and flag None without a calibration."""
+    views' percentiles rounded down to 4 decimals (the threshold's precision), so that a client's
+    ``ood_score < ood_threshold`` is the flag, and threshold and flag None without a calibration."""
     return {
-        "ood_score": round(score, 4),
-        "ood_views": None if views is None else {v: round(p, 4) for v, p in views.items()},
+        "ood_score": floor_to(score),
+        "ood_views": None if views is None else {v: floor_to(p) for v, p in views.items()},
         "ood_threshold": None if calibration is None else calibration.threshold,
         "out_of_distribution": None if calibration is None else calibration.flagged(score),
     }

@@ -54,7 +54,7 @@ from torch import Tensor
 from .network import Intermediates
 
 __all__ = ["DEFAULT_VIEWS", "HEAD", "METHODS", "OODCalibration", "OODError", "OODScorer", "calibrate",
-           "calibrate_knn", "energy_score", "kept_fraction", "knn_score", "percentile", "read_bank",
+           "calibrate_knn", "energy_score", "floor_to", "kept_fraction", "knn_score", "percentile", "read_bank",
            "threshold_for_tpr", "view_features"]
 
 # what each method's score is, as the manifest and the API say it
@@ -150,10 +150,16 @@ def threshold_for_tpr(scores: Tensor | np.ndarray, tpr: float = 0.95, decimals: 
     # the k lowest scores may fall below; k = floor((1 - tpr) n) leaves n - k >= tpr n at or above
     k = math.floor((1 - tpr) * ordered.size + 1e-9)
     k = min(k, ordered.size - 1)
-    threshold = math.floor(float(ordered[k]) * 10**decimals) / 10**decimals
-    # a score one float step below a rounded value (-0.9994000000000001) multiplies up to it exactly:
-    # then one step lower keeps the promise
-    return threshold if threshold <= ordered[k] else round(threshold - 10**-decimals, decimals)
+    return floor_to(float(ordered[k]), decimals)
+
+
+def floor_to(value: float, decimals: int = 4) -> float:
+    """The largest number of ``decimals`` decimals at or below ``value``. Scores and the threshold
+    rounded so compare as the unrounded ones do (a 4-decimal threshold t: value >= t exactly when
+    floor_to(value) >= t), which rounding to nearest breaks within half a step of t."""
+    rounded = math.floor(value * 10**decimals) / 10**decimals
+    # a value one float step below a rounded one (-0.9994000000000001) multiplies up to it exactly
+    return rounded if rounded <= value else round(rounded - 10**-decimals, decimals)
 
 
 def kept_fraction(scores: Tensor | np.ndarray, threshold: float) -> float:

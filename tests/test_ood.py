@@ -89,6 +89,19 @@ def test_a_score_one_float_step_below_a_rounded_value_is_still_kept():
     assert kept_fraction(scores, threshold) >= 0.95
 
 
+@pytest.mark.parametrize("score", [0.02566, 0.0257, 0.025699999999999997, 0.02574, -0.9994000000000001, 0.5])
+def test_the_rounded_score_compares_with_the_threshold_as_the_flag_says(score):
+    """The API rounds scores to the threshold's 4 decimals: rounded to nearest, 0.02566 showed as 0.0257,
+    not below a threshold of 0.0257, beside a flag that said it was."""
+    from ranlens.model.explainer import ood_fields
+
+    calibration = OODCalibration(method="energy", temperature=1.0, threshold=0.0257, tpr_target=0.95,
+                                 train_tpr=0.95, test_fraction_flagged=None, data="test", train_images=20)
+    fields = ood_fields(score, {"head": score}, calibration)
+    assert fields["out_of_distribution"] == (fields["ood_score"] < fields["ood_threshold"])
+    assert fields["ood_views"]["head"] == fields["ood_score"] <= score
+
+
 def test_one_search_gives_the_score_and_every_views_percentile():
     """The server reads both the score and each view's percentile: scores_and_views gives the same as
     scores and view_scores called apart, for a calibration with views and for the energy score."""
