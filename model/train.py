@@ -595,10 +595,8 @@ def train(cfg: TrainConfig) -> list[dict]:
     check_source_size(cfg.source, size)  # before a download, not after it
     device_type = resolve_device(cfg.device)
     # the run records what it did, not "auto" or 0
-    # init as an absolute path: `ranlens export` reads it from config.json to record the parent's
-    # lineage, from whatever folder it runs in
     cfg = replace(cfg, device=device_type, amp=resolve_amp(cfg.amp, device_type), image_size=size,
-                  loader=resolve_loader(cfg.loader, size), init=str(Path(cfg.init).resolve()) if cfg.init else "")
+                  loader=resolve_loader(cfg.loader, size))
     if cfg.swa and cfg.loader != "memory":
         raise ValueError("--swa recomputes batch-norm statistics from the in-memory training images; "
                          "use --loader memory (images up to 64 pixels)")
@@ -621,6 +619,10 @@ def train(cfg: TrainConfig) -> list[dict]:
                           if cfg.swa else "")
                 print(f"{out} has finished: all {cfg.epochs} epochs are done, nothing to train{longer}")
             return json.loads((out / "metrics.json").read_text())
+    elif cfg.init:
+        # a new run records --init as an absolute path: `ranlens export` reads it from config.json for the
+        # parent's lineage, from whatever folder it runs in (a resume keeps what its run recorded)
+        cfg = replace(cfg, init=str(Path(cfg.init).resolve()))
 
     device = distributed.start(procs, device_type)
     try:

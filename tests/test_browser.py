@@ -711,7 +711,8 @@ def test_model_switcher_and_side_by_side(server, browser, shots):
     _wait_text(page, "#status", f"by {a92}")
     assert page.eval_on_selector_all("#compare option", disabled) == [a92]
     assert page.locator("#modules article").count() == 6
-    assert "attention92_cifar" in page.inner_text("#model-line") and "6 attention modules" in page.inner_text("#model-line")
+    _wait_text(page, "#model-line", "6 attention modules")  # described once the results are shown (async)
+    assert "attention92_cifar" in page.inner_text("#model-line")
     page.wait_for_function("() => document.querySelectorAll('#arch-svg g.att').length === 6", timeout=SLOW)
     assert page.eval_on_selector_all("#arch-svg g.att", "(gs) => gs.map((g) => g.dataset.module)") == [
         "stage1.module1", "stage1.module2", "stage2.module1", "stage2.module2", "stage3.module1", "stage3.module2"]
