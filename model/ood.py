@@ -157,6 +157,8 @@ def floor_to(value: float, decimals: int = 4) -> float:
     """The largest number of ``decimals`` decimals at or below ``value``. Scores and the threshold
     rounded so compare as the unrounded ones do (a 4-decimal threshold t: value >= t exactly when
     floor_to(value) >= t), which rounding to nearest breaks within half a step of t."""
+    if not math.isfinite(value):  # NaN (flagged, as no evidence of a familiar picture) stays as it is
+        return value
     rounded = math.floor(value * 10**decimals) / 10**decimals
     # a value one float step below a rounded one (-0.9994000000000001) multiplies up to it exactly
     return rounded if rounded <= value else round(rounded - 10**-decimals, decimals)

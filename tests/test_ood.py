@@ -102,6 +102,15 @@ def test_the_rounded_score_compares_with_the_threshold_as_the_flag_says(score):
     assert fields["ood_views"]["head"] == fields["ood_score"] <= score
 
 
+def test_a_score_that_is_no_number_is_flagged_not_a_crash():
+    from ranlens.model.explainer import ood_fields
+
+    calibration = OODCalibration(method="energy", temperature=1.0, threshold=0.0257, tpr_target=0.95,
+                                 train_tpr=0.95, test_fraction_flagged=None, data="test", train_images=20)
+    fields = ood_fields(math.nan, {"head": math.nan}, calibration)
+    assert fields["out_of_distribution"] is True and math.isnan(fields["ood_score"])
+
+
 def test_one_search_gives_the_score_and_every_views_percentile():
     """The server reads both the score and each view's percentile: scores_and_views gives the same as
     scores and view_scores called apart, for a calibration with views and for the energy score."""
