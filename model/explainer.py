@@ -20,7 +20,7 @@ from PIL import Image
 from . import render
 from .network import AttentionOutput, Intermediates, ResidualAttentionNet, describe
 from .preprocess import model_view
-from .ood import OODCalibration, OODError, OODScorer, floor_to, parse_view, read_bank, view_features
+from .ood import OODCalibration, OODError, OODScorer, float32_beside, floor_to, parse_view, read_bank, view_features
 from .registry import get_model
 from .weights import Weights, WeightsError, resolve_weights
 
@@ -281,9 +281,12 @@ class Explainer:
                 result.update({f"mask:{a.name}": a.mask.float().numpy() for a in out.attention})
             if ood:
                 scores = self._ood_scores(out)[0]
-                result["ood_score"] = np.array(scores, dtype=np.float32)
+                # rounded down as ood_fields rounds them, and as float32 on the flag's side of the threshold
+                result["ood_score"] = np.array([floor_to(s) for s in scores], dtype=np.float32)
                 if self.ood is not None:
-                    result["out_of_distribution"] = np.array([self.ood.flagged(s) for s in scores])
+                    flags = np.array([self.ood.flagged(s) for s in scores])
+                    result["out_of_distribution"] = flags
+                    result["ood_score"] = float32_beside(result["ood_score"], flags, self.ood.threshold)
             if features:
                 wanted = dict.fromkeys(("head", *self.scorer.views, *views))
                 result.update({f"features:{v}": f.numpy() for v, f in view_features(out, wanted).items()})

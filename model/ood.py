@@ -54,7 +54,7 @@ from torch import Tensor
 from .network import Intermediates
 
 __all__ = ["DEFAULT_VIEWS", "HEAD", "METHODS", "OODCalibration", "OODError", "OODScorer", "calibrate",
-           "calibrate_knn", "energy_score", "floor_to", "kept_fraction", "knn_score", "percentile", "read_bank",
+           "calibrate_knn", "energy_score", "float32_beside", "floor_to", "kept_fraction", "knn_score", "percentile", "read_bank",
            "threshold_for_tpr", "view_features"]
 
 # what each method's score is, as the manifest and the API say it
@@ -159,9 +159,27 @@ def floor_to(value: float, decimals: int = 4) -> float:
     floor_to(value) >= t), which rounding to nearest breaks within half a step of t."""
     if not math.isfinite(value):  # NaN (flagged, as no evidence of a familiar picture) stays as it is
         return value
-    rounded = math.floor(value * 10**decimals) / 10**decimals
-    # a value one float step below a rounded one (-0.9994000000000001) multiplies up to it exactly
-    return rounded if rounded <= value else round(rounded - 10**-decimals, decimals)
+    scale = 10**decimals
+    # value * scale is itself rounded: 0.3465 * 1e4 is 3464.9999999999995, and -0.9994000000000001 * 1e4
+    # is -9994.0 exactly, so the floor is corrected by a step either way, comparing n / scale with value
+    n = math.floor(value * scale)
+    while (n + 1) / scale <= value:
+        n += 1
+    while n / scale > value:
+        n -= 1
+    return n / scale
+
+
+def float32_beside(scores: np.ndarray, flags: np.ndarray, threshold: float) -> np.ndarray:
+    """``scores`` as float32 that compare with ``threshold`` as ``flags`` say: the nearest float32 of a
+    score at the threshold can fall below it (0.0257 becomes 0.025699999), so such a value moves by
+    the float32 steps it takes to land on its flag's side."""
+    out = np.asarray(scores, dtype=np.float32).copy()
+    for i, flagged in enumerate(np.asarray(flags, dtype=bool)):
+        toward = np.float32(-np.inf if flagged else np.inf)
+        while np.isfinite(out[i]) and (float(out[i]) < threshold) != flagged:
+            out[i] = np.nextafter(out[i], toward)
+    return out
 
 
 def kept_fraction(scores: Tensor | np.ndarray, threshold: float) -> float:

@@ -611,6 +611,9 @@ def train(cfg: TrainConfig) -> list[dict]:
     # read onto the CPU: a run may resume on another device than the one it stopped on
     state = torch.load(state_path, weights_only=True, map_location="cpu") if state_path.is_file() else None
     if state is not None:
+        recorded = state["config"].get("init") or ""
+        if recorded and cfg.init and Path(recorded).resolve() == Path(cfg.init).resolve():
+            cfg = replace(cfg, init=recorded)  # the run's own command again: the same file, typed relative
         check_resumable(state["config"], cfg, state_path)  # before any work: a refusal is immediate
         if state["epoch"] >= cfg.epochs:
             # nothing is left to train: said plainly, not as "resuming at epoch N/N" and a silent exit

@@ -201,7 +201,7 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
     from ranlens.model.evaluate import split_features
     from ranlens.model.explainer import Explainer
     from ranlens.model.imaging import ImageError, decode_image
-    from ranlens.model.ood import DEFAULT_VIEWS, HEAD, OODError, calibrate, calibrate_knn, parse_view
+    from ranlens.model.ood import DEFAULT_VIEWS, HEAD, OODError, calibrate, calibrate_knn, floor_to, parse_view
 
     import torch
 
@@ -275,7 +275,7 @@ def _calibrate_ood(args: argparse.Namespace) -> None:
         for path, image in examples:
             seen = explainer.explain(image)
             verdict = "OUT OF DISTRIBUTION" if seen.out_of_distribution else "in distribution"
-            print(f"  {path}: score {seen.ood_score:.4f}  {verdict}  (top: {seen.predictions[0].label} "
+            print(f"  {path}: score {floor_to(seen.ood_score):.4f}  {verdict}  (top: {seen.predictions[0].label} "
                   f"{100 * seen.predictions[0].probability:.1f}%)")
         if args.dry_run:
             return
@@ -423,8 +423,10 @@ def _export(args: argparse.Namespace) -> None:
     if config.get("init"):
         init = Path(config["init"])
         if not init.is_file():  # a manifest without its parent's hash and recipe would pass for a whole record
-            raise CommandError(f"the run started from --init {init}, which is not found from {Path.cwd()}: export "
-                               "where that file is (runs before absolute --init paths recorded the path as typed)")
+            where = (f"put it back at {init}" if init.is_absolute() else
+                     f"export from the folder the run was started in (it is not found from {Path.cwd()})")
+            raise CommandError(f"the run started from --init {init}, which is gone: {where}; the manifest records "
+                               "the parent's name, hash and recipe from it")
         recipe["warm_start"] = _lineage(init)
         earlier = recipe["warm_start"]["recipe"] or {}
     recipe["total_epochs"] = epochs_done + earlier.get("total_epochs", earlier.get("epochs_completed", 0))
@@ -469,15 +471,19 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 def _ood_line(result) -> str:
     """The out-of-distribution verdict on one picture, for a person reading the output, with each
     view's percentile where the calibration has views (the smallest is the score)."""
-    views = "" if not result.ood_views else " (" + ", ".join(f"{view} {value:.4f}" for view, value in
+    from ranlens.model.ood import floor_to
+
+    # rounded down, as the API and manifest.json give them: the printed comparison holds
+    score = floor_to(result.ood_score)
+    views = "" if not result.ood_views else " (" + ", ".join(f"{view} {floor_to(value):.4f}" for view, value in
                                                              result.ood_views.items()) + ")"
     if result.out_of_distribution is None:
-        return (f"out-of-distribution score {result.ood_score:.4f}{views}; no verdict: these weights have no OOD "
+        return (f"out-of-distribution score {score:.4f}{views}; no verdict: these weights have no OOD "
                 f"calibration")
     if result.out_of_distribution:
-        return (f"OUT OF DISTRIBUTION: score {result.ood_score:.4f}{views} < threshold {result.ood_threshold:.4f}; "
+        return (f"OUT OF DISTRIBUTION: score {score:.4f}{views} < threshold {result.ood_threshold:.4f}; "
                 f"unlike the training images, the classes are a forced choice")
-    return f"in distribution: score {result.ood_score:.4f}{views} >= threshold {result.ood_threshold:.4f}"
+    return f"in distribution: score {score:.4f}{views} >= threshold {result.ood_threshold:.4f}"
 
 
 def _explain(args: argparse.Namespace) -> None:

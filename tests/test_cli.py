@@ -711,3 +711,15 @@ def test_status_names_a_damaged_run_and_still_reports_the_others(tmp_path, finis
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert str(finished_run) in result.stdout, result.stdout  # the healthy run still gets its line
     assert_one_line_error(result, f"{damaged / 'last.pt'}: cannot read it")
+
+
+def test_the_printed_verdict_compares_as_it_says():
+    """explain prints the score rounded down, as the API and manifest.json give it: rounded to nearest,
+    0.02566 printed as "score 0.0257 < threshold 0.0257"."""
+    from types import SimpleNamespace
+
+    from ranlens.cli import _ood_line
+
+    line = _ood_line(SimpleNamespace(ood_score=0.02566, ood_views={"head": 0.02566}, out_of_distribution=True,
+                                     ood_threshold=0.0257))
+    assert line.startswith("OUT OF DISTRIBUTION: score 0.0256 (head 0.0256) < threshold 0.0257"), line

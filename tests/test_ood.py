@@ -102,6 +102,27 @@ def test_the_rounded_score_compares_with_the_threshold_as_the_flag_says(score):
     assert fields["ood_views"]["head"] == fields["ood_score"] <= score
 
 
+def test_a_score_at_the_threshold_shows_as_the_threshold():
+    """0.3465 * 1e4 is 3464.9999999999995 in floats: floored plainly, a score equal to the threshold
+    (not flagged) showed one step below it."""
+    from ranlens.model.explainer import ood_fields
+
+    calibration = OODCalibration(method="energy", temperature=1.0, threshold=0.3465, tpr_target=0.95,
+                                 train_tpr=0.95, test_fraction_flagged=None, data="test", train_images=20)
+    fields = ood_fields(0.3465, None, calibration)
+    assert fields["out_of_distribution"] is False and fields["ood_score"] == 0.3465
+
+
+def test_float32_scores_stay_on_their_flags_side_of_the_threshold():
+    """/v2 sends ood_score as FP32: the nearest float32 of 0.0257 is below 0.0257."""
+    from ranlens.model.ood import float32_beside
+
+    assert float(np.float32(0.0257)) < 0.0257  # the trap
+    out = float32_beside(np.array([0.0257, 0.0256, math.nan]), np.array([False, True, True]), 0.0257)
+    assert out.dtype == np.float32 and float(out[0]) >= 0.0257 and float(out[1]) < 0.0257 and math.isnan(out[2])
+    assert abs(float(out[0]) - 0.0257) < 1e-8
+
+
 def test_a_score_that_is_no_number_is_flagged_not_a_crash():
     from ranlens.model.explainer import ood_fields
 

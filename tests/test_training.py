@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -819,3 +819,17 @@ def test_schedule_without_warmup_starts_at_the_peak():
     assert _schedule({"warmup": 0.0, "swa": 0}) == "cosine decay to zero, per batch"
     assert _schedule({"warmup": 0.0, "swa": 2, "epochs": 3, "swa_lr": 0.05}).startswith("cosine decay to 0.05 over")
     assert _schedule({"warmup": 0.1, "swa": 0}) == "linear warm-up then cosine decay to zero, per batch"
+
+
+def test_the_runs_own_command_with_a_relative_init_resumes_it(tiny_folder, tmp_path, monkeypatch):
+    """A new run records --init as an absolute path; running its command again, --init typed relative
+    as before, resumes it rather than refusing a "changed" setting."""
+    from ranlens.model.weights import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(get_model("attention56_cifar", num_classes=2), tmp_path / "parent.safetensors", "attention56_cifar")
+    cfg = TrainConfig(data=str(tiny_folder), out=str(tmp_path / "run"), init="parent.safetensors", epochs=2,
+                      stop_after=1, batch_size=12, threads=1, amp="off")
+    assert len(train(cfg)) == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["init"] == str(tmp_path / "parent.safetensors")
+    assert [h["epoch"] for h in train(replace(cfg, stop_after=0))] == [1, 2]
