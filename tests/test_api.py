@@ -708,3 +708,11 @@ def test_pixel_limit_comes_from_the_environment(server):
     code, headers, body = raw_post(server, multipart(("file", data, "image/png")))
     assert_raw_problem((code, headers, body), 413, "Image too large", f"the limit is {SERVER_MAX_PIXELS:,}")
     assert_still_serving(server)
+
+
+def test_a_body_of_many_empty_parts_is_refused_at_the_seventeenth(client):
+    """10 MiB of empty multipart parts were a million kept parts (390 MiB, seconds of a blocked server);
+    this client's limit is 2 MiB, so 150,000 of them here."""
+    body = b"--b\r\n\r\n\r\n" * 150_000 + b"--b--\r\n"
+    r = client.post("/api/v1/predict", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert_problem(r, 400, "Malformed multipart body", "more than 16 parts")

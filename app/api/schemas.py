@@ -389,9 +389,10 @@ class InferRequest(BaseModel):
     id: str | None = Field(None, description="echoed in the answer")
     parameters: dict[str, Any] | None = None
     inputs: list[InferInput] = Field(min_length=1, max_length=1)
+    # max_length: a model has a dozen outputs; a million entries once made a 171 MB list of errors
     outputs: list[InferOutputRequest] | None = Field(
-        None, description="the outputs to return; default logits, probabilities, ood_score and, for calibrated "
-                          "weights, out_of_distribution")
+        None, max_length=64, description="the outputs to return; default logits, probabilities, ood_score and, for "
+                                         "calibrated weights, out_of_distribution")
 
     @field_validator("id")
     @classmethod

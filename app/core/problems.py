@@ -53,6 +53,9 @@ def _allow_head(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
     return {**headers, "Allow": ", ".join(sorted(methods))}
 
 
+# the validation errors an answer lists: a request of a million bad items is told of the first few
+MAX_ERRORS = 20
+
 # each kind of unusable image is the client's fault, with its own status
 IMAGE_STATUS: dict[type[ImageError], int] = {
     EmptyImageError: 400,
@@ -77,7 +80,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:MAX_ERRORS]]
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         return problem_response(request, 422, "Invalid parameters", detail, errors=errors)
 

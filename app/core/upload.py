@@ -30,6 +30,9 @@ async def body_within(request: Request, limit: int, too_large: Problem) -> Async
         yield chunk
 
 
+MAX_PARTS = 16  # parts of one multipart upload: one is asked for
+
+
 @dataclass(frozen=True)
 class Upload:
     filename: str
@@ -53,6 +56,9 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
     header_value = bytearray()
 
     def on_part_begin() -> None:
+        if len(parts) >= MAX_PARTS:  # a million empty parts fit 10 MiB: each one kept cost memory and time
+            raise Problem(400, "Malformed multipart body", f"more than {MAX_PARTS} parts; send the image as "
+                                                           f"one part named {field!r}")
         current.clear()
         current.update(headers={}, data=bytearray())
 

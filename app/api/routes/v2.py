@@ -7,6 +7,7 @@ import json
 import math
 from typing import Annotated
 
+import anyio
 import numpy as np
 import torch
 from fastapi import APIRouter, Path, Request
@@ -289,7 +290,9 @@ async def version_infer(name: ModelName, version: Version, request: Request, cat
 
 async def _infer(explainer: Explainer, request: Request, settings: Settings) -> dict | Response:
     body = await _read_body(request, settings.max_upload_bytes + 64 * 1024)
-    parsed, binary = oip.parse_request(body, request.headers.get("inference-header-content-length"))
+    # parsed and validated off the event loop: megabytes of JSON take a while, and every route waits on the loop
+    parsed, binary = await anyio.to_thread.run_sync(oip.parse_request, body,
+                                                    request.headers.get("inference-header-content-length"))
     if parsed.inputs[0].shape[0] > MAX_BATCH:
         raise oip.problem(413, "Request too large", f"at most {MAX_BATCH} pictures per request")
     wanted = _wanted(explainer, parsed)
