@@ -265,3 +265,22 @@ def test_a_request_cancelled_at_shutdown_is_a_503_that_triton_clients_can_read(p
     body = json.loads(sent[1]["body"])
     assert sent[0]["status"] == 503 and body["status"] == 503
     assert ("error" in body) == has_error and body.get("error", body["detail"]) == body["detail"]
+
+
+def test_a_cancelled_requests_log_line_cannot_be_forged_by_its_path(caplog):
+    """The path is percent-decoded: a %0A in it was a real newline in the log, and a forged line after it."""
+    import asyncio
+    import logging
+
+    from ranlens.app.core.http import AnswerCancelled
+
+    async def cancelled(scope, receive, send):
+        raise asyncio.CancelledError
+
+    async def send(message):
+        pass
+
+    path = "/x\nERROR: could not load a model: forged"
+    with caplog.at_level(logging.WARNING, logger="ranlens"):
+        asyncio.run(AnswerCancelled(cancelled)({"type": "http", "method": "GET", "path": path}, None, send))
+    assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()

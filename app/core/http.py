@@ -125,7 +125,8 @@ class AnswerCancelled(HTTPMiddleware):
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            log.warning("%s %s cancelled unfinished (the server is stopping)", scope["method"], scope["path"])
+            # %r: the path is the client's, percent-decoded, and a %0A in it would start a forged log line
+            log.warning("%s %r cancelled unfinished (the server is stopping)", scope["method"], scope["path"])
             if started:
                 return  # the status is already sent; the server closes the connection
             detail = "the server stopped before this request finished; send it again"
