@@ -301,7 +301,7 @@ class OODScorer:
         if self.calibration.views is None:
             self._check_features(features)
             return knn_score(features[HEAD], self.bank[BANK_KEY], self.calibration.k)
-        return torch.stack(list(self.view_scores(features).values())).amin(0)
+        return self.scores_and_views(logits, features)[0]
 
     def check_widths(self, features: Mapping[str, Tensor]) -> None:
         """Refuses a bank whose feature vectors are not as wide as ``features``, the network's (a bank

@@ -202,3 +202,33 @@ def test_time_settings_must_be_finite(name):
     with pytest.raises(ValidationError, match=name):
         Settings(_env_file=None, **{name: "inf"})
     assert getattr(Settings(_env_file=None, **{name: "1e6"}), name) == 1e6  # long, but a time
+
+
+def test_unbatched_routes_decode_pictures_off_the_torch_threads(monkeypatch):
+    """/ablate and /v2 run their model whole on a torch thread, which every model's forwards share:
+    decoding there (hundreds of milliseconds for a large PNG) held up every other request's forward.
+    They decode in a worker thread first, as the batched routes do. The real decoder runs; the spy
+    only notes the thread."""
+    import base64
+    import threading
+
+    from ranlens.app.api.routes import teach, v2
+    from ranlens.model.imaging import decode_image
+
+    threads: list[str] = []
+
+    def noting_thread(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return decode_image(*args, **kwargs)
+
+    monkeypatch.setattr(teach, "decode_image", noting_thread)
+    monkeypatch.setattr(v2, "decode_image", noting_thread)
+    picture = corpus.encode(corpus.photo(), "JPEG")
+    with TestClient(create_app(Settings())) as c:
+        r = c.post("/api/v1/ablate", files={"file": ("a.jpg", picture, "image/jpeg")})
+        assert r.status_code == 200, r.text
+        body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                            "data": [base64.b64encode(picture).decode()]}]}
+        r = c.post(f"/v2/models/{A56.split('.')[0]}/infer", json=body)
+        assert r.status_code == 200, r.text
+    assert len(threads) == 2 and not any(name.startswith("torch") for name in threads), threads

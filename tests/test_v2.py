@@ -234,7 +234,7 @@ for n in (1, 16):
     raw = b"".join(struct.pack("<I", len(buffer.getvalue())) + buffer.getvalue() for _ in range(n))
     header = json.dumps({"inputs": [{"name": "image", "shape": [n], "datatype": "BYTES",
                                      "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    v2._run(explainer, *oip.parse_request(header + raw, str(len(header))), 40_000_000, ["logits"])
+    v2._input_batch(explainer, *oip.parse_request(header + raw, str(len(header))), 40_000_000)
     peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 print(json.dumps(peaks))
 """

@@ -164,10 +164,12 @@ ExplainChannel = Annotated[int | None, Depends(explain_channel_option)]
 OneChannel = Annotated[int, Depends(explain_channel_required)]
 
 
-async def run_inference(request: Request, fn, explainer: Explainer, *args, batched: bool = True):
+async def run_inference(request: Request, fn, explainer: Explainer, *args, batched: bool = True, prepare=None):
     """Runs ``fn`` in a worker thread once the gate gives a slot (a full queue or a long wait is a 503
     with Retry-After). ``batched``: ``fn(explain, *args)``, where ``explain(picture)`` joins the model's
-    dynamic batch; otherwise ``fn(explainer, *args)`` runs whole on the server's torch thread."""
+    dynamic batch; otherwise ``fn(explainer, *args)`` runs whole on the server's torch thread, and with
+    ``prepare``, ``fn(explainer, prepare(*args))``: ``prepare`` (decoding) runs in a worker thread first,
+    as the batched routes decode, so a slow picture does not hold the one thread every model runs on."""
     gate: InferenceGate = request.app.state.gate
     metrics: Metrics = request.app.state.metrics
     try:
@@ -175,6 +177,8 @@ async def run_inference(request: Request, fn, explainer: Explainer, *args, batch
             if batched:
                 with request.app.state.batchers[explainer.weights.name].ticket() as ticket:
                     return await anyio.to_thread.run_sync(fn, ticket.explain, *args)
+            if prepare is not None:
+                args = (await anyio.to_thread.run_sync(prepare, *args),)
             started = time.perf_counter()
             result = await request.app.state.torch.acall(fn, explainer, *args)
             metrics.inference.labels(explainer.weights.name, "call").observe(time.perf_counter() - started)

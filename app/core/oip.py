@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from ranlens.app.api.schemas import InferRequest
-from ranlens.app.core.problems import MAX_ERRORS, Problem
+from ranlens.app.core.problems import Problem, invalid_parameters
 
 
 def problem(status: int, title: str, detail: str) -> Problem:
@@ -42,9 +42,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         request = InferRequest.model_validate(json.loads(header))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         if isinstance(exc, ValidationError):
-            errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:MAX_ERRORS]]
-            raise Problem(422, "Invalid parameters", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                                              for e in errors), errors=errors) from None
+            raise invalid_parameters(exc.errors()) from None
         raise problem(400, "Malformed inference request", f"the request is not JSON: {exc}") from None
     binary: dict[str, bytes] = {}
     offset = 0

@@ -163,7 +163,7 @@ def explain_channel(explain: Explain, image: bytes, content_type: str, *, max_pi
     }
 
 
-def ablate(explainer: Explainer, image: bytes, content_type: str, *, max_pixels: int, top_k: int) -> dict:
+def ablate(explainer: Explainer, picture: Image.Image, *, top_k: int) -> dict:
     """Predictions with attention on, all masks zeroed, and each module's mask zeroed alone."""
-    return explainer.ablate(decode_image(image, max_pixels, content_type), top_k)
+    return explainer.ablate(picture, top_k)
 

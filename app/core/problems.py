@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -56,6 +56,14 @@ def _allow_head(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
 # the validation errors an answer lists: a request of a million bad items is told of the first few
 MAX_ERRORS = 20
 
+
+def invalid_parameters(errors: Sequence[Mapping]) -> Problem:
+    """The 422 for a request that failed validation (pydantic's or FastAPI's error list), listing the
+    first ``MAX_ERRORS`` errors and saying them in ``detail``."""
+    listed = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in errors[:MAX_ERRORS]]
+    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in listed)
+    return Problem(422, "Invalid parameters", detail, errors=listed)
+
 # each kind of unusable image is the client's fault, with its own status
 IMAGE_STATUS: dict[type[ImageError], int] = {
     EmptyImageError: 400,
@@ -80,9 +88,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:MAX_ERRORS]]
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return problem_response(request, 422, "Invalid parameters", detail, errors=errors)
+        invalid = invalid_parameters(exc.errors())
+        return problem_response(request, invalid.status, invalid.title, invalid.detail, **invalid.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

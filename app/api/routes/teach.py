@@ -15,6 +15,7 @@ from ranlens.app.core.problems import Problem
 from ranlens.app.core.upload import read_upload
 from ranlens.model import ARCHITECTURES, get_model, list_models
 from ranlens.model.architecture import architecture
+from ranlens.model.imaging import decode_image
 
 router = APIRouter(prefix="/api/v1", tags=["teaching"])
 
@@ -51,5 +52,5 @@ async def model_architecture(request: Request, explainer: ServedModel) -> dict:
 )
 async def ablate(request: Request, explainer: ExplainerDep, settings: SettingsDep, top_k: TopK) -> dict:
     upload = await read_upload(request, settings.max_upload_bytes)
-    build = partial(payloads.ablate, max_pixels=settings.max_image_pixels, top_k=top_k)
-    return await run_inference(request, build, explainer, upload.data, upload.content_type, batched=False)
+    return await run_inference(request, partial(payloads.ablate, top_k=top_k), explainer, upload.data,
+                               settings.max_image_pixels, upload.content_type, batched=False, prepare=decode_image)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from typing import Annotated
 
 import anyio
@@ -147,9 +148,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise oip.problem(400, "Incomplete request", "The client closed the connection mid-request.") from exc
 
 
-def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], max_pixels: int,
-         wanted: list[str]) -> dict[str, np.ndarray]:
-    """The outputs ``wanted``, by name, for the request's one input."""
+def _input_batch(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], max_pixels: int) -> torch.Tensor:
+    """The request's one input as the network's batch: pictures decoded and cropped, or the tensor."""
     tensor = request.inputs[0]
     size = explainer.weights.input_size
     raw = binary.get(tensor.name)
@@ -179,6 +179,12 @@ def _run(explainer: Explainer, request: InferRequest, binary: dict[str, bytes], 
             raise oip.problem(400, "Malformed inference request",
                               f"input 'input' is FP32 of shape [N, 3, {size}, {size}], got {tensor.datatype} {tensor.shape}")
         x = torch.from_numpy(oip.fp32_tensor(tensor.data, raw, tensor.shape, "input").copy())
+    return x
+
+
+def _outputs(explainer: Explainer, x: torch.Tensor, *, request: InferRequest, wanted: list[str]) -> dict[str, np.ndarray]:
+    """The outputs ``wanted``, by name, for the batch ``x``."""
+    tensor = request.inputs[0]
     verdict = [name for name, _ in _verdict(explainer)]
     result = explainer.infer(x, masks=any(name.startswith("mask:") for name in wanted),
                              ood=any(name in verdict for name in wanted))
@@ -236,11 +242,12 @@ def _binary_flags(request: InferRequest, wanted: list[str]) -> list[bool]:
     return [flag(own.get(name), "binary_data", everything) for name in wanted]
 
 
-def _answer(explainer: Explainer, request: InferRequest, values: dict[str, np.ndarray]) -> dict | Response:
+def _answer(explainer: Explainer, request: InferRequest, values: dict[str, np.ndarray],
+            binary_flags: list[bool]) -> dict | Response:
     """The JSON answer; with any output asked for in binary, its bytes follow the JSON header, whose
     length is in Inference-Header-Content-Length, as Triton answers."""
     outputs, blobs = [], []
-    for (name, array), binary in zip(values.items(), _binary_flags(request, list(values)), strict=True):
+    for (name, array), binary in zip(values.items(), binary_flags, strict=True):
         datatype = "BOOL" if array.dtype == np.bool_ else "FP32"
         output: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:  # FP32 little-endian, BOOL a byte each
@@ -296,10 +303,9 @@ async def _infer(explainer: Explainer, request: Request, settings: Settings) -> 
     if parsed.inputs[0].shape[0] > MAX_BATCH:
         raise oip.problem(413, "Request too large", f"at most {MAX_BATCH} pictures per request")
     wanted = _wanted(explainer, parsed)
-    _binary_flags(parsed, wanted)  # a malformed flag is refused before the model runs
-
-    def run(model: Explainer) -> dict | Response:
-        # the answer is built here too, off the event loop: it may hold megabytes of masks
-        return _answer(model, parsed, _run(model, parsed, binary, settings.max_image_pixels, wanted))
-
-    return await run_inference(request, run, explainer, batched=False)
+    flags = _binary_flags(parsed, wanted)  # a malformed flag is refused before the model runs
+    values = await run_inference(request, partial(_outputs, request=parsed, wanted=wanted), explainer,
+                                 explainer, parsed, binary, settings.max_image_pixels, batched=False,
+                                 prepare=_input_batch)
+    # built off the event loop and off the torch thread: the answer may hold megabytes of masks
+    return await anyio.to_thread.run_sync(_answer, explainer, parsed, values, flags)
