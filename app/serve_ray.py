@@ -55,6 +55,19 @@ def build_app():
 class Ranlens:
     """One replica of the app; Serve's HTTP proxy sends it requests, the app does the rest."""
 
+    def check_health(self) -> None:
+        """Serve calls this every few seconds (``self.app`` is the replica's app)."""
+        replica_health(self.app)
+
+
+def replica_health(app) -> None:
+    """Raises unless the replica's app loaded a model. The app keeps serving without one, to say why
+    (503 with the reason), which suits one process; a replica that answers only 503 would count as
+    healthy and take its share of requests for ever. Unhealthy, Serve replaces it and its status
+    names the reason. A replica missing some of its models still serves the others: healthy."""
+    if app.state.catalog is None:
+        raise RuntimeError(f"no model loaded: {app.state.load_error}")
+
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """``settings`` as the ``RANLENS_*`` variables that make ``Settings()`` read them back unchanged,
@@ -105,8 +118,8 @@ PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
 
 def check_weights(settings: Settings) -> None:
     """Every weights name the settings give is one this install ships, checked before any replica
-    starts: a replica that cannot load its models still starts (the app keeps serving to say why), so
-    a misspelt name would deploy replicas that answer 503, with the reason only in their nodes' logs.
+    starts: a misspelt name would deploy replicas that load nothing and fail their health checks
+    (``replica_health``), over and over, with the reason only in Serve's status and the nodes' logs.
     A manifest path missing here is only a warning: it may be on the nodes' own storage."""
     for arch, spec in weights_specs(settings.weights, settings.arch):
         if spec.endswith(".json") and not Path(spec).is_file():

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -260,8 +261,8 @@ def test_automatic_workers_and_threads_follow_the_replica_cpu_share(cpus, worker
 
 
 def test_weights_the_install_does_not_ship_fail_the_deployment_before_any_replica_starts():
-    """A replica that cannot load its models still starts, answering 503 with the reason in its node's
-    log: `serve-ray` refuses an unknown weights name itself, in one line, without a cluster. A manifest
+    """A replica that cannot load its models fails its health checks, with the reason in Serve's status
+    and its node's log: `serve-ray` refuses an unknown weights name itself, in one line, without a cluster. A manifest
     path missing here may be on the nodes: a warning, and the deployment goes on."""
     (port,) = free_ports(1)  # nothing listens there: reaching for the cluster is its own error
 
@@ -276,3 +277,23 @@ def test_weights_the_install_does_not_ship_fail_the_deployment_before_any_replic
     stderr, last = serve_ray("/nodes-only/attention56_cifar.v8.json")
     assert "/nodes-only/attention56_cifar.v8.json is not on this machine" in stderr
     assert last.startswith("ranlens serve-ray: error: no Ray cluster at"), last
+
+
+def test_a_replica_that_loaded_no_model_is_unhealthy():
+    """The app keeps serving without a model, to say why; as a replica it would count as healthy and
+    answer 503 for ever. Serve calls the deployment's check_health: it raises, naming the reason, for
+    an app that loaded nothing, and passes for one that loaded its models (the real app, started)."""
+    from fastapi.testclient import TestClient
+
+    from ranlens.app.core.config import Settings
+    from ranlens.app.main import create_app
+    from ranlens.app.serve_ray import Ranlens
+
+    replica_class = Ranlens.func_or_class
+    broken = create_app(Settings(weights="/nodes-only/attention56_cifar.v8.json"))
+    with TestClient(broken):
+        with pytest.raises(RuntimeError, match="no model loaded: .*attention56_cifar.v8.json"):
+            replica_class.check_health(SimpleNamespace(app=broken))
+    working = create_app(Settings(weights=DEFAULT_WEIGHTS["attention56_cifar"]))
+    with TestClient(working):
+        replica_class.check_health(SimpleNamespace(app=working))
