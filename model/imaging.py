@@ -69,6 +69,9 @@ class CorruptImageError(ImageError):
     title = "Undecodable image"
 
 
+_ROWS_PER_BLOCK = 256  # rows of a high-bit picture scaled at once: 16 MB of float64 for 8,000 columns
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB; transparency is composited on white, 16-bit scaled to 8-bit.
 
@@ -76,9 +79,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     alpha, or a colour key (PNG's tRNS) in greyscale, RGB and 16-bit images, whose keyed pixels are
     transparent too.
 
-    Memory: a picture at the pixel limit is 160 MB decoded, and every copy of it counts; the work is
-    done in place and in float32, so no mode needs more than a few copies (float64 copies of a 40 MP
-    float TIFF, 246 KB as a file, took 1.25 GB)."""
+    Memory: a picture at the pixel limit is 160 MB decoded, and every copy of it counts; high-bit
+    pictures are scaled a block of rows at a time (float64 copies of a whole 40 MP float TIFF, 246 KB
+    as a file, took 1.3 GB) and alpha is composited in place."""
     key = image.info.get("transparency")
     if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         original = np.asarray(image)
@@ -88,16 +91,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
             lo, hi = 0.0, 65535.0
         else:
             lo, hi = float(original.min()), float(original.max())
-        grey = original.astype(np.float32)
+        grey = np.zeros(original.shape, np.uint8)
+        if hi > lo:
+            for start in range(0, original.shape[0], _ROWS_PER_BLOCK):
+                rows = original[start:start + _ROWS_PER_BLOCK].astype(np.float64)
+                # float64 as one expression: float32, or the factor 255 / (hi - lo) taken first,
+                # rounds some samples just under a level, and a 32-bit sample needs 53 bits
+                grey[start:start + _ROWS_PER_BLOCK] = np.clip((rows - lo) / (hi - lo) * 255.0, 0, 255)
         del original
-        if hi <= lo:
-            grey[...] = 0
-        else:
-            grey -= lo
-            grey *= 255.0 / (hi - lo)
-            np.clip(grey, 0, 255, out=grey)
-        image = Image.fromarray(grey.astype(np.uint8), "L")
-        del grey
+        image = Image.fromarray(grey, "L")
         if alpha is not None:
             image = Image.merge("LA", (image, Image.fromarray(alpha, "L")))
     elif key is not None and image.mode in {"P", "L", "RGB", "1"}:
@@ -118,13 +120,26 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
                 8: Image.Transpose.ROTATE_90}
 
 
+# where a file may say its orientation: once the picture is turned, it says so no more
+_ORIENTATION_INFO = ("exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp")
+
+
 def _upright(image: Image.Image) -> Image.Image:
-    """``image`` turned as its EXIF orientation says (``ImageOps.exif_transpose`` without its rewrite of
-    the EXIF block, which fails with ``struct.error`` on a tag of an unexpected type that cameras and
-    editors do write, and without its copy of an upright picture: only the pixels are used)."""
+    """``image`` turned as its EXIF orientation says, as ``ImageOps.exif_transpose`` turns it, without
+    its rewrite of the EXIF block (which fails with ``struct.error`` on a tag of an unexpected type that
+    cameras and editors do write) and without its copy of a picture already upright. Either way the
+    result is a plain one-frame picture, detached from the decoder (``_new`` shares the pixels)."""
     orientation = image.getexif().get(0x0112)
-    method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
-    return image.transpose(method) if method is not None else image
+    try:  # a RATIONAL or FLOAT tag reads as 6.0, which is 6; a tuple or list is no orientation
+        method = _ORIENTATION.get(orientation)
+    except TypeError:
+        method = None
+    if method is None:
+        return image._new(image.im)
+    turned = image.transpose(method)
+    for key in _ORIENTATION_INFO:
+        turned.info.pop(key, None)
+    return turned
 
 
 def _key_in_pixel_scale(image: Image.Image) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from ranlens.model.imaging import (
     ImageTooLargeError,
     UnsupportedImageError,
     decode_image,
+    to_rgb,
 )
 
 from . import corpus
@@ -109,6 +111,60 @@ def test_exif_orientation_is_applied_when_another_tag_has_an_unexpected_type():
     assert out.shape == (height, width, 3)
     top = out[: height // 2 - 5].mean((0, 1))
     assert top[0] > 150 and top[1] < 60 and top[2] < 60, top
+
+
+def _orientation_exif(field_type: int, value: bytes) -> bytes:
+    """An EXIF block whose one tag is the orientation, stored as TIFF ``field_type`` (value at offset 26
+    when it is over 4 bytes)."""
+    inline = len(value) <= 4
+    entry = struct.pack("<HHI", 0x0112, field_type, 1) + (value.ljust(4, b"\0") if inline else struct.pack("<I", 26))
+    return b"Exif\x00\x00II*\x00" + struct.pack("<IH", 8, 1) + entry + struct.pack("<I", 0) + (b"" if inline else value)
+
+
+@pytest.mark.parametrize(("field_type", "value"), [
+    (3, struct.pack("<H", 6)), (5, struct.pack("<II", 6, 1)), (11, struct.pack("<f", 6.0)), (12, struct.pack("<d", 6.0)),
+], ids=["SHORT", "RATIONAL", "FLOAT", "DOUBLE"])
+def test_exif_orientation_of_any_numeric_type_is_applied(field_type, value):
+    """Pillow reads an orientation stored as a RATIONAL or a FLOAT as 6.0, which is orientation 6 too."""
+    image = Image.new("RGB", (120, 60), "white")
+    image.paste((200, 0, 0), (0, 0, 60, 60))
+    picture = decode_image(corpus.encode(image, "JPEG", exif=_orientation_exif(field_type, value)), LIMIT)
+    assert picture.size == (60, 120)
+    assert np.asarray(picture)[:50].mean((0, 1))[0] > 150, "red on top: turned clockwise"
+
+
+def test_the_decoded_picture_is_upright_plain_and_one_frame():
+    """What decode_image returns is detached from the decoder: an animated PNG's result keeps its first
+    frame (a seek on a decoder object would change it), and a turned picture no longer says it needs
+    turning (a caller that applied the orientation again turned it twice)."""
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    animated = corpus.encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    assert getattr(Image.open(io.BytesIO(animated)), "n_frames", 1) == 2
+    picture = decode_image(animated, LIMIT)
+    assert type(picture) is Image.Image and getattr(picture, "n_frames", 1) == 1
+    assert picture.getpixel((0, 0)) == (255, 0, 0)
+    data, size = corpus.exif_rotated_jpeg()
+    turned = decode_image(data, LIMIT)
+    assert turned.size == size and turned.getexif().get(0x0112) in (None, 1)
+    from PIL import ImageOps
+
+    assert ImageOps.exif_transpose(turned).size == size
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_high_bit_pictures_scale_exactly(mode):
+    """Each sample x becomes floor((x - lo) / (hi - lo) * 255) of the picture's range, in float64: in
+    float32 the brightest sample of a 0..966 ramp came out 254, and 427 of the ramps up to 1200 lost a
+    level somewhere; 32-bit samples near 1e9 kept 17 levels of 256."""
+    for values in [np.arange(0, 967), np.arange(0, 987), 10**9 + np.arange(0, 4096) * 1000]:
+        array = values.reshape(1, -1).astype(np.int32 if mode == "I" else np.float64)
+        if mode == "F":
+            array = array.astype(np.float32)
+        image = Image.fromarray(array, mode)
+        out = np.asarray(to_rgb(image))[..., 0].ravel()
+        samples = np.asarray(image).astype(np.float64).ravel()
+        lo, hi = samples.min(), samples.max()
+        np.testing.assert_array_equal(out, np.floor((samples - lo) / (hi - lo) * 255).astype(np.uint8))
 
 
 @pytest.mark.parametrize(("mode", "key", "kept"), [
