@@ -206,9 +206,9 @@ def test_time_settings_must_be_finite(name):
 
 def test_unbatched_routes_decode_pictures_off_the_torch_threads(monkeypatch):
     """/ablate and /v2 run their model whole on a torch thread, which every model's forwards share:
-    decoding there (hundreds of milliseconds for a large PNG) held up every other request's forward.
-    They decode in a worker thread first, as the batched routes do. The real decoder runs; the spy
-    only notes the thread."""
+    decoding there (hundreds of milliseconds for a large PNG) held up every other request's forward,
+    as did /v2's answer (megabytes of masks as JSON). Both run in worker threads, as the batched
+    routes do them. The real decoder and answer run; the spies only note the thread."""
     import base64
     import threading
 
@@ -221,8 +221,15 @@ def test_unbatched_routes_decode_pictures_off_the_torch_threads(monkeypatch):
         threads.append(threading.current_thread().name)
         return decode_image(*args, **kwargs)
 
+    answer = v2._answer
+
+    def answer_noting_thread(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return answer(*args, **kwargs)
+
     monkeypatch.setattr(teach, "decode_image", noting_thread)
     monkeypatch.setattr(v2, "decode_image", noting_thread)
+    monkeypatch.setattr(v2, "_answer", answer_noting_thread)
     picture = corpus.encode(corpus.photo(), "JPEG")
     with TestClient(create_app(Settings())) as c:
         r = c.post("/api/v1/ablate", files={"file": ("a.jpg", picture, "image/jpeg")})
@@ -231,4 +238,5 @@ def test_unbatched_routes_decode_pictures_off_the_torch_threads(monkeypatch):
                             "data": [base64.b64encode(picture).decode()]}]}
         r = c.post(f"/v2/models/{A56.split('.')[0]}/infer", json=body)
         assert r.status_code == 200, r.text
-    assert len(threads) == 2 and not any(name.startswith("torch") for name in threads), threads
+    # /ablate's decoding, /v2's decoding and /v2's answer
+    assert len(threads) == 3 and not any(name.startswith("torch") for name in threads), threads

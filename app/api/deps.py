@@ -164,12 +164,14 @@ ExplainChannel = Annotated[int | None, Depends(explain_channel_option)]
 OneChannel = Annotated[int, Depends(explain_channel_required)]
 
 
-async def run_inference(request: Request, fn, explainer: Explainer, *args, batched: bool = True, prepare=None):
+async def run_inference(request: Request, fn, explainer: Explainer, *args, batched: bool = True, prepare=None,
+                        finish=None):
     """Runs ``fn`` in a worker thread once the gate gives a slot (a full queue or a long wait is a 503
     with Retry-After). ``batched``: ``fn(explain, *args)``, where ``explain(picture)`` joins the model's
     dynamic batch; otherwise ``fn(explainer, *args)`` runs whole on the server's torch thread, and with
-    ``prepare``, ``fn(explainer, prepare(*args))``: ``prepare`` (decoding) runs in a worker thread first,
-    as the batched routes decode, so a slow picture does not hold the one thread every model runs on."""
+    ``prepare`` and ``finish``, ``finish(fn(explainer, prepare(*args)))``: decoding and building the
+    answer run in worker threads, as the batched routes do them, so they do not hold the threads every
+    model's forwards share, and within the slot, so the gate still bounds their memory."""
     gate: InferenceGate = request.app.state.gate
     metrics: Metrics = request.app.state.metrics
     try:
@@ -182,6 +184,8 @@ async def run_inference(request: Request, fn, explainer: Explainer, *args, batch
             started = time.perf_counter()
             result = await request.app.state.torch.acall(fn, explainer, *args)
             metrics.inference.labels(explainer.weights.name, "call").observe(time.perf_counter() - started)
+            if finish is not None:
+                result = await anyio.to_thread.run_sync(finish, result)
             return result
     except Busy as exc:
         metrics.rejected.labels(exc.reason).inc()

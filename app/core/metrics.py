@@ -28,10 +28,12 @@ class Metrics:
                                  ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("ranlens_inference_batch_size", "images per model forward",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
-        # kind: "batch", one forward of a dynamic batch (whose size batch_size counts); "call", a whole
-        # unbatched call (/ablate: 2 + one forward per module; /v2 infer: every picture of its request)
+        # kind: "batch", one forward of a dynamic batch (whose size batch_size counts); "call", the model
+        # part of an unbatched call (/ablate: 2 + one forward per module; /v2 infer: every picture of its
+        # request), without decoding and the answer, which run in worker threads
         self.inference = Histogram("ranlens_inference_seconds", "time in the model, by served model and kind "
-                                   "(batch: one batched forward; call: a whole /ablate or /v2 inference)",
+                                   "(batch: one batched forward; call: the forwards of one /ablate or /v2 "
+                                   "request, decoding and answer excluded)",
                                    ["model", "kind"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("ranlens_inference_queue_depth", "requests waiting for an inference slot",
                                  registry=self.registry)

@@ -304,8 +304,7 @@ async def _infer(explainer: Explainer, request: Request, settings: Settings) -> 
         raise oip.problem(413, "Request too large", f"at most {MAX_BATCH} pictures per request")
     wanted = _wanted(explainer, parsed)
     flags = _binary_flags(parsed, wanted)  # a malformed flag is refused before the model runs
-    values = await run_inference(request, partial(_outputs, request=parsed, wanted=wanted), explainer,
-                                 explainer, parsed, binary, settings.max_image_pixels, batched=False,
-                                 prepare=_input_batch)
-    # built off the event loop and off the torch thread: the answer may hold megabytes of masks
-    return await anyio.to_thread.run_sync(_answer, explainer, parsed, values, flags)
+    # the answer is built off the event loop and off the torch thread: it may hold megabytes of masks
+    return await run_inference(request, partial(_outputs, request=parsed, wanted=wanted), explainer,
+                               explainer, parsed, binary, settings.max_image_pixels, batched=False,
+                               prepare=_input_batch, finish=lambda values: _answer(explainer, parsed, values, flags))
