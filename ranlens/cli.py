@@ -603,7 +603,8 @@ def _serve(args: argparse.Namespace) -> None:
     # the same server options with one process or several; the path prefix belongs to the server
     # (FastAPI deprecated its own root_path)
     options = dict(root_path=settings.root_path, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
-                   timeout_graceful_shutdown=settings.shutdown_timeout_s, log_config=_log_config())
+                   timeout_graceful_shutdown=settings.shutdown_timeout_s, log_config=_log_config(),
+                   limit_concurrency=settings.max_connections)
     only = f" of {settings.arch}" if settings.arch else ""
     workers = f", {args.workers} worker processes" if args.workers > 1 else ""
     print(f"ranlens serving on http://{host}:{port}/ (loading weights {settings.weights}{only}{workers})", flush=True)

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict
 from importlib.metadata import version
@@ -286,6 +288,42 @@ def test_serve_stops_on_sigterm_while_a_client_stalls_mid_upload():
     assert head.startswith(b"HTTP/1.1 503 "), answer
     assert b"content-type: application/problem+json" in head.lower() and b"retry-after: 1" in head.lower()
     assert json.loads(body)["detail"] == "the server stopped before this request finished; send it again"
+
+
+def test_serve_answers_a_stalled_upload_408_and_bounds_its_connections():
+    """A client that sends its body a byte now and then held a connection and its bytes for ever: the
+    body has ``RANLENS_BODY_TIMEOUT_S`` to arrive. And connections are bounded
+    (``RANLENS_MAX_CONNECTIONS``, uvicorn's limit_concurrency, counting the one asking): a request
+    beyond is answered 503 at once, and served again once a connection closes."""
+    def healthz(url: str) -> int:
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    with running_server([RANLENS, "serve"], RANLENS_ARCH="attention56_cifar", RANLENS_TRACE="false",
+                        RANLENS_BODY_TIMEOUT_S="1", RANLENS_MAX_CONNECTIONS="3") as url:
+        with socket.socket() as stalled:
+            stall_upload(stalled, url)
+            answer = b""
+            while chunk := stalled.recv(65536):  # the server closes the connection after its answer
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert b"content-type: application/problem+json" in head.lower()
+        assert "did not arrive within 1 s" in json.loads(body)["detail"]
+
+        where = urllib.parse.urlsplit(url)
+        with socket.create_connection((where.hostname, where.port)) as idle:
+            assert healthz(url) == 200  # one idle connection and the one asking: within 3
+            with socket.create_connection((where.hostname, where.port)):
+                time.sleep(0.5)  # the server has taken the connection in
+                assert healthz(url) == 503
+            time.sleep(0.5)
+            assert healthz(url) == 200
+            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            assert idle.recv(64).startswith(b"HTTP/1.1 200 ")
 
 
 def test_serve_behind_a_path_prefix():

@@ -33,6 +33,7 @@ UPLOAD_BODY: dict[str, Any] = {
 PROBLEM_TEXT = {
     400: "the upload is not a readable image, or the multipart body is malformed",
     404: "no such resource",
+    408: "the request body did not arrive within the server's time limit",
     413: "the upload or the decoded image is over the server's limit",
     415: "not multipart/form-data, or not a supported image type",
     422: "invalid parameters, or the multipart body has no file field or several",
@@ -46,7 +47,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem, "description": PROBLEM_TEXT[code]} for code in codes}
 
 
-UPLOAD_PROBLEMS = problems(400, 413, 415, 422, 503)
+UPLOAD_PROBLEMS = problems(400, 408, 413, 415, 422, 503)
 
 
 MODEL_BOUND = ("top_k", "channel")

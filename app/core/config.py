@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     root_path: str = Field("", description="path prefix the app is served under, e.g. /ranlens: with "
                            "`ranlens serve` a proxy in front strips it; on Ray Serve it is the route prefix")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    body_timeout_s: float = Field(120.0, gt=0, description="the longest an upload's body may take to arrive "
+                                  "(10 MB at 85 kB/s); a slower one is answered 408 (a client sending a byte "
+                                  "now and then would hold its connection and its bytes for ever)")
+    max_connections: int = Field(1000, gt=0, description="connections `ranlens serve` keeps open at once, per "
+                                 "worker process (uvicorn's limit_concurrency); a request on one more is "
+                                 "answered 503")
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded-size limit against decompression bombs")
     torch_threads: int = Field(0, ge=0, description="intra-op threads of each forward (torch.set_num_threads); "
                                "0: the cores divided among the inference workers")

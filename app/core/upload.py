@@ -6,24 +6,39 @@ uploads here must never touch the disk and an oversized body must be cut off ear
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from .problems import Problem
 
 
-async def body_within(request: Request, limit: int, too_large: Problem) -> AsyncIterator[bytes]:
+async def body_within(request: Request, limit: int, too_large: Problem, timeout_s: float) -> AsyncIterator[bytes]:
     """The body's chunks as they stream in; ``too_large`` is raised as soon as the declared length or
-    the bytes received pass ``limit``, so an oversized body is never read whole."""
+    the bytes received pass ``limit``, so an oversized body is never read whole, and a 408 once the
+    body has taken ``timeout_s`` (a client that sends a byte now and then would hold its connection
+    and what it sent for ever)."""
     declared = request.headers.get("content-length")
     # a length of thousands of digits is too large, and more than int() will read (ValueError)
     if declared and declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise too_large
     received = 0
-    async for chunk in request.stream():
+    deadline = time.monotonic() + timeout_s
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            # a scope around each wait, none across the yield: a cancel scope must not span one
+            with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise Problem(408, "Request timeout", f"The request body did not arrive within {timeout_s:g} s; "
+                                                  f"{received:,} bytes came.") from None
         received += len(chunk)
         if received > limit:
             raise too_large
@@ -40,7 +55,7 @@ class Upload:
     data: bytes
 
 
-async def read_upload(request: Request, max_bytes: int, field: str = "file") -> Upload:
+async def read_upload(request: Request, max_bytes: int, timeout_s: float, field: str = "file") -> Upload:
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     params = {name.lower(): value for name, value in params.items()}  # MIME parameter names ignore case
     if content_type != b"multipart/form-data" or b"boundary" not in params:
@@ -48,7 +63,7 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
                       f"Send the image as multipart/form-data with a field named {field!r}.")
     too_large = Problem(413, "Upload too large", f"The upload is over the limit of {max_bytes:,} bytes.")
     # the body also carries the multipart framing, so allow a little over the file limit
-    body = body_within(request, max_bytes + 64 * 1024, too_large)
+    body = body_within(request, max_bytes + 64 * 1024, too_large, timeout_s)
 
     parts: list[dict] = []
     current: dict = {}

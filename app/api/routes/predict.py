@@ -22,7 +22,7 @@ async def _run_upload(request: Request, explainer, settings, build, **options) -
     """Reads the upload (streamed, within the size limit), then builds the answer from it in the
     model's dynamic batch; ``build`` is one of ``ranlens.app.core.payloads``' bodies."""
     started = time.perf_counter()
-    upload = await read_upload(request, settings.max_upload_bytes)
+    upload = await read_upload(request, settings.max_upload_bytes, settings.body_timeout_s)
     fn = partial(build, max_pixels=settings.max_image_pixels, started=started, **options)
     return await run_inference(request, fn, explainer, upload.data, upload.content_type)
 

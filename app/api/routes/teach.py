@@ -51,6 +51,6 @@ async def model_architecture(request: Request, explainer: ServedModel) -> dict:
                 "`normal`, `all_off` and each `per_module` entry carry all class probabilities and the top_k.",
 )
 async def ablate(request: Request, explainer: ExplainerDep, settings: SettingsDep, top_k: TopK) -> dict:
-    upload = await read_upload(request, settings.max_upload_bytes)
+    upload = await read_upload(request, settings.max_upload_bytes, settings.body_timeout_s)
     return await run_inference(request, partial(payloads.ablate, top_k=top_k), explainer, upload.data,
                                settings.max_image_pixels, upload.content_type, batched=False, prepare=decode_image)

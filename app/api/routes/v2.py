@@ -140,10 +140,10 @@ def version_ready(name: ModelName, version: Version, catalog: CatalogDep) -> dic
     return {"name": _model(catalog, name, version).name, "ready": True}
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     too_large = oip.problem(413, "Request too large", f"The request is over the limit of {limit:,} bytes.")
     try:
-        return b"".join([chunk async for chunk in body_within(request, limit, too_large)])
+        return b"".join([chunk async for chunk in body_within(request, limit, too_large, timeout_s)])
     except ClientDisconnect as exc:  # the client's doing, as on the REST routes: no 500, no traceback
         raise oip.problem(400, "Incomplete request", "The client closed the connection mid-request.") from exc
 
@@ -280,7 +280,7 @@ BINARY_ANSWER = {200: {"description": "The outputs, as JSON, or (with binary_dat
 
 
 @router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True,
-             openapi_extra=INFER_BODY, responses={**BINARY_ANSWER, **problems(400, 404, 413, 415, 422, 503)},
+             openapi_extra=INFER_BODY, responses={**BINARY_ANSWER, **problems(400, 404, 408, 413, 415, 422, 503)},
              summary="Run a model: encoded pictures (BYTES) or preprocessed tensors (FP32) in; logits, "
                      "probabilities and, on request, soft masks out")
 async def infer(name: ModelName, request: Request, catalog: CatalogDep, settings: SettingsDep) -> dict | Response:
@@ -288,7 +288,7 @@ async def infer(name: ModelName, request: Request, catalog: CatalogDep, settings
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True,
-             openapi_extra=INFER_BODY, responses={**BINARY_ANSWER, **problems(400, 404, 413, 415, 422, 503)},
+             openapi_extra=INFER_BODY, responses={**BINARY_ANSWER, **problems(400, 404, 408, 413, 415, 422, 503)},
              summary="Run a model version, as /v2/models/{name}/infer does")
 async def version_infer(name: ModelName, version: Version, request: Request, catalog: CatalogDep,
                         settings: SettingsDep) -> dict | Response:
@@ -296,7 +296,7 @@ async def version_infer(name: ModelName, version: Version, request: Request, cat
 
 
 async def _infer(explainer: Explainer, request: Request, settings: Settings) -> dict | Response:
-    body = await _read_body(request, settings.max_upload_bytes + 64 * 1024)
+    body = await _read_body(request, settings.max_upload_bytes + 64 * 1024, settings.body_timeout_s)
     # parsed and validated off the event loop: megabytes of JSON take a while, and every route waits on the loop
     parsed, binary = await anyio.to_thread.run_sync(oip.parse_request, body,
                                                     request.headers.get("inference-header-content-length"))
