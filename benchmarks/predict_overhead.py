@@ -64,8 +64,10 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # the bare model's weights alone: the server's default would otherwise be the best top-1 (Attention-92)
-    env = {**os.environ, "RANLENS_TORCH_THREADS": str(args.threads), "RANLENS_WEIGHTS": explainer.weights.name}
+    # the bare model's weights alone (the server's default would otherwise be the best top-1,
+    # Attention-92), run as the bare loop runs them: one forward at a time of --threads threads
+    env = {**os.environ, "RANLENS_TORCH_THREADS": str(args.threads), "RANLENS_INFERENCE_WORKERS": "1",
+           "RANLENS_WEIGHTS": explainer.weights.name}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "ranlens.app.main:app", "--port", str(port),
                                "--log-level", "warning"], cwd=ROOT, env=env)
     try:

@@ -142,9 +142,9 @@ def test_predict_with_overlays_and_masks(client):
         assert list(mask.shape) == a["shape"]
         assert mask.min() == pytest.approx(a["min"], abs=1e-5) and mask.max() == pytest.approx(a["max"], abs=1e-5)
         assert a["reduction"] == "max"
-        assert a["overlay"].startswith("data:image/png;base64,")
+        assert a["overlay"].startswith("data:image/jpeg;base64,")
         overlay = Image.open(io.BytesIO(base64.b64decode(a["overlay"].split(",", 1)[1])))
-        assert overlay.size == (256, 256)
+        assert overlay.format == "JPEG" and overlay.size == (256, 256)
 
 
 def test_added_reduction_is_the_mean_of_mask_times_trunk_magnitude(client):

@@ -228,3 +228,10 @@ def test_auto_forward_threads_fit_the_cores():
     assert workers == min(2, cores) and threads == max(1, cores // workers)
     assert Settings(inference_workers=3, torch_threads=1).forward_threads() == (3, 1)
     assert Settings(inference_workers=1).forward_threads() == (1, cores)
+
+
+@pytest.mark.parametrize(("cores", "threads", "expected"), [(2, 2, (1, 2)), (2, 1, (2, 1)), (8, 2, (2, 2)),
+                                                            (2, 4, (1, 4)), (16, 4, (2, 4))])
+def test_torch_threads_set_alone_get_the_workers_that_fit_the_cores(cores, threads, expected):
+    """Two workers of two threads on two cores ran even a lone forward at half speed (two OpenMP teams)."""
+    assert Settings(torch_threads=threads).forward_threads(cores=cores) == expected

@@ -76,7 +76,8 @@ class AttentionOut(ModuleMask):
     min: float
     max: float
     mean: float
-    overlay: str | None = Field(None, description="PNG data URI, with overlays=true")
+    overlay: str | None = Field(None, description="JPEG data URI (quality 90) of the map blended over the picture "
+                                                  "the model saw, at the server's display size, with overlays=true")
     mask: list[list[float]] | None = Field(None, description="channel-reduced mask values, with masks=true")
 
 

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
                                "0: the cores divided among the inference workers")
     inference_workers: int = Field(0, ge=0, description="forwards that run at once, each on its own torch thread "
                                    "with torch_threads threads (workers x threads should not exceed the cores); "
-                                   "0: 2, or 1 on a one-core machine")
+                                   "0: 2, or 1 on a one-core machine or where torch_threads leaves room for one")
     trace: bool = Field(True, description="run each model's forwards through a TorchScript trace (checked "
                         "against the Python forward at start; the Python forward stays if tracing fails)")
     max_concurrent_inferences: int = Field(16, gt=0, description="requests decoded, run and rendered at once; "
@@ -69,10 +69,20 @@ class Settings(BaseSettings):
         (``RANLENS_INFERENCE_WORKERS=1 RANLENS_TORCH_THREADS=2``) when nothing else ran, and 4x when
         another process kept a core busy, as a two-thread OpenMP team stalls whenever either of its
         cores is taken (16 clients, ``benchmarks/load.py --url`` against each server).
+
+        With the threads set and the workers auto, as many workers as fit the cores with that many
+        threads each (at most two): ``RANLENS_TORCH_THREADS=2`` on two cores gave two workers of two
+        threads, whose OpenMP teams slowed even a lone request's forward (24.7 ms against 12.0 ms per
+        request, ``benchmarks/predict_overhead.py``).
         """
         if cores is None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = self.inference_workers or min(2, cores)
+        if self.inference_workers:
+            workers = self.inference_workers
+        elif self.torch_threads:
+            workers = max(1, min(2, cores // self.torch_threads))
+        else:
+            workers = min(2, cores)
         return workers, self.torch_threads or max(1, cores // workers)
 
 

@@ -68,7 +68,9 @@ def predict(explain: Explain, image: bytes, content_type: str, *, max_pixels: in
         entry = {**_module(a), "reduction": display.label,
                  "min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
         if overlays:
-            entry["overlay"] = render.data_uri(render.overlay(backdrop, values, display.colormap, display.alpha))
+            # JPEG: a photo blended with a colour map, which PNG took 4.6 ms and 94 KB to encode, JPEG
+            # (quality 90) 0.16 ms and 12 KB, for each module of every request that asks
+            entry["overlay"] = render.data_uri(render.overlay(backdrop, values, display.colormap, display.alpha), "JPEG")
         if masks:
             entry["mask"] = values.round(6).tolist()
         attention.append(entry)
