@@ -293,8 +293,8 @@ def test_serve_stops_on_sigterm_while_a_client_stalls_mid_upload():
 def test_serve_answers_a_stalled_upload_408_and_bounds_its_connections():
     """A client that sends its body a byte now and then held a connection and its bytes for ever: the
     body has ``RANLENS_BODY_TIMEOUT_S`` to arrive. And connections are bounded
-    (``RANLENS_MAX_CONNECTIONS``, uvicorn's limit_concurrency, counting the one asking): a request
-    beyond is answered 503 at once, and served again once a connection closes."""
+    when set (``RANLENS_MAX_CONNECTIONS``, uvicorn's limit_concurrency, counting the one asking): a
+    request beyond is answered 503 at once, and served again once a connection closes."""
     def healthz(url: str) -> int:
         try:
             with urllib.request.urlopen(url + "healthz", timeout=30) as r:
@@ -311,7 +311,7 @@ def test_serve_answers_a_stalled_upload_408_and_bounds_its_connections():
                 answer += chunk
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408 "), answer
-        assert b"content-type: application/problem+json" in head.lower()
+        assert b"content-type: application/problem+json" in head.lower() and b"connection: close" in head.lower()
         assert "did not arrive within 1 s" in json.loads(body)["detail"]
 
         where = urllib.parse.urlsplit(url)

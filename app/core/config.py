@@ -27,9 +27,11 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(120.0, gt=0, description="the longest an upload's body may take to arrive "
                                   "(10 MB at 85 kB/s); a slower one is answered 408 (a client sending a byte "
                                   "now and then would hold its connection and its bytes for ever)")
-    max_connections: int = Field(1000, gt=0, description="connections `ranlens serve` keeps open at once, per "
-                                 "worker process (uvicorn's limit_concurrency); a request on one more is "
-                                 "answered 503")
+    max_connections: int | None = Field(None, gt=1, description="with `ranlens serve`, per worker process, "
+                                        "uvicorn's limit_concurrency: a request that arrives while this many "
+                                        "connections are open, its own included, is answered 503; unset, no "
+                                        "cap. Idle connections count too, /healthz's included: behind a proxy "
+                                        "with header and idle timeouts, a cap guards against floods")
     max_image_pixels: int = Field(40_000_000, gt=0, description="decoded-size limit against decompression bombs")
     torch_threads: int = Field(0, ge=0, description="intra-op threads of each forward (torch.set_num_threads); "
                                "0: the cores divided among the inference workers")

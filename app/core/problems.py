@@ -24,9 +24,12 @@ PROBLEM_JSON = "application/problem+json"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str, **extra) -> None:
+    """An error answer: ``extra`` goes in the body, ``headers`` on the response."""
+
+    def __init__(self, status: int, title: str, detail: str, headers: Mapping[str, str] | None = None,
+                 **extra) -> None:
         super().__init__(detail)
-        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+        self.status, self.title, self.detail, self.headers, self.extra = status, title, detail, headers, extra
 
 
 def problem_response(request: Request, status: int, title: str, detail: str,
@@ -84,7 +87,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(request, exc.status, exc.title, exc.detail, **exc.extra)
+        return problem_response(request, exc.status, exc.title, exc.detail, headers=exc.headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

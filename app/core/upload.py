@@ -37,8 +37,12 @@ async def body_within(request: Request, limit: int, too_large: Problem, timeout_
         except StopAsyncIteration:
             return
         except TimeoutError:
+            # closed after the answer: kept open, uvicorn would drop what still comes and restart its
+            # keep-alive timer on every byte, so the trickling client would hold it all the same (an
+            # answer given early to a whole body keeps its connection: closing on unread bytes resets
+            # it, and the client can lose the answer)
             raise Problem(408, "Request timeout", f"The request body did not arrive within {timeout_s:g} s; "
-                                                  f"{received:,} bytes came.") from None
+                                                  f"{received:,} bytes came.", headers={"Connection": "close"}) from None
         received += len(chunk)
         if received > limit:
             raise too_large

@@ -38,7 +38,7 @@ async def predict(
     settings: SettingsDep,
     top_k: TopK,
     display: Display,
-    overlays: Annotated[bool, Query(description="add each module's overlay as a PNG data URI")] = False,
+    overlays: Annotated[bool, Query(description="add each module's overlay as a JPEG data URI")] = False,
     masks: Annotated[bool, Query(description="add each module's channel-reduced mask values")] = False,
 ) -> dict:
     return await _run_upload(request, explainer, settings, payloads.predict, display_size=settings.display_size,
