@@ -75,7 +75,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     values = settings.model_dump()
     values["weights"] = ",".join(str(Path(spec).resolve()) if spec.endswith(".json") else spec
                                  for spec in (s.strip() for s in settings.weights.split(",")) if spec)
-    return {f"RANLENS_{name.upper()}": str(value) for name, value in values.items()}
+    # an unset optional setting stays unset: str(None) would read back as the string "None"
+    return {f"RANLENS_{name.upper()}": str(value) for name, value in values.items() if value is not None}
 
 
 def replica_settings(settings: Settings, replica_cpus: float) -> Settings:
