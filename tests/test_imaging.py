@@ -310,46 +310,31 @@ def test_a_bad_file_in_a_data_set_is_named(tmp_path, read):
         read(tmp_path)
 
 
-DECODE_PEAK = """
-import re, sys
-from pathlib import Path
-data = Path(sys.argv[1]).read_bytes()
-from ranlens.model.imaging import decode_image
-
-def status(key):
-    return int(re.search(rf"{key}:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
-
-# the peak from here on (Linux: clearing resets VmHWM to VmRSS): memory the imports freed would hide
-# some of the decoding's use from a peak since the start
-Path("/proc/self/clear_refs").write_text("5")
-before = status("VmRSS")
-decode_image(data, 40_000_000)
-print(status("VmHWM") - before)
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures peak memory with Linux's /proc")
-@pytest.mark.parametrize(("mode", "fmt", "budget"), [
-    ("F", "TIFF", 14), ("I;16", "PNG", 10), ("RGBA", "PNG", 14), ("RGB", "PNG", 5),
-])
-def test_decoding_a_large_picture_takes_a_few_copies_of_it_at_most(tmp_path, mode, fmt, budget):
-    """A picture under the pixel limit may still be a small file that takes much memory to decode.
-    Peak memory in bytes a pixel, with Pillow holding 4 a pixel for F, RGBA and RGB, 2 for I;16:
-    with float64 copies a float TIFF took 34 (1.3 GB for a 246 KB file of 40 MP), a 16-bit PNG 29, an
-    RGBA PNG 20 and an RGB one 12 (copies of pictures already upright and RGB)."""
+@pytest.fixture(scope="module")
+def decode_peaks() -> dict[str, tuple[float, float]]:
+    """``benchmarks/decode_memory.py`` at 16 MP: each mode's file size (KB) and peak bytes a pixel."""
     import os
+    import re
     import subprocess
     import sys
 
-    side = 4000  # 16 MP
-    array = np.zeros((side, side), np.float32 if mode == "F" else np.uint16)
-    image = Image.fromarray(array) if mode in {"F", "I;16"} else Image.new(mode, (side, side), (1, 2, 3, 4)[:len(mode)])
-    assert image.mode == mode
-    path = tmp_path / f"picture.{fmt.lower()}"
-    image.save(path, fmt, **({"compression": "tiff_adobe_deflate"} if fmt == "TIFF" else {}))
-    assert path.stat().st_size < 1_000_000, "a small file: the point of the test"
-    result = subprocess.run([sys.executable, "-c", DECODE_PEAK, str(path)], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    from .conftest import ROOT
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_memory.py"), "--side", "4000"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    per_pixel = int(result.stdout.strip().splitlines()[-1]) / side**2
-    assert per_pixel < budget, f"{per_pixel:.1f} bytes a pixel to decode a {mode} {fmt}"
+    rows = re.findall(r"^(\S+)\s+\S+\s+file\s+(\d+) KB\s+peak\s+\d+ MiB\s+([\d.]+) bytes a pixel$", result.stdout, re.M)
+    return {mode: (float(kb), float(per_pixel)) for mode, kb, per_pixel in rows}
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures peak memory with Linux's /proc")
+@pytest.mark.parametrize(("mode", "budget"), [("F", 14), ("I", 14), ("I;16", 10), ("RGBA", 14), ("RGB", 5)])
+def test_decoding_a_large_picture_takes_a_few_copies_of_it_at_most(decode_peaks, mode, budget):
+    """A picture under the pixel limit may still be a small file that takes much memory to decode.
+    Peak memory in bytes a pixel, with Pillow holding 4 a pixel for F, I, RGBA and RGB, 2 for I;16:
+    with float64 copies a float TIFF took 34 (1.3 GB for a 246 KB file of 40 MP), a 16-bit PNG 29, an
+    RGBA PNG 20 and an RGB one 12 (copies of pictures already upright and RGB). Measured by the
+    benchmark, each picture decoded in a fresh process."""
+    kb, per_pixel = decode_peaks[mode]
+    assert kb < 1000, "a small file: the point of the test"
+    assert per_pixel < budget, f"{per_pixel:.1f} bytes a pixel to decode a {mode} picture"
