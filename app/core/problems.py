@@ -67,6 +67,7 @@ def invalid_parameters(errors: Sequence[Mapping]) -> Problem:
     detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in listed)
     return Problem(422, "Invalid parameters", detail, errors=listed)
 
+
 # each kind of unusable image is the client's fault, with its own status
 IMAGE_STATUS: dict[type[ImageError], int] = {
     EmptyImageError: 400,
@@ -91,8 +92,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        invalid = invalid_parameters(exc.errors())
-        return problem_response(request, invalid.status, invalid.title, invalid.detail, **invalid.extra)
+        return await _problem(request, invalid_parameters(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

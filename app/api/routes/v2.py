@@ -305,6 +305,6 @@ async def _infer(explainer: Explainer, request: Request, settings: Settings) -> 
     wanted = _wanted(explainer, parsed)
     flags = _binary_flags(parsed, wanted)  # a malformed flag is refused before the model runs
     # the answer is built off the event loop and off the torch thread: it may hold megabytes of masks
-    return await run_inference(request, partial(_outputs, request=parsed, wanted=wanted), explainer,
-                               explainer, parsed, binary, settings.max_image_pixels, batched=False,
-                               prepare=_input_batch, finish=lambda values: _answer(explainer, parsed, values, flags))
+    return await run_inference(request, partial(_outputs, request=parsed, wanted=wanted), explainer, batched=False,
+                               prepare=partial(_input_batch, explainer, parsed, binary, settings.max_image_pixels),
+                               finish=lambda values: _answer(explainer, parsed, values, flags))
