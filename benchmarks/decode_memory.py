@@ -8,6 +8,7 @@ more than it sent. Each is decoded by ``ranlens.model.imaging.decode_image`` in 
 peak resident memory is measured from just before the call (Linux: clearing ``/proc/self/clear_refs``
 resets the peak, so memory the imports freed does not hide the decoder's). Pillow itself holds 4
 bytes a pixel for F, RGBA and RGB pictures and 2 for I;16 ones; the rest is the conversion to RGB.
+RGB-cut is a JPEG lacking its end-of-image marker, which is decoded twice, one picture at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ decode_image(data, 10**9)
 print(status("VmHWM") - before)
 """
 
-CASES = (("F", "TIFF"), ("I", "TIFF"), ("I;16", "PNG"), ("RGBA", "PNG"), ("RGB", "PNG"))
+# (name, mode, format): "RGB-cut" is a JPEG lacking its end-of-image marker, which is decoded twice
+CASES = (("F", "F", "TIFF"), ("I", "I", "TIFF"), ("I;16", "I;16", "PNG"), ("RGBA", "RGBA", "PNG"), ("RGB", "RGB", "PNG"),
+         ("RGB-cut", "RGB", "JPEG"))
 
 
 def picture(mode: str, side: int) -> Image.Image:
@@ -53,12 +56,14 @@ def main() -> None:
     if not Path("/proc/self/clear_refs").exists():
         sys.exit("needs Linux's /proc/self/clear_refs to measure the peak")
     with tempfile.TemporaryDirectory() as folder:
-        for mode, fmt in CASES:
-            path = Path(folder) / f"{mode.replace(';', '')}.{fmt.lower()}"
+        for name, mode, fmt in CASES:
+            path = Path(folder) / f"{name.replace(';', '')}.{fmt.lower()}"
             picture(mode, args.side).save(path, fmt, **({"compression": "tiff_adobe_deflate"} if fmt == "TIFF" else {}))
+            if name.endswith("-cut"):
+                path.write_bytes(path.read_bytes().removesuffix(b"\xff\xd9"))
             out = subprocess.run([sys.executable, "-c", PEAK, str(path)], capture_output=True, text=True, check=True)
             peak = int(out.stdout.strip().splitlines()[-1])
-            print(f"{mode:5s} {fmt:4s} file {path.stat().st_size / 1024:7.0f} KB  peak {peak / 2**20:6.0f} MiB  "
+            print(f"{name:7s} {fmt:4s} file {path.stat().st_size / 1024:7.0f} KB  peak {peak / 2**20:6.0f} MiB  "
                   f"{peak / args.side**2:5.1f} bytes a pixel", flush=True)
 
 

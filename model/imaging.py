@@ -6,9 +6,11 @@ exceptions; the web layer maps each kind to its HTTP status.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import struct
+import traceback
 import warnings
 from pathlib import Path
 
@@ -160,7 +162,9 @@ def _key_in_pixel_scale(image: Image.Image) -> None:
 def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) -> Image.Image:
     """The first frame of ``data`` as RGB, upright (EXIF orientation applied).
 
-    Refuses more than ``max_pixels`` from the header alone, before any pixel is decoded.
+    Refuses more than ``max_pixels`` from the header alone, before any pixel is decoded. A JPEG that
+    lacks only its end-of-image marker, as some cameras, scanners and cut-off downloads leave it, is
+    read as browsers read it; one that lacks picture data is refused as truncated.
     """
     if not data:
         raise EmptyImageError("The file has no bytes.")
@@ -174,6 +178,53 @@ def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) 
     # in Image.open; raised to ours, it only ever refuses what the header check below refuses too.
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        return _decode(data, max_pixels)
+    except CorruptImageError as exc:
+        refused = exc
+    # the failed decoder's frames hold its half-decoded picture: free it before decoding again
+    for error in (refused, refused.__cause__):
+        if error is not None:
+            traceback.clear_frames(error.__traceback__)
+    whole = _jpeg_lacking_only_its_end(data, max_pixels)
+    if whole is None:
+        raise refused
+    return whole
+
+
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+# Entropy-coded bytes without a marker among them: after a finished scan the decoder skips them to
+# the next marker; inside an unfinished one it decodes them as picture data.
+_PROBE = b"\x55" * 32
+
+
+def _jpeg_lacking_only_its_end(data: bytes, max_pixels: int) -> Image.Image | None:
+    """The picture of JPEG ``data`` closed with the end-of-image marker it lacks, or None where more
+    than the marker is missing. Closed as it is, a file cut inside its last scan decodes too, the rest
+    of the scan grey; so it is also closed with probe bytes before the marker, and only a file whose
+    picture the probe leaves unchanged was whole. One picture at a time: the probed one is reduced to
+    a digest before the other is decoded."""
+    if not data.startswith(_JPEG_START) or data.endswith(_JPEG_END):
+        return None
+    try:
+        probed = _digest(_decode(data + _PROBE + _JPEG_END, max_pixels))
+        closed = _decode(data + _JPEG_END, max_pixels)
+    except ImageError:
+        return None
+    return closed if _digest(closed) == probed else None
+
+
+def _digest(image: Image.Image) -> tuple[str, tuple[int, int], bytes]:
+    """A picture's mode, size and SHA-256 of its pixels, read a block of rows at a time (no full-size copy)."""
+    width, height = image.size
+    pixels = hashlib.sha256()
+    for top in range(0, height, _ROWS_PER_BLOCK):
+        pixels.update(image.crop((0, top, width, top + _ROWS_PER_BLOCK)).tobytes())
+    return image.mode, image.size, pixels.digest()
+
+
+def _decode(data: bytes, max_pixels: int) -> Image.Image:
+    """``data`` as upright RGB, with every failure as this module's ``ImageError``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -409,6 +409,14 @@ def test_image_jpg_the_type_many_clients_send_is_a_jpeg(client):
     assert answers[0] == answers[1] and answers[0]["predictions"][0]["label"] == "cat"
 
 
+def test_a_jpeg_lacking_only_its_end_marker_is_classified_as_the_whole_file(client):
+    data = corpus.encode(corpus.photo(), "JPEG")
+    answers = [post(client, body, name="cat.jpg", ctype="image/jpeg").json() for body in (data, data[:-2])]
+    for answer in answers:
+        answer.pop("timing_ms")
+    assert answers[0] == answers[1] and answers[0]["predictions"][0]["label"] == "cat"
+
+
 BAD = {
     "zero-bytes": (lambda: b"", "image/png", 400, "Empty upload", "no bytes"),
     "truncated": (corpus.truncated_jpeg, "image/jpeg", 400, "Undecodable image", "corrupt or truncated"),

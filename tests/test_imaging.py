@@ -242,6 +242,30 @@ def test_corrupt_or_truncated(data):
         decode_image(data, LIMIT, "image/png")
 
 
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_a_jpeg_lacking_only_its_end_marker_is_read_whole(progressive):
+    """Browsers show such files (cameras, scanners and cut-off downloads leave them); the pixels are
+    those of the whole file, not a guess."""
+    data = corpus.encode(corpus.photo(), "JPEG", quality=90, progressive=progressive)
+    assert data.endswith(b"\xff\xd9")
+    assert np.array_equal(decode(data[:-2], "image/jpeg"), decode(data, "image/jpeg"))
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_a_jpeg_cut_inside_its_last_scan_is_refused_not_greyed(progressive):
+    """Closed with the end marker, these decode too, their last blocks grey. A cut that takes only the
+    last scan's padding bits (its last byte) loses no pixel and may be read; any other is refused."""
+    data = corpus.encode(corpus.photo(), "JPEG", quality=90, progressive=progressive)
+    whole = decode(data, "image/jpeg")
+    for cut in [*range(3, 40), 64, 1000, len(data) // 2]:
+        try:
+            pixels = decode(data[:-cut], "image/jpeg")
+        except CorruptImageError as exc:
+            assert "truncated" in str(exc)
+        else:
+            assert cut == 3 and np.array_equal(pixels, whole), cut
+
+
 @pytest.mark.parametrize("ctype, fmt", [
     ("image/jpg", "JPEG"), ("image/pjpeg", "JPEG"), ("IMAGE/JPEG; charset=binary", "JPEG"), ("image/x-png", "PNG"),
     ("image/x-bmp", "BMP"), ("image/x-tiff", "TIFF"),
@@ -328,12 +352,14 @@ def decode_peaks() -> dict[str, tuple[float, float]]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures peak memory with Linux's /proc")
-@pytest.mark.parametrize(("mode", "budget"), [("F", 14), ("I", 14), ("I;16", 10), ("RGBA", 14), ("RGB", 5)])
+@pytest.mark.parametrize(("mode", "budget"), [("F", 14), ("I", 14), ("I;16", 10), ("RGBA", 14), ("RGB", 5),
+                                               ("RGB-cut", 6)])
 def test_decoding_a_large_picture_takes_a_few_copies_of_it_at_most(decode_peaks, mode, budget):
     """A picture under the pixel limit may still be a small file that takes much memory to decode.
     Peak memory in bytes a pixel, with Pillow holding 4 a pixel for F, I, RGBA and RGB, 2 for I;16:
     with float64 copies a float TIFF took 34 (1.3 GB for a 246 KB file of 40 MP), a 16-bit PNG 29, an
-    RGBA PNG 20 and an RGB one 12 (copies of pictures already upright and RGB). Measured by the
+    RGBA PNG 20 and an RGB one 12 (copies of pictures already upright and RGB); a JPEG lacking its end
+    marker, decoded twice, 13 with both pictures and the failed first try alive. Measured by the
     benchmark, each picture decoded in a fresh process."""
     kb, per_pixel = decode_peaks[mode]
     assert kb < 1000, "a small file: the point of the test"
