@@ -8,7 +8,8 @@ more than it sent. Each is decoded by ``ranlens.model.imaging.decode_image`` in 
 peak resident memory is measured from just before the call (Linux: clearing ``/proc/self/clear_refs``
 resets the peak, so memory the imports freed does not hide the decoder's). Pillow itself holds 4
 bytes a pixel for F, RGBA and RGB pictures and 2 for I;16 ones; the rest is the conversion to RGB.
-RGB-cut is a JPEG lacking its end-of-image marker, which is decoded twice, one picture at a time.
+RGB-cut is a JPEG lacking its end-of-image marker: its first decode fails, a scaled-down one checks
+it, a third reads it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ decode_image(data, 10**9)
 print(status("VmHWM") - before)
 """
 
-# (name, mode, format): "RGB-cut" is a JPEG lacking its end-of-image marker, which is decoded twice
+# (name, mode, format): "RGB-cut" is a JPEG lacking its end-of-image marker
 CASES = (("F", "F", "TIFF"), ("I", "I", "TIFF"), ("I;16", "I;16", "PNG"), ("RGBA", "RGBA", "PNG"), ("RGB", "RGB", "PNG"),
          ("RGB-cut", "RGB", "JPEG"))
 

@@ -6,7 +6,6 @@ exceptions; the web layer maps each kind to its HTTP status.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import struct
@@ -15,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
@@ -193,34 +193,61 @@ def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) 
 
 
 _JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
-# Entropy-coded bytes without a marker among them: after a finished scan the decoder skips them to
-# the next marker; inside an unfinished one it decodes them as picture data.
-_PROBE = b"\x55" * 32
+_SEQUENTIAL_FRAMES = {0xC0, 0xC1}  # baseline and extended sequential, Huffman-coded
+_OTHER_FRAMES = set(range(0xC2, 0xD0)) - {0xC4, 0xC8, 0xCC}  # progressive, lossless, arithmetic-coded
+_SOS = 0xDA
+_OTHER_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy data: not stuffing, a restart or fill
+# libjpeg-turbo's own names for the colour spaces it can decode to unconverted
+_SIMPLEJPEG_SPACE = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}
 
 
 def _jpeg_lacking_only_its_end(data: bytes, max_pixels: int) -> Image.Image | None:
     """The picture of JPEG ``data`` closed with the end-of-image marker it lacks, or None where more
-    than the marker is missing. Closed as it is, a file cut inside its last scan decodes too, the rest
-    of the scan grey; so it is also closed with probe bytes before the marker, and only a file whose
-    picture the probe leaves unchanged was whole. One picture at a time: the probed one is reduced to
-    a digest before the other is decoded."""
-    if not data.startswith(_JPEG_START) or data.endswith(_JPEG_END):
+    than the marker may be missing.
+
+    Closed as it is, a cut file decodes too, the rest grey, and Pillow does not say so; libjpeg-turbo
+    does (simplejpeg's strict mode, a scaled-down decode that still reads every coded block). A cut
+    progressive or multi-scan file can end exactly between scans, byte for byte a valid file with
+    less detail or without some components, so only one sequential scan of every component, as
+    cameras write, is read at all (``_one_scan_to_the_end``)."""
+    if not data.startswith(_JPEG_START) or data.endswith(_JPEG_END) or not _one_scan_to_the_end(data):
         return None
+    closed = data + _JPEG_END
     try:
-        probed = _digest(_decode(data + _PROBE + _JPEG_END, max_pixels))
-        closed = _decode(data + _JPEG_END, max_pixels)
-    except ImageError:
+        space = simplejpeg.decode_jpeg_header(closed)[2]
+        simplejpeg.decode_jpeg(closed, colorspace=_SIMPLEJPEG_SPACE.get(space, "RGB"), min_height=1, min_width=1,
+                               strict=True)
+        return _decode(closed, max_pixels)
+    except (ValueError, ImageError):  # simplejpeg's errors and warnings are ValueErrors
         return None
-    return closed if _digest(closed) == probed else None
 
 
-def _digest(image: Image.Image) -> tuple[str, tuple[int, int], bytes]:
-    """A picture's mode, size and SHA-256 of its pixels, read a block of rows at a time (no full-size copy)."""
-    width, height = image.size
-    pixels = hashlib.sha256()
-    for top in range(0, height, _ROWS_PER_BLOCK):
-        pixels.update(image.crop((0, top, width, top + _ROWS_PER_BLOCK)).tobytes())
-    return image.mode, image.size, pixels.digest()
+def _one_scan_to_the_end(data: bytes) -> bool:
+    """Whether JPEG ``data`` is one sequential scan of every component, running to the end of the
+    data with no marker after it but restarts."""
+    at, frame = 2, None
+    while True:
+        if at + 4 > len(data) or data[at] != 0xFF:
+            return False
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        segment = data[at + 4:at + 2 + length]
+        if length < 2 or len(segment) != length - 2 or marker in _OTHER_FRAMES:
+            return False
+        if marker in _SEQUENTIAL_FRAMES:
+            frame = segment
+        elif marker == _SOS:
+            break
+        at += 2 + length
+    if frame is None or len(frame) < 6 or not segment or len(segment) < 1 + 2 * segment[0]:
+        return False
+    components = {frame[6 + 3 * i] for i in range(frame[5]) if 6 + 3 * i < len(frame)}
+    in_scan = {segment[1 + 2 * i] for i in range(segment[0])}
+    # a scan of some components: the others follow in scans of their own
+    return in_scan == components and not _OTHER_MARKER.search(data, at + 2 + length)
 
 
 def _decode(data: bytes, max_pixels: int) -> Image.Image:
