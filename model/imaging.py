@@ -14,8 +14,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import simplejpeg
 from PIL import Image, UnidentifiedImageError
+
+from . import jpeg_end
 
 __all__ = [
     "SUPPORTED_FORMATS",
@@ -163,8 +164,8 @@ def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) 
     """The first frame of ``data`` as RGB, upright (EXIF orientation applied).
 
     Refuses more than ``max_pixels`` from the header alone, before any pixel is decoded. A JPEG that
-    lacks only its end-of-image marker, as some cameras, scanners and cut-off downloads leave it, is
-    read as browsers read it; one that lacks picture data is refused as truncated.
+    lacks its end-of-image marker is read, as browsers read it, only where its picture data is whole
+    (``jpeg_end``); cut, or cut and padded, it is refused as truncated.
     """
     if not data:
         raise EmptyImageError("The file has no bytes.")
@@ -179,75 +180,24 @@ def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) 
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        return _decode(data, max_pixels)
+        image = _decode(data, max_pixels)
     except CorruptImageError as exc:
         refused = exc
+    else:
+        # zeros after a cut decode as picture data: Pillow reads such a file, grey blocks and all
+        if jpeg_end.lacks_end_marker(data) and not jpeg_end.whole_without_end(data):
+            raise CorruptImageError("The image data is corrupt or truncated (a JPEG cut short and padded).")
+        return image
     # the failed decoder's frames hold its half-decoded picture: free it before decoding again
     for error in (refused, refused.__cause__):
         if error is not None:
             traceback.clear_frames(error.__traceback__)
-    whole = _jpeg_lacking_only_its_end(data, max_pixels)
-    if whole is None:
-        raise refused
-    return whole
-
-
-_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
-_SEQUENTIAL_FRAMES = {0xC0, 0xC1}  # baseline and extended sequential, Huffman-coded
-_OTHER_FRAMES = set(range(0xC2, 0xD0)) - {0xC4, 0xC8, 0xCC}  # progressive, lossless, arithmetic-coded
-_SOS = 0xDA
-_OTHER_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy data: not stuffing, a restart or fill
-# libjpeg-turbo's own names for the colour spaces it can decode to unconverted
-_SIMPLEJPEG_SPACE = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}
-
-
-def _jpeg_lacking_only_its_end(data: bytes, max_pixels: int) -> Image.Image | None:
-    """The picture of JPEG ``data`` closed with the end-of-image marker it lacks, or None where more
-    than the marker may be missing.
-
-    Closed as it is, a cut file decodes too, the rest grey, and Pillow does not say so; libjpeg-turbo
-    does (simplejpeg's strict mode, a scaled-down decode that still reads every coded block). A cut
-    progressive or multi-scan file can end exactly between scans, byte for byte a valid file with
-    less detail or without some components, so only one sequential scan of every component, as
-    cameras write, is read at all (``_one_scan_to_the_end``)."""
-    if not data.startswith(_JPEG_START) or data.endswith(_JPEG_END) or not _one_scan_to_the_end(data):
-        return None
-    closed = data + _JPEG_END
-    try:
-        space = simplejpeg.decode_jpeg_header(closed)[2]
-        simplejpeg.decode_jpeg(closed, colorspace=_SIMPLEJPEG_SPACE.get(space, "RGB"), min_height=1, min_width=1,
-                               strict=True)
-        return _decode(closed, max_pixels)
-    except (ValueError, ImageError):  # simplejpeg's errors and warnings are ValueErrors
-        return None
-
-
-def _one_scan_to_the_end(data: bytes) -> bool:
-    """Whether JPEG ``data`` is one sequential scan of every component, running to the end of the
-    data with no marker after it but restarts."""
-    at, frame = 2, None
-    while True:
-        if at + 4 > len(data) or data[at] != 0xFF:
-            return False
-        marker = data[at + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            at += 1
-            continue
-        length = int.from_bytes(data[at + 2:at + 4], "big")
-        segment = data[at + 4:at + 2 + length]
-        if length < 2 or len(segment) != length - 2 or marker in _OTHER_FRAMES:
-            return False
-        if marker in _SEQUENTIAL_FRAMES:
-            frame = segment
-        elif marker == _SOS:
-            break
-        at += 2 + length
-    if frame is None or len(frame) < 6 or not segment or len(segment) < 1 + 2 * segment[0]:
-        return False
-    components = {frame[6 + 3 * i] for i in range(frame[5]) if 6 + 3 * i < len(frame)}
-    in_scan = {segment[1 + 2 * i] for i in range(segment[0])}
-    # a scan of some components: the others follow in scans of their own
-    return in_scan == components and not _OTHER_MARKER.search(data, at + 2 + length)
+    if jpeg_end.lacks_end_marker(data) and jpeg_end.whole_without_end(data):
+        try:
+            return _decode(data + jpeg_end.END, max_pixels)
+        except ImageError:
+            pass
+    raise refused
 
 
 def _decode(data: bytes, max_pixels: int) -> Image.Image:

@@ -292,12 +292,47 @@ def test_a_jpeg_cut_anywhere_is_refused_or_read_whole(layout):
 
 
 @pytest.mark.parametrize("layout", ["baseline", "restart-intervals", "progressive"])
+@pytest.mark.parametrize("quality", [90, 100])
+@pytest.mark.parametrize("padding", ["4096", "to-length"])
 @pytest.mark.parametrize("tail", [b"\x00", b"\xff"], ids=["zeros", "0xff"])
-def test_a_cut_jpeg_padded_to_length_is_refused(layout, tail):
-    """Download managers that reserve the file's length leave a cut download padded with zeros."""
-    data = layout_jpeg(layout)
-    with pytest.raises(CorruptImageError):
-        decode_image(data[:len(data) * 6 // 10] + tail * 4096, LIMIT, "image/jpeg")
+def test_a_cut_jpeg_padded_is_refused(layout, quality, padding, tail):
+    """Download managers that reserve a file's length leave a cut download padded with zeros, which
+    decode as picture data: at quality 100 Pillow read such a file whole, its lower half grey."""
+    options = dict(JPEG_LAYOUTS[layout])
+    data = corpus.encode(corpus.photo(), "JPEG", quality=quality, **options)
+    cut = data[:len(data) * 6 // 10]
+    padded = cut + tail * (4096 if padding == "4096" else len(data) - len(cut))
+    with pytest.raises(CorruptImageError, match="truncated"):
+        decode_image(padded, LIMIT, "image/jpeg")
+
+
+def test_a_jpeg_cut_near_its_end_with_a_few_zeros_after_is_refused():
+    """libjpeg reads a few bytes ahead and drops unused ones without a warning, so the strict decode
+    alone passed this file (its last row of blocks 32 levels off): its last byte is not needed."""
+    data = corpus.encode(corpus.photo().resize((160, 106)), "JPEG", quality=95)
+    with pytest.raises(CorruptImageError, match="truncated"):
+        decode_image(data[:-5] + bytes(4), LIMIT, "image/jpeg")
+
+
+@pytest.mark.parametrize("trailer", [b"\x00" * 64, b"camera maker's trailer", "second-jpeg"])
+def test_a_whole_jpeg_with_bytes_after_its_end_marker_is_read(trailer):
+    data = layout_jpeg("baseline")
+    if trailer == "second-jpeg":
+        trailer = layout_jpeg("grey", (32, 24))
+    assert np.array_equal(decode(data + trailer, "image/jpeg"), decode(data, "image/jpeg"))
+
+
+def test_a_jpeg_whose_exif_thumbnail_has_an_end_marker_is_judged_by_its_own():
+    """The thumbnail inside the EXIF block is a JPEG with its own end marker, before the picture's."""
+    exif = Image.Exif()
+    exif[0x010F] = "Camera"
+    thumbnail = layout_jpeg("baseline", (32, 24))
+    image = corpus.photo()
+    data = corpus.encode(image, "JPEG", quality=90, exif=exif.tobytes() + thumbnail)
+    assert data.count(b"\xff\xd9") == 2
+    assert np.array_equal(decode(data[:-2], "image/jpeg"), decode(data, "image/jpeg"))
+    with pytest.raises(CorruptImageError, match="truncated"):
+        decode_image(data[:-40], LIMIT, "image/jpeg")
 
 
 @pytest.mark.parametrize("ctype, fmt", [
