@@ -63,7 +63,7 @@ def lacks_end_marker(data: bytes) -> bool:
     """Whether ``data`` is a JPEG with no end-of-image marker after its first scan began (one cannot
     occur inside entropy-coded data, where every 0xFF byte is stuffed or a restart)."""
     scan = _first_scan(data)
-    return scan is not None and data.find(END, scan.data_at) == -1
+    return scan is not None and data.rfind(END, scan.data_at) == -1  # from the end: found at once when there
 
 
 def whole_without_end(data: bytes) -> bool:
