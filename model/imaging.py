@@ -182,17 +182,17 @@ def decode_image(data: bytes, max_pixels: int, content_type: str | None = None) 
     try:
         image = _decode(data, max_pixels)
     except CorruptImageError as exc:
-        refused = exc
-    else:
-        # zeros after a cut decode as picture data: Pillow reads such a file, grey blocks and all
-        if jpeg_end.lacks_end_marker(data) and not jpeg_end.whole_without_end(data):
+        image, refused = None, exc
+        # the failed decoder's frames hold its half-decoded picture: free it before decoding again
+        for error in (exc, exc.__cause__):
+            if error is not None:
+                traceback.clear_frames(error.__traceback__)
+    whole = jpeg_end.whole_without_end(data)  # None: not a JPEG lacking its end marker
+    if image is not None:
+        if whole is False:  # zeros after a cut decode as picture data: Pillow reads it, grey blocks and all
             raise CorruptImageError("The image data is corrupt or truncated (a JPEG cut short and padded).")
         return image
-    # the failed decoder's frames hold its half-decoded picture: free it before decoding again
-    for error in (refused, refused.__cause__):
-        if error is not None:
-            traceback.clear_frames(error.__traceback__)
-    if jpeg_end.lacks_end_marker(data) and jpeg_end.whole_without_end(data):
+    if whole:
         try:
             return _decode(data + jpeg_end.END, max_pixels)
         except ImageError:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import simplejpeg
 
-__all__ = ["END", "lacks_end_marker", "whole_without_end"]
+__all__ = ["END", "whole_without_end"]
 
 START, END = b"\xff\xd8\xff", b"\xff\xd9"
 _SEQUENTIAL_FRAMES = {0xC0, 0xC1}  # baseline and extended sequential, Huffman-coded
@@ -59,19 +59,15 @@ def _first_scan(data: bytes) -> _FirstScan | None:
         at += 2 + length
 
 
-def lacks_end_marker(data: bytes) -> bool:
-    """Whether ``data`` is a JPEG with no end-of-image marker after its first scan began (one cannot
-    occur inside entropy-coded data, where every 0xFF byte is stuffed or a restart)."""
+def whole_without_end(data: bytes) -> bool | None:
+    """None where ``data`` is not a JPEG, or has an end-of-image marker after its first scan began (one
+    cannot occur inside entropy-coded data, where every 0xFF byte is stuffed or a restart). Otherwise
+    whether it is one sequential scan of every component that libjpeg-turbo, closing it with the
+    marker, reads to its last block with no data missing or left over."""
     scan = _first_scan(data)
-    return scan is not None and data.rfind(END, scan.data_at) == -1  # from the end: found at once when there
-
-
-def whole_without_end(data: bytes) -> bool:
-    """Whether JPEG ``data``, which lacks its end marker, is one sequential scan of every component
-    that libjpeg-turbo, closing it with the marker, reads to its last block with no data missing or
-    left over."""
-    scan = _first_scan(data)
-    if scan is None or scan.frame is None or len(scan.frame) < 6 + 3 * scan.frame[5]:
+    if scan is None or data.rfind(END, scan.data_at) != -1:  # from the end: found at once when there
+        return None
+    if scan.frame is None or len(scan.frame) < 6 + 3 * scan.frame[5]:
         return False
     frame, header = scan.frame, scan.header
     if not header or len(header) < 1 + 2 * header[0] or header[0] != frame[5]:
@@ -83,15 +79,18 @@ def whole_without_end(data: bytes) -> bool:
     # libjpeg reads a few bytes ahead and drops unused ones without a word, so a cut file with a few
     # zeros after it can pass as whole; in a whole file the last byte holds the last block's last bits
     data = data.rstrip(b"\xff")  # a marker's first byte, or fill: never entropy data, which stuffs 0xFF
-    return _reads_cleanly(data + END) and not _reads_cleanly(data[:-1] + END)
+    try:
+        space = _SPACE.get(simplejpeg.decode_jpeg_header(data + END)[2], "RGB")
+    except ValueError:
+        return False
+    return _reads_cleanly(data + END, space) and not _reads_cleanly(data[:-1] + END, space)
 
 
-def _reads_cleanly(data: bytes) -> bool:
+def _reads_cleanly(data: bytes, colorspace: str) -> bool:
     """Whether libjpeg-turbo decodes ``data`` without an error or warning, at an eighth of the size
     (every coded block is still read)."""
     try:
-        space = simplejpeg.decode_jpeg_header(data)[2]
-        simplejpeg.decode_jpeg(data, colorspace=_SPACE.get(space, "RGB"), min_height=1, min_width=1, strict=True)
+        simplejpeg.decode_jpeg(data, colorspace=colorspace, min_height=1, min_width=1, strict=True)
     except ValueError:  # simplejpeg's errors, and in strict mode libjpeg's warnings
         return False
     return True

@@ -251,10 +251,10 @@ JPEG_LAYOUTS = {  # how encoders lay out a JPEG's picture data
 }
 
 
-def layout_jpeg(layout: str, size: tuple[int, int] = (451, 300)) -> bytes:
+def layout_jpeg(layout: str, size: tuple[int, int] = (451, 300), quality: int = 90) -> bytes:
     options = dict(JPEG_LAYOUTS[layout])
     image = corpus.photo().resize(size).convert(options.pop("mode", "RGB"))
-    return corpus.encode(image, "JPEG", quality=90, **options)
+    return corpus.encode(image, "JPEG", quality=quality, **options)
 
 
 @pytest.mark.parametrize("layout", ["baseline", "restart-intervals", "grey", "4:4:4"])
@@ -298,8 +298,7 @@ def test_a_jpeg_cut_anywhere_is_refused_or_read_whole(layout):
 def test_a_cut_jpeg_padded_is_refused(layout, quality, padding, tail):
     """Download managers that reserve a file's length leave a cut download padded with zeros, which
     decode as picture data: at quality 100 Pillow read such a file whole, its lower half grey."""
-    options = dict(JPEG_LAYOUTS[layout])
-    data = corpus.encode(corpus.photo(), "JPEG", quality=quality, **options)
+    data = layout_jpeg(layout, quality=quality)
     cut = data[:len(data) * 6 // 10]
     padded = cut + tail * (4096 if padding == "4096" else len(data) - len(cut))
     with pytest.raises(CorruptImageError, match="truncated"):
